@@ -1,0 +1,223 @@
+"""Architecture adapters: where each part of a multimodal model lives.
+
+Architecture knowledge is data (one :class:`BackboneSpec` per text backbone, one
+:class:`WrapperSpec` per multimodal wrapper), resolved against a model instance into an
+:class:`Adapter`. Code elsewhere speaks only of sites (``"hidden"``, ``"mlp"``, ``"attn"``)
+and asks the adapter for modules. When a backbone is not in the table, introspection looks
+for the same parts by shape; anything still missing raises :class:`UnsupportedModelError`
+naming the part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
+from mllm_lens.models.layouts import PatchLayout, llava_next_layout, square_grid_layout
+
+SITES = ("hidden", "mlp", "attn")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Attribute names inside one decoder layer of a text backbone."""
+
+    attention: str
+    mlp: str
+    mlp_out: str
+    attn_out: str
+    embed: str = "embed_tokens"
+    layers: str = "layers"
+
+
+@dataclass(frozen=True)
+class WrapperSpec:
+    """Where a multimodal wrapper keeps its decoder, head and image layout."""
+
+    language_model: str
+    lm_head: str
+    patch_layout: Callable[[nn.Module, dict, int], PatchLayout]
+    paper_template: bool = False
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "llama": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "mistral": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "qwen2": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "phi": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="fc2", attn_out="dense"),
+}
+
+WRAPPERS: dict[str, WrapperSpec] = {
+    "llava": WrapperSpec("model.language_model", "lm_head", square_grid_layout, paper_template=True),
+    "llava_next": WrapperSpec("model.language_model", "lm_head", llava_next_layout),
+}
+
+_ATTENTION_NAMES = ("self_attn", "attention", "attn", "self_attention")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn", "mlp_block")
+_OUT_PROJ_NAMES = ("down_proj", "fc2", "o_proj", "dense", "out_proj", "c_proj", "w2")
+
+
+def _get(root: nn.Module, path: str) -> nn.Module | None:
+    module: object = root
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module if isinstance(module, nn.Module) else None
+
+
+def _find_child(module: nn.Module, names: tuple[str, ...]) -> str | None:
+    for name in names:
+        if isinstance(getattr(module, name, None), nn.Module):
+            return name
+    return None
+
+
+def _find_out_projection(module: nn.Module, hidden: int) -> str | None:
+    """The last Linear directly under ``module`` that writes the residual width."""
+    found = None
+    for name, child in module.named_children():
+        if isinstance(child, nn.Linear) and child.out_features == hidden:
+            found = name
+    return found
+
+
+def _introspect_backbone(layer: nn.Module, hidden: int) -> tuple[BackboneSpec | None, list[str]]:
+    missing: list[str] = []
+    attention = _find_child(layer, _ATTENTION_NAMES)
+    mlp = _find_child(layer, _MLP_NAMES)
+    if attention is None:
+        missing.append(f"attention module (looked for {', '.join(_ATTENTION_NAMES)})")
+    if mlp is None:
+        missing.append(f"MLP module (looked for {', '.join(_MLP_NAMES)})")
+    attn_out = _find_out_projection(getattr(layer, attention), hidden) if attention else None
+    mlp_out = _find_out_projection(getattr(layer, mlp), hidden) if mlp else None
+    if attention and attn_out is None:
+        missing.append(f"attention output projection (a Linear to width {hidden} inside '{attention}')")
+    if mlp and mlp_out is None:
+        missing.append(f"MLP output projection (a Linear to width {hidden} inside '{mlp}')")
+    if missing:
+        return None, missing
+    return BackboneSpec(attention=attention, mlp=mlp, mlp_out=mlp_out, attn_out=attn_out), []
+
+
+@dataclass
+class Adapter:
+    """A model's parts, resolved once: decoder stack, layers, head, sites, image layout."""
+
+    architecture: str
+    backbone: str
+    language_model: nn.Module
+    layers: nn.ModuleList
+    lm_head: nn.Module
+    embed_tokens: nn.Module
+    spec: BackboneSpec
+    image_token_id: int
+    patch_layout_fn: Callable[[nn.Module, dict, int], PatchLayout]
+    hidden_size: int
+    paper_template: bool
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def attention(self, layer: int) -> nn.Module:
+        return getattr(self.layers[layer], self.spec.attention)
+
+    def mlp(self, layer: int) -> nn.Module:
+        return getattr(self.layers[layer], self.spec.mlp)
+
+    def mlp_out(self, layer: int) -> nn.Linear:
+        """The MLP output projection (``down_proj`` / ``fc2``): MultEdit's edited weight."""
+        return getattr(self.mlp(layer), self.spec.mlp_out)
+
+    def attn_out(self, layer: int) -> nn.Linear:
+        return getattr(self.attention(layer), self.spec.attn_out)
+
+    def site_module(self, site: str, layer: int) -> nn.Module:
+        """The module whose output is the site: layer output, MLP output, attention output."""
+        if site == "hidden":
+            return self.layers[layer]
+        if site == "mlp":
+            return self.mlp(layer)
+        if site == "attn":
+            return self.attention(layer)
+        raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
+
+    def patch_layout(self, model: nn.Module, model_inputs: dict, n_image_tokens: int) -> PatchLayout:
+        return self.patch_layout_fn(model, model_inputs, n_image_tokens)
+
+
+def resolve_adapter(model: nn.Module) -> Adapter:
+    """Map a loaded transformers model onto an :class:`Adapter`, or say what is missing."""
+    config = model.config
+    architecture = getattr(config, "model_type", "?")
+    text_config = getattr(config, "text_config", None)
+    if getattr(config, "vision_config", None) is None or text_config is None:
+        raise NotMultimodalError(
+            f"{type(model).__name__} (model_type={architecture!r}) is a text-only model: it has no "
+            "vision_config/text_config. mllm_lens traces image-text-to-text models such as "
+            "LlavaForConditionalGeneration."
+        )
+    wrapper = WRAPPERS.get(architecture)
+    if wrapper is None:
+        raise UnsupportedModelError(
+            f"no adapter for the multimodal architecture {architecture!r} ({type(model).__name__}): "
+            f"missing the wrapper layout (decoder path, LM head, image patch layout). "
+            f"Supported: {', '.join(sorted(WRAPPERS))}."
+        )
+    language_model = _get(model, wrapper.language_model)
+    lm_head = _get(model, wrapper.lm_head)
+    missing = []
+    if language_model is None:
+        missing.append(f"decoder stack at '{wrapper.language_model}'")
+    if lm_head is None:
+        missing.append(f"LM head at '{wrapper.lm_head}'")
+    layers = getattr(language_model, "layers", None) if language_model is not None else None
+    if language_model is not None and not isinstance(layers, nn.ModuleList):
+        missing.append(f"decoder layers (a ModuleList 'layers' under '{wrapper.language_model}')")
+    if missing:
+        raise UnsupportedModelError(f"{type(model).__name__}: cannot find " + "; ".join(missing))
+    hidden = text_config.hidden_size
+    backbone = text_config.model_type
+    spec = BACKBONES.get(backbone)
+    if spec is None:
+        spec, missing = _introspect_backbone(layers[0], hidden)
+        if spec is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} with text backbone {backbone!r}: cannot find " + "; ".join(missing)
+            )
+    for part in (spec.attention, spec.mlp):
+        if not isinstance(getattr(layers[0], part, None), nn.Module):
+            raise UnsupportedModelError(f"{backbone!r} decoder layer has no '{part}' module")
+    if not isinstance(getattr(getattr(layers[0], spec.mlp), spec.mlp_out, None), nn.Linear):
+        raise UnsupportedModelError(f"{backbone!r} MLP has no output projection '{spec.mlp_out}'")
+    embed = _get(language_model, spec.embed)
+    if embed is None:
+        raise UnsupportedModelError(f"{backbone!r} decoder has no token embeddings '{spec.embed}'")
+    image_token_id = getattr(config, "image_token_id", None)
+    if image_token_id is None:
+        image_token_id = getattr(config, "image_token_index", None)
+    if image_token_id is None:
+        raise UnsupportedModelError(f"{type(model).__name__}: config has no image_token_id")
+    return Adapter(
+        architecture=architecture,
+        backbone=backbone,
+        language_model=language_model,
+        layers=layers,
+        lm_head=lm_head,
+        embed_tokens=embed,
+        spec=spec,
+        image_token_id=int(image_token_id),
+        patch_layout_fn=wrapper.patch_layout,
+        hidden_size=hidden,
+        paper_template=wrapper.paper_template and backbone == "llama",
+    )
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype

@@ -1,0 +1,111 @@
+"""Where each visual token sits in the image: patch grids per architecture.
+
+A :class:`PatchLayout` maps the i-th image token of the prompt to a label (``<img r,c>``) and,
+for tokens of the base patch grid, to its (row, col). LLaVA-1.5 uses a square grid in
+row-major order after the CLS token is dropped; LLaVA-NeXT adds high-resolution tiles whose
+rows end in an image-newline token, and its layout is read off the model's own packing code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from mllm_lens.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class PatchLayout:
+    """Labels and grid coordinates of a prompt's image tokens.
+
+    ``rows``/``cols`` is the base patch grid; ``grid_index[i]`` is the row-major index of image
+    token i in that grid, or -1 for tokens outside it (CLS, high-res tiles, newlines).
+    """
+
+    labels: list[str]
+    rows: int
+    cols: int
+    grid_index: list[int] = field(default_factory=list)
+
+    def token_of_patch(self, row: int, col: int) -> int:
+        """Index (among image tokens) of the base-grid patch at (row, col)."""
+        if not (0 <= row < self.rows and 0 <= col < self.cols):
+            raise IndexError(f"patch ({row}, {col}) outside the {self.rows}x{self.cols} grid")
+        return self.grid_index.index(row * self.cols + col)
+
+
+def _vision_grid(model: nn.Module) -> int:
+    vision = model.config.vision_config
+    return int(vision.image_size) // int(vision.patch_size)
+
+
+def square_grid_layout(model: nn.Module, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """LLaVA-1.5: a square grid, row-major; a leading CLS token when the strategy keeps it."""
+    side = _vision_grid(model)
+    if n_tokens == side * side + 1:
+        extra = ["<img cls>"]
+    elif n_tokens == side * side:
+        extra = []
+    else:
+        root = math.isqrt(n_tokens)
+        if root * root != n_tokens:
+            raise UnsupportedModelError(
+                f"{n_tokens} image tokens do not form the {side}x{side} patch grid of the vision tower"
+            )
+        side = root
+        extra = []
+    labels = extra + [f"<img {r},{c}>" for r in range(side) for c in range(side)]
+    grid_index = [-1] * len(extra) + list(range(side * side))
+    return PatchLayout(labels=labels, rows=side, cols=side, grid_index=grid_index)
+
+
+def llava_next_layout(model: nn.Module, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """LLaVA-NeXT: base grid, then unpadded high-res tiles with a newline token per row.
+
+    The layout is computed by running the model's own ``pack_image_features`` on features that
+    carry their (kind, row, col) coordinates, so it follows the installed transformers exactly.
+    """
+    image_sizes = model_inputs.get("image_sizes")
+    if image_sizes is None:
+        raise UnsupportedModelError("LLaVA-NeXT layout needs the processor's 'image_sizes' input")
+    side = _vision_grid(model)
+    inner = model.model
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+    tiles_h, tiles_w = get_anyres_image_grid_shape(
+        image_sizes[0].tolist(), model.config.image_grid_pinpoints, model.config.vision_config.image_size
+    )
+    n_tiles = 1 + tiles_h * tiles_w
+    coords = torch.zeros(n_tiles, side * side, 3)
+    rr, cc = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    coords[0, :, 1] = rr.flatten().float()
+    coords[0, :, 2] = cc.flatten().float()
+    for tile in range(1, n_tiles):
+        ty, tx = divmod(tile - 1, tiles_w)
+        coords[tile, :, 0] = 1
+        coords[tile, :, 1] = (rr + ty * side).flatten().float()
+        coords[tile, :, 2] = (cc + tx * side).flatten().float()
+    newline = torch.tensor([2.0, -1.0, -1.0])
+    packed, _ = inner.pack_image_features(
+        [coords], image_sizes, model.config.vision_feature_select_strategy, image_newline=newline
+    )
+    packed = packed[0]
+    if packed.shape[0] != n_tokens:
+        raise UnsupportedModelError(
+            f"LLaVA-NeXT layout has {packed.shape[0]} tokens but the prompt has {n_tokens} image tokens"
+        )
+    labels, grid_index = [], []
+    for kind, row, col in packed.round().long().tolist():
+        if kind == 0:
+            labels.append(f"<img {row},{col}>")
+            grid_index.append(row * side + col)
+        elif kind == 1:
+            labels.append(f"<img+ {row},{col}>")
+            grid_index.append(-1)
+        else:
+            labels.append("<img \\n>")
+            grid_index.append(-1)
+    return PatchLayout(labels=labels, rows=side, cols=side, grid_index=grid_index)

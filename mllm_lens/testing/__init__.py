@@ -1,0 +1,11 @@
+"""Tiny models built offline for tests, benchmarks and examples (no downloads)."""
+
+from mllm_lens.testing.tiny import (
+    WORDS,
+    build_tokenizer,
+    tiny_llava,
+    tiny_llava_next,
+    tiny_llava_phi,
+)
+
+__all__ = ["WORDS", "build_tokenizer", "tiny_llava", "tiny_llava_next", "tiny_llava_phi"]

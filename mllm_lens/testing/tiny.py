@@ -1,0 +1,203 @@
+"""Tiny random multimodal models of each supported architecture, built offline.
+
+Like transformers' own tests: small configs (hidden 32, a few layers), a word-level
+tokenizer trained from a fixed word list with the ``tokenizers`` library, and the real
+processor classes. Each builder saves the model and processor with ``save_pretrained`` so
+tests load them back through :func:`mllm_lens.load`, the same path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    PhiConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+WORDS = (
+    "USER ASSISTANT : ? . , ! Answer in a few words what which who where is are the this that of "
+    "country city place building director movie film capital continent language currency flag "
+    "won Golden Globe Oscar famous located on coast river Paris London Rome Tokyo Berlin Madrid "
+    "Europe Asia Africa America Oceania yes no red green blue white black yellow photo image "
+    "picture person named made by color colour how many people lives there"
+).split()
+
+
+def build_tokenizer(extra_words: tuple[str, ...] = (), n_filler: int = 64) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS` (+ ``extra_words`` + filler words ``w0..``).
+
+    Adds BOS like LLaMA's tokenizer and registers ``<image>`` as the image token.
+    """
+    words = list(dict.fromkeys([*WORDS, *extra_words, *(f"w{i}" for i in range(n_filler))]))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def _vision_config(image_size: int, patch_size: int) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=32,
+    )
+
+
+def _llama_text_config(vocab_size: int, **overrides) -> LlamaConfig:
+    kwargs = dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def _clip_processor(image_size: int) -> CLIPImageProcessorPil:
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+
+
+def _save(model: torch.nn.Module, processor, path: str | Path | None):
+    model.eval()
+    if path is not None:
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    return model, processor
+
+
+def tiny_llava(
+    path: str | Path | None = None,
+    *,
+    seed: int = 0,
+    image_size: int = 32,
+    patch_size: int = 8,
+    text_overrides: dict | None = None,
+    extra_words: tuple[str, ...] = (),
+):
+    """A random LLaVA-1.5 (Llama backbone, CLIP tower, CLS dropped): ``(model, processor)``."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(extra_words)
+    text = _llama_text_config(len(tokenizer), **(text_overrides or {}))
+    config = LlavaConfig(
+        vision_config=_vision_config(image_size, patch_size),
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(config)
+    processor = LlavaProcessor(
+        image_processor=_clip_processor(image_size),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return _save(model, processor, path)
+
+
+def tiny_llava_phi(path: str | Path | None = None, *, seed: int = 0, image_size: int = 32, patch_size: int = 8):
+    """A random LLaVA with a Phi-2-style backbone (parallel attention + MLP, fc1/fc2, dense)."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    text = PhiConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        max_position_embeddings=2048,
+        partial_rotary_factor=0.5,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+    )
+    config = LlavaConfig(
+        vision_config=_vision_config(image_size, patch_size),
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config)
+    processor = LlavaProcessor(
+        image_processor=_clip_processor(image_size),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return _save(model, processor, path)
+
+
+def tiny_llava_next(path: str | Path | None = None, *, seed: int = 0, image_size: int = 16, patch_size: int = 8):
+    """A random LLaVA-NeXT (anyres tiles + image-newline tokens, Llama backbone)."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    config = LlavaNextConfig(
+        vision_config=_vision_config(image_size, patch_size),
+        text_config=_llama_text_config(len(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+    )
+    model = LlavaNextForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
+    return _save(model, processor, path)

@@ -1,0 +1,194 @@
+"""The batched restoration executor: many (layer window, position) cells per forward pass.
+
+Every position before ``p0``, the first position where the corrupted decoder inputs differ
+from the clean ones, is identical in both runs. So
+
+1. the prefix ``[0, p0)`` is run once and its KV cache is shared by every restoration run;
+   each run computes only the suffix ``[p0, T)`` (in LLaVA the 576 image tokens come first,
+   so for a text constraint most of the work disappears);
+2. many cells share one forward: batch row ``i`` carries cell ``i``'s restore mask, applied
+   by forward hooks that write clean activations with one ``index_put`` per (site, layer);
+3. the batch size comes from a memory budget, so a 7B model does not run out of memory.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from mllm_lens.models.lens_model import LensModel
+
+PlanEntry = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, suffix positions, values
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One restoration: the clean ``site`` output at ``position`` in every layer of ``layers``."""
+
+    site: str
+    layers: tuple[int, ...]
+    position: int
+
+
+def _site_tensor(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_site_tensor(output, tensor: torch.Tensor):
+    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+
+@contextmanager
+def forward_hooks(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Register forward hooks and always remove them (exceptions, Ctrl-C included)."""
+    with ExitStack() as stack:
+        for module, fn in hooks:
+            stack.callback(module.register_forward_hook(fn).remove)
+        yield
+
+
+def batched_cache(prefix: DynamicCache, batch: int, config) -> DynamicCache:
+    """A cache holding ``prefix`` for ``batch`` rows (the rows share it; the forward copies)."""
+    cache = DynamicCache(config=config)
+    for index, layer in enumerate(prefix.layers):
+        cache.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), index)
+    return cache
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """Bytes the executor may use for one batch: half the free GPU memory, else 2 GiB."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 2 << 30
+
+
+class RestorationExecutor:
+    """Clean activations, the shared prefix cache and the corrupted suffix of one trace."""
+
+    def __init__(
+        self,
+        model: LensModel,
+        clean: torch.Tensor,
+        corrupted: torch.Tensor,
+        sites: Sequence[str],
+        *,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
+        max_batch: int = 64,
+    ) -> None:
+        self.model = model
+        changed = (clean != corrupted).any(dim=-1)[0].nonzero().flatten()
+        if changed.numel() == 0:
+            raise ValueError("the corrupted inputs equal the clean inputs")
+        self.p0 = int(changed[0])
+        self.length = clean.shape[1]
+        self.sites = tuple(sites)
+        self._config = model.adapter.language_model.config
+        with torch.no_grad():
+            self.prefix = model.prefix_cache(clean[:, : self.p0]) if self.p0 > 0 else None
+            self.clean_suffix = clean[:, self.p0 :]
+            self.corrupted_suffix = corrupted[:, self.p0 :]
+            self.clean_logits, self.activations = self._record_clean()
+            self.corrupted_logits = self._suffix_logits(self.corrupted_suffix)
+        self.batch_size = batch_size or self._batch_size_from_budget(memory_budget, max_batch)
+
+    def _cache(self, batch: int) -> DynamicCache | None:
+        return None if self.prefix is None else batched_cache(self.prefix, batch, self._config)
+
+    def _suffix_logits(self, suffix: torch.Tensor) -> torch.Tensor:
+        return self.model.decoder_logits(suffix, self._cache(suffix.shape[0]))
+
+    def _record_clean(self) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+        store: dict[tuple[str, int], torch.Tensor] = {}
+        adapter = self.model.adapter
+
+        def recorder(key):
+            def hook(_module, _args, output):
+                store[key] = _site_tensor(output)[0].detach().clone()
+
+            return hook
+
+        hooks = [
+            (adapter.site_module(site, layer), recorder((site, layer)))
+            for site in self.sites
+            for layer in range(adapter.num_layers)
+        ]
+        with forward_hooks(hooks):
+            logits = self._suffix_logits(self.clean_suffix)
+        return logits, store
+
+    def _batch_size_from_budget(self, budget: int | None, max_batch: int) -> int:
+        adapter = self.model.adapter
+        cfg = self._config
+        item = torch.finfo(self.model.dtype).bits // 8
+        suffix = self.length - self.p0
+        heads = cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or adapter.hidden_size // heads
+        kv_dim = getattr(cfg, "num_key_value_heads", None) or heads
+        cache = 2 * adapter.num_layers * self.length * kv_dim * head_dim * item
+        ffn = getattr(cfg, "intermediate_size", 4 * adapter.hidden_size)
+        acts = suffix * (8 * adapter.hidden_size + 3 * ffn) * item + heads * suffix * self.length * 4
+        per_row = cache + acts
+        budget = budget or default_memory_budget(self.model.device)
+        return int(max(1, min(max_batch, budget // max(per_row, 1))))
+
+    def _plan(self, cells: Sequence[Cell]) -> dict[tuple[str, int], PlanEntry]:
+        rows: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        for row, cell in enumerate(cells):
+            if cell.position < self.p0:
+                raise ValueError(f"cell position {cell.position} lies in the unchanged prefix (< {self.p0})")
+            for layer in cell.layers:
+                rows.setdefault((cell.site, layer), []).append((row, cell.position - self.p0))
+        device = self.model.device
+        plan = {}
+        for key, pairs in rows.items():
+            index = torch.tensor(pairs, dtype=torch.long, device=device)
+            r, p = index[:, 0], index[:, 1]
+            plan[key] = (r, p, self.activations[key][p])
+        return plan
+
+    def run(self, cells: Sequence[Cell], target: int, *, progress: bool = True, desc: str = "restoring",
+            on_batch: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+        """Probability of ``target`` at the last position with each cell restored: ``[len(cells)]``."""
+        out = np.empty(len(cells), dtype=np.float64)
+        adapter = self.model.adapter
+        plan: dict[tuple[str, int], PlanEntry] = {}
+
+        def restorer(key):
+            def hook(_module, _args, output):
+                entry = plan.get(key)
+                if entry is None:
+                    return None
+                rows, pos, values = entry
+                tensor = _site_tensor(output).index_put((rows, pos), values.to(_site_tensor(output).dtype))
+                return _with_site_tensor(output, tensor)
+
+            return hook
+
+        sites = sorted({c.site for c in cells})
+        hooks = [
+            (adapter.site_module(site, layer), restorer((site, layer)))
+            for site in sites
+            for layer in range(adapter.num_layers)
+        ]
+        starts = range(0, len(cells), self.batch_size)
+        bar = tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, unit="batch")
+        with forward_hooks(hooks), torch.no_grad():
+            for start in bar:
+                batch = cells[start : start + self.batch_size]
+                plan.clear()
+                plan.update(self._plan(batch))
+                suffix = self.corrupted_suffix.expand(len(batch), -1, -1)
+                probs = torch.softmax(self._suffix_logits(suffix), dim=-1)[:, target]
+                out[start : start + len(batch)] = probs.cpu().numpy()
+                if on_batch is not None:
+                    on_batch(start, out[start : start + len(batch)])
+        return out

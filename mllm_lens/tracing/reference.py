@@ -1,0 +1,84 @@
+"""The test oracle: causal tracing done the plain way.
+
+One full forward of the whole multimodal model (vision tower included) per cell, batch 1,
+no KV cache, no batching, no skipped positions. Corruptions enter the way a user would
+apply them by hand: a replaced phrase as new ``input_ids``; noise added to the decoder's
+``inputs_embeds``. Slow on purpose and short enough to check by eye; every fast path in
+:mod:`mllm_lens.tracing` must match it (float32, max abs difference <= 1e-5).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mllm_lens.models.lens_model import LensModel
+from mllm_lens.probe import EncodedProbe
+from mllm_lens.tracing.corruption import Corruption, Replace
+from mllm_lens.tracing.windows import window_layers
+
+
+def _site_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _full_forward(model: LensModel, encoded: EncodedProbe, corruption: Corruption | None, hooks) -> torch.Tensor:
+    """Next-token probabilities ``[vocab]`` of one full forward with ``hooks`` installed."""
+    inputs = dict(encoded.model_inputs)
+    handles = [module.register_forward_hook(fn) for module, fn in hooks]
+    if isinstance(corruption, Replace):
+        inputs["input_ids"] = corruption.corrupted_ids(model, encoded).unsqueeze(0).to(model.device)
+    elif corruption is not None:
+
+        def add_noise(_module, args, kwargs):
+            kwargs["inputs_embeds"] = corruption.apply(model, encoded, kwargs["inputs_embeds"])
+            return args, kwargs
+
+        handles.append(model.adapter.language_model.register_forward_pre_hook(add_noise, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            logits = model.hf_model(**inputs).logits[0, -1].float()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.softmax(logits, dim=-1)
+
+
+def reference_trace(
+    model: LensModel,
+    encoded: EncodedProbe,
+    corruption: Corruption,
+    site: str,
+    window: int = 1,
+    window_mode: str = "paper",
+    target_id: int | None = None,
+) -> tuple[np.ndarray, float, float, int]:
+    """``(scores [layers, positions], clean_prob, corrupted_prob, target_id)``, cell by cell."""
+    adapter = model.adapter
+    n_layers = adapter.num_layers
+    clean_outputs: dict[int, torch.Tensor] = {}
+
+    def record(layer):
+        def hook(_module, _args, output):
+            clean_outputs[layer] = _site_output(output).detach().clone()
+
+        return hook
+
+    clean = _full_forward(model, encoded, None, [(adapter.site_module(site, i), record(i)) for i in range(n_layers)])
+    target = int(clean.argmax()) if target_id is None else target_id
+    corrupted = _full_forward(model, encoded, corruption, [])
+
+    scores = np.zeros((n_layers, encoded.length))
+    for layer in range(n_layers):
+        for pos in range(encoded.length):
+            hooks = []
+            for restored in window_layers(layer, window, window_mode, n_layers):
+
+                def restore(_module, _args, output, restored=restored, pos=pos):
+                    tensor = _site_output(output).clone()
+                    tensor[0, pos] = clean_outputs[restored][0, pos]
+                    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+                hooks.append((adapter.site_module(site, restored), restore))
+            scores[layer, pos] = float(_full_forward(model, encoded, corruption, hooks)[target])
+    return scores, float(clean[target]), float(corrupted[target]), target
