@@ -9,8 +9,9 @@ the phrase's characters onto tokens through the tokenizer's offsets.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from PIL import Image
@@ -170,6 +171,13 @@ def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
     tokenizer = model.tokenizer
     image_token = getattr(processor, "image_token", "<image>")
     template = probe.template or _default_template(model)
+    if image_token in probe.question:
+        raise ProbeError(
+            f"the question {probe.question!r} contains the image token {image_token!r}; the template places the image"
+        )
+    for constraint in probe.constraints:
+        if image_token in constraint.text:
+            raise ProbeError(f"constraint {constraint.text!r} spans the image placeholder {image_token!r}")
     prompt, q_offset, question = _format_prompt(template, probe.question, image_token)
     image = probe.image if probe.image.mode == "RGB" else probe.image.convert("RGB")
     inputs = processor(images=image, text=prompt, return_tensors="pt")
@@ -252,5 +260,7 @@ def answer_token_id(model: LensModel, prompt: str, answer: str) -> int:
             raise ProbeError(f"the answer {answer!r} tokenizes to nothing")
         token = alone[0]
     if token == tokenizer.unk_token_id:
-        raise ProbeError(f"the answer {answer!r} starts with a token unknown to the tokenizer ({tokenizer.unk_token!r})")
+        raise ProbeError(
+            f"the answer {answer!r} starts with a token unknown to the tokenizer ({tokenizer.unk_token!r})"
+        )
     return int(token)

@@ -17,8 +17,9 @@ Noise is drawn once from a seeded generator, so a trace is reproducible.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -55,8 +56,12 @@ class ConstraintNoise:
         return out
 
     def describe(self, encoded: EncodedProbe) -> dict:
-        return {"kind": "constraint_noise", "constraint": encoded.probe.constraint(self.constraint).text,
-                "scale": self.scale, "seed": self.seed}
+        return {
+            "kind": "constraint_noise",
+            "constraint": encoded.probe.constraint(self.constraint).text,
+            "scale": self.scale,
+            "seed": self.seed,
+        }
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,7 @@ class Replace:
         if self.by.strip() == original.text.strip():
             raise CorruptionError(f"the replacement {self.by!r} is identical to the constraint {original.text!r}")
         at = _find_phrase(original.text, probe.question)
-        new_question = probe.question[:at] + self.by + probe.question[at + len(original.text):]
+        new_question = probe.question[:at] + self.by + probe.question[at + len(original.text) :]
         replaced = encode_probe(Probe(probe.image, new_question, [], template=probe.template), model)
         old_ids, new_ids = encoded.input_ids, replaced.input_ids
         start, end = encoded.spans[original.text]

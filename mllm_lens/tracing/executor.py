@@ -13,9 +13,9 @@ from the clean ones, is identical in both runs. So
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -155,8 +155,15 @@ class RestorationExecutor:
             plan[key] = (r, p, self.activations[key][p])
         return plan
 
-    def run(self, cells: Sequence[Cell], target: int, *, progress: bool = True, desc: str = "restoring",
-            on_batch: Callable[[int, np.ndarray], None] | None = None) -> np.ndarray:
+    def run(
+        self,
+        cells: Sequence[Cell],
+        target: int,
+        *,
+        progress: bool = True,
+        desc: str = "restoring",
+        on_batch: Callable[[int, np.ndarray], None] | None = None,
+    ) -> np.ndarray:
         """Probability of ``target`` at the last position with each cell restored: ``[len(cells)]``."""
         out = np.empty(len(cells), dtype=np.float64)
         adapter = self.model.adapter

@@ -15,7 +15,7 @@ plain per-cell algorithm in :mod:`mllm_lens.tracing.reference` is its test oracl
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,9 @@ class CorruptionIneffectiveWarning(UserWarning):
     """The corruption did not lower the target's probability; the trace shows little."""
 
 
-def prepare(model: LensModel, probe: Probe | EncodedProbe, corrupt) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor]:
+def prepare(
+    model: LensModel, probe: Probe | EncodedProbe, corrupt
+) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor]:
     """Encode the probe and build clean and corrupted decoder inputs ``[1, T, d]``."""
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     corruption = as_corruption(corrupt)
@@ -75,9 +77,7 @@ def trace(
     if swept and not (0 <= swept[0] and swept[-1] < length):
         raise TraceConfigError(f"positions must lie in [0, {length}), got {swept[0]}..{swept[-1]}")
 
-    executor = RestorationExecutor(
-        model, clean, corrupted, [site], batch_size=batch_size, memory_budget=memory_budget
-    )
+    executor = RestorationExecutor(model, clean, corrupted, [site], batch_size=batch_size, memory_budget=memory_budget)
     target = encoded.target_id
     if target is None:
         target = int(executor.clean_logits[0].argmax())

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mllm_lens as ml
+from mllm_lens.testing import tiny_llava, tiny_llava_next, tiny_llava_phi
+
+BUILDERS = {"llava": tiny_llava, "llava_phi": tiny_llava_phi, "llava_next": tiny_llava_next}
+
+
+@pytest.fixture(scope="session")
+def saved_models(tmp_path_factory) -> dict[str, str]:
+    """Each tiny architecture saved with save_pretrained into its own folder."""
+    paths = {}
+    for name, build in BUILDERS.items():
+        path = tmp_path_factory.mktemp(name)
+        build(path)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def models(saved_models) -> dict[str, ml.LensModel]:
+    """The tiny architectures loaded back through the real ``load()`` path."""
+    return {name: ml.load(path) for name, path in saved_models.items()}
+
+
+@pytest.fixture(params=sorted(BUILDERS))
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def image() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray((rng.random((40, 50, 3)) * 255).astype("uint8"))
+
+
+@pytest.fixture
+def probe(image) -> ml.Probe:
+    return ml.Probe(image, "which continent is this country in?", [ml.visual("this country"), ml.textual("continent")])

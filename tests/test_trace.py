@@ -1,0 +1,151 @@
+"""TraceResult contents, persistence, hook hygiene and bad trace settings."""
+
+from __future__ import annotations
+
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import mllm_lens as ml
+from mllm_lens.tracing import Cell, RestorationExecutor
+from mllm_lens.tracing.trace import prepare
+
+
+def _all_hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf_model.modules())
+
+
+def test_prefix_positions_are_noops(models, probe):
+    model = models["llava"]
+    result = ml.trace(model, probe, ml.noise("this country"), site="mlp", progress=False)
+    p0 = result.settings["first_corrupted_position"]
+    assert p0 == result.constraint_spans["this country"][0]
+    assert np.all(result.scores[:, :p0] == result.corrupted_prob)
+    image = ml.trace(model, probe, ml.image_noise(), site="mlp", progress=False)
+    assert image.settings["first_corrupted_position"] == image.image_span[0]
+
+
+def test_result_fields(models, probe):
+    result = ml.trace(models["llava"], probe, ml.noise(), site="attn", window=2, window_mode="rome", progress=False)
+    n = probe.encode(models["llava"]).length
+    assert result.scores.shape == (5, n) and len(result.labels) == n
+    assert np.allclose(result.indirect_effect, result.scores - result.corrupted_prob)
+    gap = result.clean_prob - result.corrupted_prob
+    assert np.allclose(result.normalized_effect * gap, result.indirect_effect)
+    assert result.settings["corruption"] == {
+        "kind": "constraint_noise",
+        "constraint": "this country",
+        "scale": 3.0,
+        "seed": 0,
+    }
+    assert result.constraint_kinds == {"this country": "visual", "continent": "textual"}
+    assert result.patch_grid == (4, 4)
+    assert result.labels[result.image_span[0] + 5] == "<img 1,1>"
+
+
+def test_save_and_load_round_trip(models, probe, tmp_path):
+    result = ml.trace(models["llava"], probe, ml.noise(), site="mlp", progress=False)
+    path = result.save(tmp_path / "trace.npz")
+    assert sorted(zipfile.ZipFile(path).namelist()) == ["meta.json", "scores.npy"]
+    loaded = ml.TraceResult.load(path)
+    assert np.array_equal(loaded.scores, result.scores)
+    assert loaded.labels == result.labels and loaded.constraint_spans == result.constraint_spans
+    assert loaded.settings == result.settings
+    assert np.array_equal(np.load(path)["scores"], result.scores)
+
+
+def test_failed_save_keeps_the_old_file(models, probe, tmp_path, monkeypatch):
+    result = ml.trace(models["llava"], probe, ml.noise(), site="mlp", progress=False)
+    path = result.save(tmp_path / "trace.npz")
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", broken)
+    with pytest.raises(OSError, match="disk full"):
+        result.save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["trace.npz"]
+
+
+def test_interrupt_leaves_no_hooks(models, probe):
+    model = models["llava"]
+    before = _all_hooks(model)
+    encoded, _, clean, corrupted = prepare(model, probe, ml.noise())
+    executor = RestorationExecutor(model, clean, corrupted, ["mlp"], batch_size=2)
+    cells = [Cell("mlp", (layer,), executor.p0) for layer in range(5)]
+
+    def interrupt(start, probs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        executor.run(cells, 0, on_batch=interrupt, progress=False)
+    assert _all_hooks(model) == before
+
+
+def test_ineffective_corruption_warns_and_is_recorded(models, probe):
+    model = models["llava"]
+    for seed in range(40):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = ml.trace(model, probe, ml.noise("continent", scale=0.05, seed=seed), site="mlp", progress=False)
+        if result.corrupted_prob >= result.clean_prob:
+            assert any(issubclass(w.category, ml.tracing.CorruptionIneffectiveWarning) for w in caught)
+            assert "did not lower" in result.warnings[0]
+            return
+    pytest.fail("no seed gave a non-lowering corruption")
+
+
+def test_replacement_with_other_token_count_is_refused(models, probe):
+    with pytest.raises(ml.CorruptionError, match=r"'this country' \(2 tokens\) by 'Paris' \(1 tokens\)"):
+        ml.trace(models["llava"], probe, ml.replace("this country", "Paris"), progress=False)
+
+
+def test_identical_replacement_is_refused(models, probe):
+    with pytest.raises(ml.CorruptionError, match="identical"):
+        ml.trace(models["llava"], probe, ml.replace("this country", "this country"), progress=False)
+
+
+def test_replace_unknown_constraint(models, probe):
+    with pytest.raises(ml.ProbeError, match="no constraint 'that thing'"):
+        ml.trace(models["llava"], probe, ml.replace("that thing", "a b"), progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"window": 3, "window_mode": "paper"}, "larger than the model's 5 layers"),
+        ({"window": 6, "window_mode": "rome"}, "larger than the model's 5 layers"),
+        ({"window": 0}, "window must be >= 1"),
+        ({"window_mode": "wide"}, "window_mode must be one of"),
+        ({"site": "mlp_out"}, "unknown site"),
+        ({"positions": [0, 999]}, "positions must lie in"),
+    ],
+)
+def test_bad_trace_settings(models, probe, kwargs, match):
+    with pytest.raises(ml.TraceConfigError, match=match):
+        ml.trace(models["llava"], probe, **{"progress": False, **kwargs})
+
+
+def test_patch_outside_image_is_refused(models, probe):
+    with pytest.raises(ml.CorruptionError, match="patch index 99 outside the 16 image tokens"):
+        ml.trace(models["llava"], probe, ml.image_noise(patches=[99]), progress=False)
+    with pytest.raises(IndexError, match=r"patch \(9, 0\) outside the 4x4 grid"):
+        ml.trace(models["llava"], probe, ml.image_noise(patches=[(9, 0)]), progress=False)
+
+
+def test_positions_subset_matches_full_trace(models, probe):
+    model = models["llava"]
+    full = ml.trace(model, probe, ml.noise(), site="mlp", progress=False)
+    some = ml.trace(model, probe, ml.noise(), site="mlp", positions=[22, 23, 30], progress=False)
+    assert np.allclose(some.scores[:, [22, 23, 30]], full.scores[:, [22, 23, 30]])
+    assert np.isnan(some.scores[:, 24]).all()
+
+
+def test_no_grad_state_leaks(models, probe):
+    ml.trace(models["llava"], probe, ml.noise(), site="hidden", progress=False)
+    assert torch.is_grad_enabled()
