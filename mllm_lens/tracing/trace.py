@@ -90,7 +90,7 @@ def trace(
     scores = np.full((n_layers, length), corrupted_prob, dtype=np.float64)
     if positions is not None:
         scores[:, sorted(set(range(length)) - set(swept))] = np.nan
-    for (layer, pos), prob in zip(grid, probs):
+    for (layer, pos), prob in zip(grid, probs, strict=True):
         scores[layer, pos] = prob
 
     notes = []
