@@ -2,10 +2,11 @@
 
 All weights of a tiny random LLaVA are frozen except the MLP of one decoder layer ``k``
 (the frozen attention and MLP output projections are scaled down, so the random blocks
-write little into the residual stream); that MLP alone is trained, in seconds, on a
+write little into the residual stream). That MLP alone is trained, in seconds, on a
 key -> value task: the prompt ends with an entity word ``e{i}`` and the answer is
-``a{f(i)}`` for a fixed random map ``f``. The only trainable memory of the entity -> answer map is layer ``k``'s MLP, so a causal trace of MLP
-outputs with the entity corrupted must peak at layer ``k`` on the entity token.
+``a{f(i)}`` for a fixed random map ``f``. The only trainable memory of the map is layer
+``k``'s MLP, so a causal trace of MLP outputs with the entity corrupted must peak at layer
+``k`` on the entity token.
 """
 
 from __future__ import annotations
