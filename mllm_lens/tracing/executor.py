@@ -3,9 +3,9 @@
 Every position before ``p0``, the first position where the corrupted decoder inputs differ
 from the clean ones, is identical in both runs. So
 
-1. the prefix ``[0, p0)`` is run once and its KV cache is shared by every restoration run;
-   each run computes only the suffix ``[p0, T)`` (in LLaVA the 576 image tokens come first,
-   so for a text constraint most of the work disappears);
+1. the prefix ``[0, p0)`` is run once and its KV cache is shared by every restoration run
+   (:mod:`mllm_lens.tracing.prefix_cache`); each run computes only the suffix ``[p0, T)``
+   (in LLaVA the 576 image tokens come first, so for a text constraint most work disappears);
 2. many cells share one forward: batch row ``i`` carries cell ``i``'s restore mask, applied
    by forward hooks that write clean activations with one ``index_put`` per (site, layer);
 3. the batch size comes from a memory budget, so a 7B model does not run out of memory.
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import DynamicCache
 
 from mllm_lens.models.lens_model import LensModel
+from mllm_lens.tracing.prefix_cache import SharedPrefixCache
 
 PlanEntry = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, suffix positions, values
 
@@ -52,14 +52,6 @@ def forward_hooks(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]
         for module, fn in hooks:
             stack.callback(module.register_forward_hook(fn).remove)
         yield
-
-
-def batched_cache(prefix: DynamicCache, batch: int, config) -> DynamicCache:
-    """A cache holding ``prefix`` for ``batch`` rows (the rows share it; the forward copies)."""
-    cache = DynamicCache(config=config)
-    for index, layer in enumerate(prefix.layers):
-        cache.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), index)
-    return cache
 
 
 def default_memory_budget(device: torch.device) -> int:
@@ -92,16 +84,17 @@ class RestorationExecutor:
         self.length = clean.shape[1]
         self.sites = tuple(sites)
         self._config = model.adapter.language_model.config
+        self.batch_size = batch_size or self._batch_size_from_budget(memory_budget, max_batch)
         with torch.no_grad():
-            self.prefix = model.prefix_cache(clean[:, : self.p0]) if self.p0 > 0 else None
+            prefix = model.prefix_cache(clean[:, : self.p0]) if self.p0 > 0 else None
+            self.shared = None if prefix is None else SharedPrefixCache(prefix, self.batch_size, self.length - self.p0)
             self.clean_suffix = clean[:, self.p0 :]
             self.corrupted_suffix = corrupted[:, self.p0 :]
             self.clean_logits, self.activations = self._record_clean()
             self.corrupted_logits = self._suffix_logits(self.corrupted_suffix)
-        self.batch_size = batch_size or self._batch_size_from_budget(memory_budget, max_batch)
 
-    def _cache(self, batch: int) -> DynamicCache | None:
-        return None if self.prefix is None else batched_cache(self.prefix, batch, self._config)
+    def _cache(self, batch: int):
+        return None if self.shared is None else self.shared.for_batch(batch)
 
     def _suffix_logits(self, suffix: torch.Tensor) -> torch.Tensor:
         return self.model.decoder_logits(suffix, self._cache(suffix.shape[0]))

@@ -1,0 +1,58 @@
+"""A KV cache that holds one shared prefix for a whole batch, written once per trace.
+
+Restoration runs all start from the same prefix. Repeating a ``DynamicCache`` for every
+batch would copy the prefix's keys and values twice per batch row (``repeat`` and the
+``cat`` inside ``update``). Here the prefix is copied into a ``[max_batch, heads, p0 + S, d]``
+buffer once; each forward only writes its suffix keys and values into the slots after
+``p0`` and attends over a view of the buffer. One forward per cache use: the suffix slots are
+overwritten by the next one.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, prefix_length: int) -> None:
+        super().__init__()
+        self.keys, self.values = keys, values
+        self.prefix_length = prefix_length
+        self.batch = keys.shape[0]
+        self.is_initialized = True
+        self.device = keys.device
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        rows, new = key_states.shape[0], key_states.shape[-2]
+        end = self.prefix_length + new
+        self.keys[:rows, :, self.prefix_length : end] = key_states
+        self.values[:rows, :, self.prefix_length : end] = value_states
+        return self.keys[:rows, :, :end], self.values[:rows, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.prefix_length
+
+
+class SharedPrefixCache:
+    """Buffers for ``max_batch`` rows of ``prefix`` plus ``suffix_length`` new tokens."""
+
+    def __init__(self, prefix: DynamicCache, max_batch: int, suffix_length: int) -> None:
+        self.prefix_length = prefix.get_seq_length()
+        self.buffers = []
+        for layer in prefix.layers:
+            shape = list(layer.keys.shape)
+            shape[0], shape[-2] = max_batch, self.prefix_length + suffix_length
+            keys = layer.keys.new_empty(shape)
+            values = layer.values.new_empty(shape[:-1] + [layer.values.shape[-1]])
+            keys[:, :, : self.prefix_length] = layer.keys
+            values[:, :, : self.prefix_length] = layer.values
+            self.buffers.append((keys, values))
+        self.max_batch = max_batch
+
+    def for_batch(self, rows: int) -> Cache:
+        """A cache object for one forward of ``rows <= max_batch`` rows."""
+        if rows > self.max_batch:
+            raise ValueError(f"batch of {rows} rows exceeds the cache's {self.max_batch}")
+        return Cache(layers=[_SharedPrefixLayer(k, v, self.prefix_length) for k, v in self.buffers])

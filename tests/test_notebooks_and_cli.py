@@ -1,0 +1,57 @@
+"""The ready-made notebooks run top to bottom; the demo command works."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mllm_lens.cli import main
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cells = json.loads(notebook.read_text())["cells"]
+    namespace: dict = {}
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            exec(compile("".join(cell["source"]), f"{notebook.name}", "exec"), namespace)
+    assert os.path.exists("quickstart_mlp_trace.npz")
+
+
+def test_notebooks_exist():
+    assert NOTEBOOKS, "no notebooks found"
+
+
+def test_demo_command(tmp_path, capsys):
+    assert main(["demo", "--layer", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp trace" in out and "peak" in out and "at layer 1," in out.split("attn trace")[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_attn.npz", "demo_hidden.npz", "demo_mlp.npz"]
+
+
+def test_trace_command_reports_bad_input(tmp_path, capsys, saved_models):
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    Image.new("RGB", (20, 20)).save(image)
+    code = main(
+        [
+            "trace",
+            "--model",
+            saved_models["llava"],
+            "--image",
+            str(image),
+            "--question",
+            "which continent is this country in?",
+            "--visual",
+            "this city",
+        ]
+    )
+    assert code == 2
+    assert "'this city'" in capsys.readouterr().err
