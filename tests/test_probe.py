@@ -87,3 +87,27 @@ def test_images_in_any_mode_and_size(models, arch, mode, size):
 def test_non_image_is_refused():
     with pytest.raises(ml.ProbeError, match="PIL.Image"):
         ml.Probe("not an image", "which continent?", ["continent"])  # type: ignore[arg-type]
+
+
+def test_chat_template_is_used_when_the_processor_has_one(saved_models, image):
+    model = ml.load(saved_models["llava_next"])
+    model.processor.chat_template = (
+        "{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
+        "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:"
+    )
+    encoded = ml.Probe(image, "which continent is this country in?", ["this country"]).encode(model)
+    assert encoded.prompt == "USER: <image>\nwhich continent is this country in? ASSISTANT:"
+    start, end = encoded.spans["this country"]
+    assert encoded.tokens[start:end] == ["this", "country"]
+
+
+def test_llava_next_layout_rows_end_in_newlines(models, image):
+    encoded = ml.Probe(image, "which continent is this country in?", ["this country"]).encode(models["llava_next"])
+    layout = encoded.patch_layout
+    base = [label for label in layout.labels if label.startswith("<img ") and "," in label]
+    assert len(base) == layout.rows * layout.cols
+    assert layout.labels[: len(base)] == [f"<img {r},{c}>" for r in range(layout.rows) for c in range(layout.cols)]
+    rest = layout.labels[len(base) :]
+    assert rest and rest[-1] == "<img \\n>"
+    row_of = [label.split()[1].split(",")[0] for label in rest if label.startswith("<img+")]
+    assert rest.count("<img \\n>") == len(dict.fromkeys(row_of))

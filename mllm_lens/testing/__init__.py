@@ -3,9 +3,10 @@
 from mllm_lens.testing.tiny import (
     WORDS,
     build_tokenizer,
+    random_llava,
     tiny_llava,
     tiny_llava_next,
     tiny_llava_phi,
 )
 
-__all__ = ["WORDS", "build_tokenizer", "tiny_llava", "tiny_llava_next", "tiny_llava_phi"]
+__all__ = ["WORDS", "build_tokenizer", "random_llava", "tiny_llava", "tiny_llava_next", "tiny_llava_phi"]
