@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import mllm_lens as ml
 from mllm_lens.models import resolve_adapter
-from mllm_lens.testing import build_tokenizer, tiny_llava
+from mllm_lens.testing import build_tokenizer, tiny_llava, tiny_llava_next, tiny_llava_phi
 
 EXPECTED = {
     "llava": ("llama", "down_proj", "o_proj"),
@@ -36,9 +36,8 @@ def test_adapter_finds_every_part(models, arch):
 
 
 def test_loaded_model_matches_in_memory_model(saved_models, models, arch, probe):
-    from tests.conftest import BUILDERS
-
-    fresh, _ = BUILDERS[arch]()
+    builders = {"llava": tiny_llava, "llava_phi": tiny_llava_phi, "llava_next": tiny_llava_next}
+    fresh, _ = builders[arch]()
     encoded = probe.encode(models[arch])
     with torch.no_grad():
         a = models[arch].hf_model(**encoded.model_inputs).logits
