@@ -15,7 +15,7 @@ from mllm_lens.errors import (
 from mllm_lens.models import LensModel, load
 from mllm_lens.probe import Constraint, Probe, textual, visual
 from mllm_lens.results import TraceResult
-from mllm_lens.tracing import image_noise, noise, replace, trace
+from mllm_lens.tracing import image_noise, noise, replace, trace, trace_sites
 
 __version__ = "0.1.0"
 
@@ -36,5 +36,6 @@ __all__ = [
     "replace",
     "textual",
     "trace",
+    "trace_sites",
     "visual",
 ]

@@ -21,8 +21,8 @@ def _demo(args: argparse.Namespace) -> int:
     probe = planted.probe(entity)
     print(f"Question {probe.question!r} -> answer {planted.facts[entity]!r}; corrupting {entity!r} with noise\n")
     out = Path(args.out)
-    for site in ("mlp", "attn", "hidden"):
-        result = ml.trace(planted.model, probe, ml.noise(entity), site=site, progress=not args.quiet)
+    results = ml.trace_sites(planted.model, probe, ml.noise(entity), ("mlp", "attn", "hidden"), progress=not args.quiet)
+    for site, result in results.items():
         print(heatmap_text(result), end="\n\n")
         result.save(out / f"demo_{site}.npz")
     print(f"Traces saved under {out}/ (open with mllm_lens.TraceResult.load).")

@@ -149,3 +149,20 @@ def test_positions_subset_matches_full_trace(models, probe):
 def test_no_grad_state_leaks(models, probe):
     ml.trace(models["llava"], probe, ml.noise(), site="hidden", progress=False)
     assert torch.is_grad_enabled()
+
+
+def test_trace_sites_equals_single_site_traces(models, probe):
+    model = models["llava_phi"]
+    together = ml.trace_sites(
+        model, probe, ml.image_noise(), window=2, window_mode="rome", batch_size=5, progress=False
+    )
+    assert sorted(together) == ["attn", "hidden", "mlp"]
+    for site, result in together.items():
+        alone = ml.trace(model, probe, ml.image_noise(), site=site, window=2, window_mode="rome", progress=False)
+        assert result.site == site
+        assert np.abs(result.scores - alone.scores).max() <= 1e-6
+
+
+def test_trace_sites_rejects_unknown_site(models, probe):
+    with pytest.raises(ml.TraceConfigError, match="unknown site 'residual'"):
+        ml.trace_sites(models["llava"], probe, sites=("mlp", "residual"), progress=False)

@@ -2,7 +2,7 @@
 
 from mllm_lens.tracing.corruption import ConstraintNoise, ImageNoise, Replace, image_noise, noise, replace
 from mllm_lens.tracing.executor import Cell, RestorationExecutor
-from mllm_lens.tracing.trace import CorruptionIneffectiveWarning, trace
+from mllm_lens.tracing.trace import CorruptionIneffectiveWarning, trace, trace_sites
 from mllm_lens.tracing.windows import WINDOW_MODES, window_layers
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "noise",
     "replace",
     "trace",
+    "trace_sites",
     "window_layers",
 ]

@@ -67,8 +67,38 @@ def trace(
     see :mod:`mllm_lens.tracing.windows`. ``positions`` restricts the swept positions (default:
     all). ``batch_size`` overrides the batch size derived from ``memory_budget`` (bytes).
     """
-    if site not in SITES:
-        raise TraceConfigError(f"unknown site {site!r}; expected one of {SITES}")
+    return trace_sites(
+        model,
+        probe,
+        corrupt,
+        (site,),
+        window,
+        window_mode,
+        positions=positions,
+        batch_size=batch_size,
+        memory_budget=memory_budget,
+        progress=progress,
+    )[site]
+
+
+def trace_sites(
+    model: LensModel,
+    probe: Probe | EncodedProbe,
+    corrupt: Corruption | str | None = None,
+    sites: Sequence[str] = SITES,
+    window: int = 1,
+    window_mode: str = "paper",
+    *,
+    positions: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    memory_budget: int | None = None,
+    progress: bool = True,
+) -> dict[str, TraceResult]:
+    """:func:`trace` for several sites at once (default hidden, MLP and attention), sharing
+    the clean run, the prefix cache and the batches: ``{site: TraceResult}``."""
+    unknown = [site for site in sites if site not in SITES]
+    if unknown or not sites:
+        raise TraceConfigError(f"unknown site {unknown[0] if unknown else None!r}; expected one of {SITES}")
     n_layers = model.num_layers
     window_layers(0, window, window_mode, n_layers)  # validates window against the model
     encoded, corruption, clean, corrupted = prepare(model, probe, corrupt)
@@ -77,21 +107,22 @@ def trace(
     if swept and not (0 <= swept[0] and swept[-1] < length):
         raise TraceConfigError(f"positions must lie in [0, {length}), got {swept[0]}..{swept[-1]}")
 
-    executor = RestorationExecutor(model, clean, corrupted, [site], batch_size=batch_size, memory_budget=memory_budget)
+    executor = RestorationExecutor(model, clean, corrupted, sites, batch_size=batch_size, memory_budget=memory_budget)
     target = encoded.target_id
     if target is None:
         target = int(executor.clean_logits[0].argmax())
     clean_prob = float(torch.softmax(executor.clean_logits[0], -1)[target])
     corrupted_prob = float(torch.softmax(executor.corrupted_logits[0], -1)[target])
 
-    grid = [(layer, pos) for layer in range(n_layers) for pos in swept if pos >= executor.p0]
-    cells = [Cell(site, window_layers(layer, window, window_mode, n_layers), pos) for layer, pos in grid]
-    probs = executor.run(cells, target, progress=progress, desc=f"{site} trace")
-    scores = np.full((n_layers, length), corrupted_prob, dtype=np.float64)
-    if positions is not None:
-        scores[:, sorted(set(range(length)) - set(swept))] = np.nan
-    for (layer, pos), prob in zip(grid, probs, strict=True):
-        scores[layer, pos] = prob
+    grid = [(site, layer, pos) for site in sites for layer in range(n_layers) for pos in swept if pos >= executor.p0]
+    cells = [Cell(site, window_layers(layer, window, window_mode, n_layers), pos) for site, layer, pos in grid]
+    probs = executor.run(cells, target, progress=progress, desc=f"{'/'.join(sites)} trace")
+    scores = {site: np.full((n_layers, length), corrupted_prob, dtype=np.float64) for site in sites}
+    for site in sites:
+        if positions is not None:
+            scores[site][:, sorted(set(range(length)) - set(swept))] = np.nan
+    for (site, layer, pos), prob in zip(grid, probs, strict=True):
+        scores[site][layer, pos] = prob
 
     notes = []
     if corrupted_prob >= clean_prob:
@@ -99,32 +130,36 @@ def trace(
             f"the corruption did not lower the target's probability (clean {clean_prob:.4f}, "
             f"corrupted {corrupted_prob:.4f}); this trace says little about where the fact is stored"
         )
-        warnings.warn(notes[-1], CorruptionIneffectiveWarning, stacklevel=2)
+        warnings.warn(notes[-1], CorruptionIneffectiveWarning, stacklevel=3)
     probe_obj = encoded.probe
-    return TraceResult(
-        scores=scores,
-        clean_prob=clean_prob,
-        corrupted_prob=corrupted_prob,
-        target_id=target,
-        target_token=model.tokenizer.convert_ids_to_tokens(target),
-        labels=encoded.labels,
-        tokens=encoded.tokens,
-        constraint_spans=dict(encoded.spans),
-        constraint_kinds={c.text: c.kind for c in probe_obj.constraints},
-        image_span=encoded.image_span,
-        patch_grid=(encoded.patch_layout.rows, encoded.patch_layout.cols),
-        site=site,
-        settings={
-            "window": window,
-            "window_mode": window_mode,
-            "corruption": corruption.describe(encoded),
-            "first_corrupted_position": executor.p0,
-            "batch_size": executor.batch_size,
-            "prompt": encoded.prompt,
-            "question": probe_obj.question,
-            "answer": probe_obj.answer,
-            "model": model.name,
-            "dtype": str(model.dtype).replace("torch.", ""),
-        },
-        warnings=notes,
-    )
+    settings = {
+        "window": window,
+        "window_mode": window_mode,
+        "corruption": corruption.describe(encoded),
+        "first_corrupted_position": executor.p0,
+        "batch_size": executor.batch_size,
+        "prompt": encoded.prompt,
+        "question": probe_obj.question,
+        "answer": probe_obj.answer,
+        "model": model.name,
+        "dtype": str(model.dtype).replace("torch.", ""),
+    }
+    return {
+        site: TraceResult(
+            scores=scores[site],
+            clean_prob=clean_prob,
+            corrupted_prob=corrupted_prob,
+            target_id=target,
+            target_token=model.tokenizer.convert_ids_to_tokens(target),
+            labels=list(encoded.labels),
+            tokens=list(encoded.tokens),
+            constraint_spans=dict(encoded.spans),
+            constraint_kinds={c.text: c.kind for c in probe_obj.constraints},
+            image_span=encoded.image_span,
+            patch_grid=(encoded.patch_layout.rows, encoded.patch_layout.cols),
+            site=site,
+            settings=dict(settings),
+            warnings=list(notes),
+        )
+        for site in sites
+    }
