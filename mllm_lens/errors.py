@@ -25,3 +25,7 @@ class CorruptionError(MllmLensError, ValueError):
 
 class TraceConfigError(MllmLensError, ValueError):
     """Inconsistent trace settings (window larger than the model, unknown site, ...)."""
+
+
+class VQAConstraintsFormatError(MllmLensError, ValueError):
+    """A VQA-Constraints CSV is malformed (the message names the file, the line and the fault)."""

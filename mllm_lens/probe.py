@@ -151,7 +151,8 @@ def _format_prompt(template: str, question: str, image_token: str) -> tuple[str,
     return template.format(question=q), len(head), q
 
 
-def _find_phrase(phrase: str, question: str) -> int:
+def find_phrase(phrase: str, question: str) -> int:
+    """Character offset of ``phrase`` in ``question``: exact, else case-insensitive if unique; -1 if absent."""
     at = question.find(phrase)
     if at >= 0:
         return at
@@ -208,7 +209,7 @@ def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
     tokens = tokenizer.convert_ids_to_tokens(ids.tolist())
     spans: dict[str, tuple[int, int]] = {}
     for constraint in probe.constraints:
-        at = _find_phrase(constraint.text, question)
+        at = find_phrase(constraint.text, question)
         if at < 0:
             raise ProbeError(
                 f"constraint {constraint.text!r} ({constraint.kind}) is not in the question {question!r}. "

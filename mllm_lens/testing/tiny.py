@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
@@ -27,7 +26,7 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+from mllm_lens.models.word_tokenizer import word_level_tokenizer
 
 WORDS = (
     "USER ASSISTANT : ? . , ! Answer in a few words what which who where is are the this that of "
@@ -39,27 +38,9 @@ WORDS = (
 
 
 def build_tokenizer(extra_words: tuple[str, ...] = (), n_filler: int = 64) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over :data:`WORDS` (+ ``extra_words`` + filler words ``w0..``).
-
-    Adds BOS like LLaMA's tokenizer and registers ``<image>`` as the image token.
-    """
+    """A word-level tokenizer over :data:`WORDS` (+ ``extra_words`` + filler words ``w0..``)."""
     words = list(dict.fromkeys([*WORDS, *extra_words, *(f"w{i}" for i in range(n_filler))]))
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in words:
-        vocab.setdefault(word, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    return word_level_tokenizer(words)
 
 
 def _vision_config(image_size: int, patch_size: int) -> CLIPVisionConfig:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mllm_lens.errors import CorruptionError
-from mllm_lens.probe import EncodedProbe, Probe, _find_phrase, encode_probe
+from mllm_lens.probe import EncodedProbe, Probe, encode_probe, find_phrase
 
 if TYPE_CHECKING:
     from mllm_lens.models.lens_model import LensModel
@@ -119,7 +119,7 @@ class Replace:
             raise CorruptionError("Replace needs a non-empty replacement phrase (by=...)")
         if self.by.strip() == original.text.strip():
             raise CorruptionError(f"the replacement {self.by!r} is identical to the constraint {original.text!r}")
-        at = _find_phrase(original.text, probe.question)
+        at = find_phrase(original.text, probe.question)
         new_question = probe.question[:at] + self.by + probe.question[at + len(original.text) :]
         replaced = encode_probe(Probe(probe.image, new_question, [], template=probe.template), model)
         old_ids, new_ids = encoded.input_ids, replaced.input_ids
