@@ -30,11 +30,22 @@ PlanEntry = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, suffix posi
 
 @dataclass(frozen=True)
 class Cell:
-    """One restoration: the clean ``site`` output at ``position`` in every layer of ``layers``."""
+    """One restoration: the clean ``site`` output at ``position`` in every layer of ``layers``.
+
+    ``positions`` restores several positions at once (a k x k block of image patches); it
+    defaults to ``(position,)``, and ``position`` is then its first element by convention.
+    """
 
     site: str
     layers: tuple[int, ...]
     position: int
+    positions: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.positions:
+            object.__setattr__(self, "positions", (int(self.position),))
+        else:
+            object.__setattr__(self, "positions", tuple(sorted({int(p) for p in self.positions})))
 
 
 def _site_tensor(output) -> torch.Tensor:
@@ -136,10 +147,10 @@ class RestorationExecutor:
     def _plan(self, cells: Sequence[Cell]) -> dict[tuple[str, int], PlanEntry]:
         rows: dict[tuple[str, int], list[tuple[int, int]]] = {}
         for row, cell in enumerate(cells):
-            if cell.position < self.p0:
-                raise ValueError(f"cell position {cell.position} lies in the unchanged prefix (< {self.p0})")
+            if min(cell.positions) < self.p0:
+                raise ValueError(f"cell position {min(cell.positions)} lies in the unchanged prefix (< {self.p0})")
             for layer in cell.layers:
-                rows.setdefault((cell.site, layer), []).append((row, cell.position - self.p0))
+                rows.setdefault((cell.site, layer), []).extend((row, pos - self.p0) for pos in cell.positions)
         device = self.model.device
         plan = {}
         for key, pairs in rows.items():
@@ -157,8 +168,29 @@ class RestorationExecutor:
         desc: str = "restoring",
         on_batch: Callable[[int, np.ndarray], None] | None = None,
     ) -> np.ndarray:
-        """Probability of ``target`` at the last position with each cell restored: ``[len(cells)]``."""
+        """Probability of ``target`` at the last position with each cell restored: ``[len(cells)]``.
+
+        ``on_batch(start, probs)`` is called after each batch (live display; it may raise to stop).
+        """
         out = np.empty(len(cells), dtype=np.float64)
+
+        def keep_target(start: int, probs: torch.Tensor) -> None:
+            out[start : start + len(probs)] = probs[:, target].cpu().numpy()
+            if on_batch is not None:
+                on_batch(start, out[start : start + len(probs)])
+
+        self._execute(cells, keep_target, progress=progress, desc=desc)
+        return out
+
+    def distributions(self, cells: Sequence[Cell]) -> torch.Tensor:
+        """Full next-token distributions ``[len(cells), vocab]`` with each cell restored."""
+        parts: list[torch.Tensor] = []
+        self._execute(cells, lambda _start, probs: parts.append(probs.cpu()), progress=False, desc="")
+        return torch.cat(parts) if parts else torch.empty(0)
+
+    def _execute(
+        self, cells: Sequence[Cell], consume: Callable[[int, torch.Tensor], None], *, progress: bool, desc: str
+    ) -> None:
         adapter = self.model.adapter
         plan: dict[tuple[str, int], PlanEntry] = {}
 
@@ -187,8 +219,4 @@ class RestorationExecutor:
                 plan.clear()
                 plan.update(self._plan(batch))
                 suffix = self.corrupted_suffix.expand(len(batch), -1, -1)
-                probs = torch.softmax(self._suffix_logits(suffix), dim=-1)[:, target]
-                out[start : start + len(batch)] = probs.cpu().numpy()
-                if on_batch is not None:
-                    on_batch(start, out[start : start + len(batch)])
-        return out
+                consume(start, torch.softmax(self._suffix_logits(suffix), dim=-1))

@@ -1,0 +1,204 @@
+"""A trace session: one probe and one corruption prepared once, queried many times.
+
+The clean run, the corrupted run and the shared prefix cache are computed when the session
+opens; whole traces (:meth:`TraceSession.trace`) and single restorations with their answer
+distributions (:meth:`TraceSession.cell`, what a click on a heatmap cell asks for) then cost
+only their restoration forwards. :func:`~mllm_lens.trace` and
+:func:`~mllm_lens.trace_sites` are thin wrappers around a session.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mllm_lens.errors import CorruptionError, TraceConfigError
+from mllm_lens.models.adapters import SITES
+from mllm_lens.models.lens_model import LensModel
+from mllm_lens.probe import EncodedProbe, Probe
+from mllm_lens.results import TraceResult
+from mllm_lens.tracing.corruption import Corruption, as_corruption
+from mllm_lens.tracing.executor import Cell, RestorationExecutor
+from mllm_lens.tracing.windows import window_layers
+
+
+class CorruptionIneffectiveWarning(UserWarning):
+    """The corruption did not lower the target's probability; the trace shows little."""
+
+
+def prepare(
+    model: LensModel, probe: Probe | EncodedProbe, corrupt
+) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor]:
+    """Encode the probe and build clean and corrupted decoder inputs ``[1, T, d]``."""
+    encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
+    corruption = as_corruption(corrupt)
+    clean = model.decoder_inputs(encoded.model_inputs)
+    corrupted = corruption.apply(model, encoded, clean)
+    if torch.equal(clean, corrupted):
+        raise CorruptionError(f"the corruption {corruption} leaves the decoder inputs unchanged")
+    return encoded, corruption, clean, corrupted
+
+
+@dataclass
+class CellOutcome:
+    """One restoration's answer distributions: top-k ``(token, probability)`` lists."""
+
+    site: str
+    layer: int
+    layers: tuple[int, ...]
+    position: int
+    label: str
+    target_token: str
+    restored_prob: float
+    clean_top: list[tuple[str, float]]
+    corrupted_top: list[tuple[str, float]]
+    restored_top: list[tuple[str, float]]
+
+
+def _check_sites(sites: Sequence[str]) -> None:
+    unknown = [site for site in sites if site not in SITES]
+    if unknown or not sites:
+        raise TraceConfigError(f"unknown site {unknown[0] if unknown else None!r}; expected one of {SITES}")
+
+
+class TraceSession:
+    """``model`` + ``probe`` + ``corrupt``, prepared once (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: LensModel,
+        probe: Probe | EncodedProbe,
+        corrupt: Corruption | str | None = None,
+        sites: Sequence[str] = SITES,
+        *,
+        batch_size: int | None = None,
+        memory_budget: int | None = None,
+    ) -> None:
+        _check_sites(sites)
+        self.model = model
+        self.encoded, self.corruption, clean, corrupted = prepare(model, probe, corrupt)
+        self.executor = RestorationExecutor(
+            model, clean, corrupted, sites, batch_size=batch_size, memory_budget=memory_budget
+        )
+        target = self.encoded.target_id
+        self.clean_probs = torch.softmax(self.executor.clean_logits[0], -1)
+        self.corrupted_probs = torch.softmax(self.executor.corrupted_logits[0], -1)
+        self.target = int(self.clean_probs.argmax()) if target is None else target
+        self.clean_prob = float(self.clean_probs[self.target])
+        self.corrupted_prob = float(self.corrupted_probs[self.target])
+        self.notes: list[str] = []
+        if self.corrupted_prob >= self.clean_prob:
+            self.notes.append(
+                f"the corruption did not lower the target's probability (clean {self.clean_prob:.4f}, "
+                f"corrupted {self.corrupted_prob:.4f}); this trace says little about where the fact is stored"
+            )
+            warnings.warn(self.notes[-1], CorruptionIneffectiveWarning, stacklevel=3)
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self.executor.sites
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    def _check(self, site: str, window: int, window_mode: str) -> None:
+        if site not in self.sites:
+            raise TraceConfigError(f"site {site!r} was not prepared by this session (it has {self.sites})")
+        window_layers(0, window, window_mode, self.num_layers)
+
+    def trace(
+        self,
+        site: str = "mlp",
+        window: int = 1,
+        window_mode: str = "paper",
+        *,
+        positions: Sequence[int] | None = None,
+        progress: bool = True,
+        on_cells: Callable[[list[tuple[int, int]], np.ndarray], None] | None = None,
+    ) -> TraceResult:
+        """A full trace of ``site``. ``on_cells(cells, scores)`` sees each finished batch of
+        ``(layer, position)`` cells (for live display; raising from it stops the trace)."""
+        self._check(site, window, window_mode)
+        n_layers, length = self.num_layers, self.encoded.length
+        swept = list(range(length)) if positions is None else sorted(set(int(p) for p in positions))
+        if swept and not (0 <= swept[0] and swept[-1] < length):
+            raise TraceConfigError(f"positions must lie in [0, {length}), got {swept[0]}..{swept[-1]}")
+        p0 = self.executor.p0
+        grid = [(layer, pos) for layer in range(n_layers) for pos in swept if pos >= p0]
+        cells = [Cell(site, window_layers(layer, window, window_mode, n_layers), pos) for layer, pos in grid]
+        on_batch = (
+            None if on_cells is None else (lambda start, probs: on_cells(grid[start : start + len(probs)], probs))
+        )
+        probs = self.executor.run(cells, self.target, progress=progress, desc=f"{site} trace", on_batch=on_batch)
+        scores = np.full((n_layers, length), self.corrupted_prob, dtype=np.float64)
+        if positions is not None:
+            scores[:, sorted(set(range(length)) - set(swept))] = np.nan
+        for (layer, pos), prob in zip(grid, probs, strict=True):
+            scores[layer, pos] = prob
+        return self._result(site, scores, window, window_mode)
+
+    def cell(
+        self, site: str, layer: int, position: int, window: int = 1, window_mode: str = "paper", top_k: int = 5
+    ) -> CellOutcome:
+        """Restore one cell and return the clean, corrupted and restored top-k answers."""
+        self._check(site, window, window_mode)
+        if not 0 <= position < self.encoded.length:
+            raise TraceConfigError(f"position {position} outside the prompt's {self.encoded.length} tokens")
+        layers = window_layers(layer, window, window_mode, self.num_layers)
+        if position < self.executor.p0:  # unchanged prefix: restoring is a no-op
+            restored = self.corrupted_probs
+        else:
+            restored = self.executor.distributions([Cell(site, layers, position)])[0]
+        tokenizer = self.model.tokenizer
+
+        def top(probs: torch.Tensor) -> list[tuple[str, float]]:
+            values, ids = probs.float().topk(top_k)
+            return list(zip(tokenizer.convert_ids_to_tokens(ids.tolist()), values.tolist(), strict=True))
+
+        return CellOutcome(
+            site=site,
+            layer=layer,
+            layers=layers,
+            position=position,
+            label=self.encoded.labels[position],
+            target_token=tokenizer.convert_ids_to_tokens(self.target),
+            restored_prob=float(restored[self.target]),
+            clean_top=top(self.clean_probs),
+            corrupted_top=top(self.corrupted_probs),
+            restored_top=top(restored),
+        )
+
+    def _result(self, site: str, scores: np.ndarray, window: int, window_mode: str) -> TraceResult:
+        encoded, probe = self.encoded, self.encoded.probe
+        return TraceResult(
+            scores=scores,
+            clean_prob=self.clean_prob,
+            corrupted_prob=self.corrupted_prob,
+            target_id=self.target,
+            target_token=self.model.tokenizer.convert_ids_to_tokens(self.target),
+            labels=list(encoded.labels),
+            tokens=list(encoded.tokens),
+            constraint_spans=dict(encoded.spans),
+            constraint_kinds={c.text: c.kind for c in probe.constraints},
+            image_span=encoded.image_span,
+            patch_grid=(encoded.patch_layout.rows, encoded.patch_layout.cols),
+            site=site,
+            settings={
+                "window": window,
+                "window_mode": window_mode,
+                "corruption": self.corruption.describe(encoded),
+                "first_corrupted_position": self.executor.p0,
+                "batch_size": self.executor.batch_size,
+                "prompt": encoded.prompt,
+                "question": probe.question,
+                "answer": probe.answer,
+                "model": self.model.name,
+                "dtype": str(self.model.dtype).replace("torch.", ""),
+            },
+            warnings=list(self.notes),
+        )
