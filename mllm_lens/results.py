@@ -116,6 +116,30 @@ class TraceResult:
             warnings=meta["warnings"],
         )
 
+    def to_html(self, path: str | Path, **options) -> Path:
+        """A self-contained page showing this trace's heatmap (no kernel needed); see :mod:`mllm_lens.export`."""
+        from mllm_lens import export
+
+        return export.to_html(self, path, **options)
+
+    def to_svg(self, path: str | Path, **options) -> Path:
+        """The heatmap as plain SVG (one ``<rect>`` per cell), for papers."""
+        from mllm_lens import export
+
+        return export.to_svg(self, path, **options)
+
+    def to_png(self, path: str | Path, **options) -> Path:
+        """The heatmap as a PNG drawn with PIL, for papers."""
+        from mllm_lens import export
+
+        return export.to_png(self, path, **options)
+
+    def show(self, **options):
+        """An interactive :class:`mllm_lens.widgets.TraceHeatmap` of this trace (needs the ``widgets`` extra)."""
+        from mllm_lens.widgets import TraceHeatmap
+
+        return TraceHeatmap(self, **options)
+
     def summary(self) -> str:
         layer, pos = self.peak()
         return (
@@ -126,3 +150,156 @@ class TraceResult:
 
     def __repr__(self) -> str:
         return f"<TraceResult {self.scores.shape[0]}x{self.scores.shape[1]}: {self.summary()}>"
+
+
+def _save_arrays(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+    """Arrays as ``<name>.npy`` members plus ``meta.json``, in one zip written atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for name, array in arrays.items():
+                with zf.open(f"{name}.npy", "w") as fh:
+                    np.save(fh, np.ascontiguousarray(array))
+            zf.writestr("meta.json", json.dumps(meta, indent=1))
+    return path
+
+
+def _load_arrays(path: str | Path, kind: str, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict]:
+    with zipfile.ZipFile(path) as zf:
+        meta = json.loads(zf.read("meta.json"))
+        if meta.get("type") != kind:
+            raise ValueError(f"{path} holds a {meta.get('type')!r}, not a {kind}")
+        arrays = {}
+        for name in names:
+            with zf.open(f"{name}.npy") as fh:
+                arrays[name] = np.load(fh)
+    return arrays, meta
+
+
+@dataclass
+class ContributionResult:
+    """Attention contributions (the paper's Eq. 1) from every position to one target position.
+
+    ``per_head[i, h, j]`` = ``||A[h,t,j] v_j^h W_O^h||`` at layer ``layers[i]``; ``total[i, j]`` =
+    the norm of the head sum; ``visual[i, r, c]`` = ``total`` of the base-grid patch (r, c)
+    (NaN where the grid has no token). The attention output bias is not attributed.
+    """
+
+    per_head: np.ndarray  # [layers, heads, positions]
+    total: np.ndarray  # [layers, positions]
+    target: int
+    labels: list[str]
+    visual: np.ndarray  # [layers, rows, cols]
+    image_span: tuple[int, int]
+    patch_grid: tuple[int, int]
+    layers: list[int] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    def top_patches(self, k: int = 5, layers: slice | list[int] | None = None) -> list[tuple[int, int]]:
+        """The ``k`` base-grid patches with the largest contribution summed over ``layers`` (rows of ``visual``)."""
+        grid = np.nan_to_num(self.visual if layers is None else self.visual[layers]).sum(0)
+        order = np.argsort(-grid, axis=None, kind="stable")[:k]
+        return [(int(i) // grid.shape[1], int(i) % grid.shape[1]) for i in order]
+
+    def save(self, path: str | Path) -> Path:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "type": "ContributionResult",
+            "target": self.target,
+            "labels": self.labels,
+            "image_span": list(self.image_span),
+            "patch_grid": list(self.patch_grid),
+            "layers": self.layers,
+            "settings": self.settings,
+        }
+        return _save_arrays(path, {"per_head": self.per_head, "total": self.total, "visual": self.visual}, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ContributionResult:
+        arrays, meta = _load_arrays(path, "ContributionResult", ("per_head", "total", "visual"))
+        return cls(
+            **arrays,
+            target=meta["target"],
+            labels=meta["labels"],
+            image_span=tuple(meta["image_span"]),
+            patch_grid=tuple(meta["patch_grid"]),
+            layers=meta["layers"],
+            settings=meta["settings"],
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<ContributionResult {self.total.shape[0]} layers x {self.total.shape[1]} positions -> "
+            f"{self.target} ({self.labels[self.target]!r})>"
+        )
+
+
+@dataclass
+class PatchResult:
+    """Per-patch causal tracing of the image's base patch grid.
+
+    ``mode="restore"``: every visual token corrupted, one patch (or a ``block`` x ``block``
+    block) restored at the layer window around each layer: ``scores [layers, rows, cols]`` is the
+    target probability. ``mode="corrupt"``: only that patch/block corrupted: ``scores [rows,
+    cols]`` is the target probability and :attr:`effect` the drop ``clean - scores``. With
+    ``block > 1``, cell ``(r, c)`` is the block whose top-left patch is ``(r*stride, c*stride)``.
+    """
+
+    scores: np.ndarray
+    mode: str
+    clean_prob: float
+    corrupted_prob: float | None
+    target_id: int
+    target_token: str
+    site: str | None
+    block: int
+    stride: int
+    patch_grid: tuple[int, int]
+    image_span: tuple[int, int]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def effect(self) -> np.ndarray:
+        """Restore: ``p_restored - p_corrupted`` (indirect effect); corrupt: ``p_clean - p_corrupted``."""
+        if self.mode == "restore":
+            return self.scores - self.corrupted_prob
+        return self.clean_prob - self.scores
+
+    def top_patches(self, k: int = 5) -> list[tuple[int, int]]:
+        """The ``k`` cells with the largest effect (restore mode: the best layer of each cell)."""
+        effect = self.effect if self.mode == "corrupt" else self.effect.max(0)
+        order = np.argsort(-effect, axis=None, kind="stable")[:k]
+        return [(int(i) // effect.shape[1], int(i) % effect.shape[1]) for i in order]
+
+    def save(self, path: str | Path) -> Path:
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "type": "PatchResult",
+            "mode": self.mode,
+            "clean_prob": self.clean_prob,
+            "corrupted_prob": self.corrupted_prob,
+            "target_id": self.target_id,
+            "target_token": self.target_token,
+            "site": self.site,
+            "block": self.block,
+            "stride": self.stride,
+            "patch_grid": list(self.patch_grid),
+            "image_span": list(self.image_span),
+            "settings": self.settings,
+        }
+        return _save_arrays(path, {"scores": self.scores}, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchResult:
+        arrays, meta = _load_arrays(path, "PatchResult", ("scores",))
+        meta.pop("format_version")
+        meta.pop("type")
+        meta["patch_grid"] = tuple(meta["patch_grid"])
+        meta["image_span"] = tuple(meta["image_span"])
+        return cls(scores=arrays["scores"], **meta)
+
+    def __repr__(self) -> str:
+        return (
+            f"<PatchResult {self.mode} {self.scores.shape} of {self.target_token!r}: clean {self.clean_prob:.3f}, "
+            f"top {self.top_patches(1)[0]}>"
+        )

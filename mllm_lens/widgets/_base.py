@@ -1,0 +1,115 @@
+"""What both widgets share: the bundle, validation of browser messages, and one worker thread.
+
+Kernel work started from the browser (a cell restoration, a patch curve, a live trace) runs
+on a single daemon worker thread, so the kernel keeps answering the widget (hover, sliders,
+Cancel) while it runs. Requests are **queued**, not cancelled: a second click while one runs
+waits its turn and both results arrive in click order. At most :data:`MAX_PENDING` requests
+wait; a click beyond that is refused with a message in the widget's ``error`` trait. Errors
+from the browser's messages or from the work itself never escape into the kernel: they are
+shown in the widget (``error``) and kept in ``errors``.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mllm_lens.export import BUNDLE, bundle_text
+
+MAX_MESSAGE_BYTES = 16_384  # browser -> kernel requests are indices, never arrays
+MAX_PENDING = 8
+PATCH_LABEL = re.compile(r"<img (\d+),(\d+)>")  # how the engine labels base-grid image tokens
+
+
+def bundle() -> Path:
+    """Path of the built front end; raises with the build command when it is missing."""
+    bundle_text()
+    return BUNDLE
+
+
+class MessageError(ValueError):
+    """A message from the browser that the widget refuses (shown in its ``error`` trait)."""
+
+
+def parse_message(content: Any, buffers: list | None, kinds: tuple[str, ...]) -> dict:
+    """Check a custom message's envelope: a small JSON object with a known ``type``, no buffers."""
+    if buffers:
+        raise MessageError(f"unexpected binary buffers ({len(buffers)}) in a request")
+    if not isinstance(content, dict):
+        raise MessageError(f"a request must be a JSON object, got {type(content).__name__}")
+    size = len(json.dumps(content, default=str))
+    if size > MAX_MESSAGE_BYTES:
+        raise MessageError(f"oversized request ({size} bytes > {MAX_MESSAGE_BYTES})")
+    kind = content.get("type")
+    if kind not in kinds:
+        raise MessageError(f"unknown request type {kind!r}; expected one of {kinds}")
+    return content
+
+
+def index(content: dict, name: str, size: int) -> int:
+    """Integer field ``name`` of a request, checked to lie in ``[0, size)``."""
+    value = content.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MessageError(f"{name} must be an integer, got {value!r}")
+    if not 0 <= value < size:
+        raise MessageError(f"{name} {value} out of range [0, {size})")
+    return value
+
+
+class Worker:
+    """One daemon thread running submitted jobs in order (see the module docstring)."""
+
+    def __init__(self, on_error: Callable[[BaseException], None], max_pending: int = MAX_PENDING) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._on_error = on_error
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="mllm-lens-widget", daemon=True)
+                self._thread.start()
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise MessageError(f"busy: {self._queue.maxsize} requests are waiting; this one was dropped") from None
+
+    @property
+    def pending(self) -> int:
+        return self._queue.unfinished_tasks
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted job has finished; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                job()
+            except BaseException as err:  # noqa: BLE001 - the worker must survive anything a job raises
+                self._on_error(err)
+            finally:
+                self._queue.task_done()
+
+
+def patch_positions(labels: Sequence[str]) -> dict[tuple[int, int], int]:
+    """``(row, col)`` -> prompt position, from the ``<img r,c>`` labels of a trace."""
+    out = {}
+    for pos, label in enumerate(labels):
+        match = PATCH_LABEL.fullmatch(label)
+        if match:
+            out[(int(match[1]), int(match[2]))] = pos
+    return out

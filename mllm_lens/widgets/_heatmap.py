@@ -1,0 +1,237 @@
+"""TraceHeatmap: the layer x position heatmap of one or several traces, live and clickable."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import anywidget
+import numpy as np
+import traitlets as t
+
+from mllm_lens.export import SITE_TITLES, heatmap_state
+from mllm_lens.results import TraceResult
+from mllm_lens.tracing.session import CellOutcome, TraceSession
+from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
+from mllm_lens.widgets._codec import ARRAY
+
+if TYPE_CHECKING:
+    from mllm_lens.widgets._overlay import PatchOverlay
+
+
+class _Cancelled(Exception):
+    """Raised from the trace's batch callback when the user pressed Cancel."""
+
+
+class TraceHeatmap(anywidget.AnyWidget):
+    """Heatmap(s) of restored target probability, rows = prompt positions, columns = layers.
+
+    ``TraceHeatmap(result)`` or ``TraceHeatmap([hidden, mlp, attn])`` shows finished traces side by
+    side; pass ``session=`` (the :class:`~mllm_lens.TraceSession` they came from) to make cells
+    clickable. ``TraceHeatmap(session)`` starts empty: :meth:`run` fills the cells live in the
+    background (progress bar, Cancel button). The image's visual tokens form one band row (its
+    best score per layer) that expands to one row per image position.
+
+    Clicking a cell (or Enter on the keyboard-focused cell) sends ``{type: "cell", panel, layer,
+    position}``; the kernel re-runs that restoration (same corruption, window and site) on the
+    worker thread and sets ``cell_result`` (clean / corrupted / restored top-k answers) and
+    ``clicks_done``. Requests are queued, never cancelled (see ``mllm_lens.widgets._base``).
+    """
+
+    _esm = bundle()
+    _widget = t.Unicode("heatmap").tag(sync=True)
+    scores = t.Any(None).tag(sync=True, **ARRAY)  # float32 [panels, layers, positions], NaN = not yet traced
+    panels = t.List().tag(sync=True)  # [{"site", "title"}]
+    labels = t.List(t.Unicode()).tag(sync=True)
+    image_span = t.List([0, 0]).tag(sync=True)
+    patch_grid = t.List([0, 0]).tag(sync=True)
+    clean_prob = t.Float(0.0).tag(sync=True)
+    corrupted_prob = t.Float(0.0).tag(sync=True)
+    target_token = t.Unicode("").tag(sync=True)
+    expanded = t.Bool(False).tag(sync=True)
+    colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
+    value = t.Enum(("score", "indirect_effect"), "score").tag(sync=True)
+    vmin = t.Float(None, allow_none=True).tag(sync=True)
+    vmax = t.Float(None, allow_none=True).tag(sync=True)
+    highlight = t.List(t.Int()).tag(sync=True)  # positions outlined (e.g. patches picked in a linked overlay)
+    window = t.Int(1).tag(sync=True)
+    window_mode = t.Unicode("paper").tag(sync=True)
+    top_k = t.Int(5).tag(sync=True)
+    status = t.Unicode("idle").tag(sync=True)
+    progress = t.Float(0.0).tag(sync=True)
+    error = t.Unicode("").tag(sync=True)
+    cell_result = t.Dict().tag(sync=True)
+    clicks_done = t.Int(0).tag(sync=True)  # restorations the kernel has finished for this widget
+
+    def __init__(
+        self,
+        source: TraceSession | TraceResult | Sequence[TraceResult],
+        *,
+        session: TraceSession | None = None,
+        sites: Sequence[str] | None = None,
+        top_k: int = 5,
+        colormap: str = "viridis",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(source, TraceSession):
+            session, state, settings = source, self._empty_state(source, sites), {}
+            self.results: dict[str, TraceResult] = {}
+        else:
+            state = heatmap_state(source)
+            self.results = {r.site: r for r in ([source] if isinstance(source, TraceResult) else source)}
+            settings = next(iter(self.results.values())).settings
+        super().__init__(
+            **state,
+            top_k=top_k,
+            colormap=colormap,
+            window=int(settings.get("window", 1)),
+            window_mode=str(settings.get("window_mode", "paper")),
+            **kwargs,
+        )
+        self.session = session
+        self.outcomes: list[CellOutcome] = []
+        self.errors: list[BaseException] = []
+        self._cancel = threading.Event()
+        self._worker = Worker(lambda err: self._fail(err, in_worker=True))
+        self._overlays: list[PatchOverlay] = []
+        self.on_msg(self._on_message)
+
+    @staticmethod
+    def _empty_state(session: TraceSession, sites: Sequence[str] | None) -> dict:
+        sites = tuple(sites or session.sites)
+        enc = session.encoded
+        return {
+            "scores": np.full((len(sites), session.num_layers, enc.length), np.nan, dtype=np.float32),
+            "panels": [{"site": s, "title": SITE_TITLES.get(s, s)} for s in sites],
+            "labels": list(enc.labels),
+            "image_span": [int(v) for v in enc.image_span],
+            "patch_grid": [int(enc.patch_layout.rows), int(enc.patch_layout.cols)],
+            "clean_prob": float(session.clean_prob),
+            "corrupted_prob": float(session.corrupted_prob),
+            "target_token": session.model.tokenizer.convert_ids_to_tokens(session.target),
+        }
+
+    # -- kernel-side API -------------------------------------------------------------------------
+    def run(self, window: int | None = None, window_mode: str | None = None) -> TraceHeatmap:
+        """Trace every panel's site in the background, filling cells live; returns at once."""
+        if self.session is None:
+            raise ValueError("run() needs a TraceSession: TraceHeatmap(session) or session=...")
+        if window is not None:
+            self.window = window
+        if window_mode is not None:
+            self.window_mode = window_mode
+        self._cancel.clear()
+        self._worker.submit(self._trace_job)
+        return self
+
+    def wait(self, timeout: float | None = 120.0) -> bool:
+        """Block until queued kernel work (traces, clicks) is done; False on timeout."""
+        return self._worker.wait(timeout)
+
+    def request(self, panel: int, layer: int, position: int) -> None:
+        """What a click does, from Python: queue the restoration of one cell."""
+        self._on_message(self, {"type": "cell", "panel": panel, "layer": layer, "position": position})
+
+    def cancel(self) -> None:
+        """Stop a running trace after its current batch (same as the Cancel button)."""
+        self._cancel.set()
+
+    def link(self, overlay: PatchOverlay) -> TraceHeatmap:
+        """Patches picked in ``overlay`` are outlined in this heatmap (band expanded); a clicked
+        image cell here selects its patch and layer there."""
+        self._overlays.append(overlay)
+        positions = self.patch_positions()
+
+        def on_selected(change: dict) -> None:
+            picked = [positions[tuple(p)] for p in change["new"] if tuple(p) in positions]
+            self.highlight = picked
+            if picked:
+                self.expanded = True
+
+        overlay.observe(on_selected, "selected")
+        return self
+
+    def patch_positions(self) -> dict[tuple[int, int], int]:
+        """``(row, col)`` of each image patch -> its prompt position (from the ``<img r,c>`` labels)."""
+        return patch_positions(self.labels)
+
+    # -- browser requests ------------------------------------------------------------------------
+    def _on_message(self, _widget: Any, content: Any, buffers: list | None = None) -> None:
+        try:
+            request = parse_message(content, buffers, ("cell", "cancel", "trace"))
+            if request["type"] == "cancel":
+                self.cancel()
+            elif request["type"] == "trace":
+                self.run()
+            else:
+                panels, layers, positions = np.shape(self.scores)
+                cell = (index(request, "panel", panels), index(request, "layer", layers))
+                position = index(request, "position", positions)
+                if self.session is None:
+                    raise MessageError("this heatmap has no TraceSession: pass session=... to re-run cells")
+                self.error = ""
+                if self.status != "tracing":
+                    self.status = "running"
+                self._worker.submit(lambda: self._cell_job(*cell, position))
+        except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
+            self._fail(err)
+
+    def _fail(self, err: BaseException, in_worker: bool = False) -> None:
+        self.errors.append(err)
+        self.error = str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
+        if self._worker.pending <= int(in_worker):  # nothing else queued: the widget is idle again
+            self.status = "idle"
+
+    def _cell_job(self, panel: int, layer: int, position: int) -> None:
+        site = self.panels[panel]["site"]
+        out = self.session.cell(site, layer, position, self.window, self.window_mode, top_k=self.top_k)
+        self.outcomes.append(out)
+        for overlay in self._overlays:
+            patch = next((rc for rc, pos in self.patch_positions().items() if pos == position), None)
+            if patch is not None:
+                overlay.layer = min(layer, overlay.num_layers - 1)
+                overlay.selected = [list(patch)]
+        with self.hold_sync():
+            self.clicks_done += 1
+            result = asdict(out)
+            result["layers"] = list(out.layers)
+            for key in ("clean_top", "corrupted_top", "restored_top"):
+                result[key] = [[token, float(prob)] for token, prob in result[key]]
+            self.cell_result = {**result, "panel": panel, "run": self.clicks_done}
+            if self._worker.pending <= 1:
+                self.status = "idle"
+
+    def _trace_job(self) -> None:
+        session = self.session
+        live = np.array(self.scores, dtype=np.float32)
+        n_layers, length = live.shape[1:]
+        todo = n_layers * (length - session.executor.p0)
+        total, done, last = todo * len(self.panels), 0, 0.0
+        self.status, self.progress = "tracing", 0.0
+        try:
+            for k, panel in enumerate(self.panels):
+
+                def on_cells(cells: list[tuple[int, int]], probs: np.ndarray, k: int = k) -> None:
+                    nonlocal done, last
+                    if self._cancel.is_set():
+                        raise _Cancelled
+                    for (layer, pos), prob in zip(cells, probs, strict=True):
+                        live[k, layer, pos] = prob
+                    done += len(cells)
+                    if time.monotonic() - last > 0.1:  # at most ~10 updates a second cross the wire
+                        last = time.monotonic()
+                        with self.hold_sync():
+                            self.scores, self.progress = live.copy(), done / max(total, 1)
+
+                result = session.trace(panel["site"], self.window, self.window_mode, progress=False, on_cells=on_cells)
+                self.results[panel["site"]] = result
+                live[k] = result.scores
+                done = (k + 1) * todo
+            with self.hold_sync():
+                self.scores, self.progress, self.status = live.copy(), 1.0, "idle"
+        except _Cancelled:
+            with self.hold_sync():
+                self.scores, self.status = live.copy(), "cancelled"

@@ -1,0 +1,157 @@
+"""PatchOverlay: the probe's image under its patch grid, coloured by per-patch values."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets as t
+from PIL import Image
+
+from mllm_lens.results import TraceResult
+from mllm_lens.tracing.session import TraceSession
+from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
+from mllm_lens.widgets._codec import ARRAY
+
+PatchCallback = Callable[[list[tuple[int, int]]], np.ndarray]
+IMAGE_SIDE = 512  # the image is sent as a PNG no larger than this
+
+
+def _png(image: Image.Image) -> bytes:
+    image = image.convert("RGB")
+    image.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class PatchOverlay(anywidget.AnyWidget):
+    """``image`` with its ``rows x cols`` patch grid coloured by ``values[layer]`` (``[layers, rows, cols]``).
+
+    A layer slider and an opacity slider change the view in the browser alone. Clicking a patch,
+    dragging a box over several, or Enter on the keyboard-focused patch sends ``{type:
+    "patches", patches: [[row, col], ...]}``; the kernel calls ``on_patch(patches)`` on the worker
+    thread and shows the returned per-layer curve (``curve``, ``[layers]``) beside the image.
+    Requests are queued, never cancelled (see ``mllm_lens.widgets._base``).
+    """
+
+    _esm = bundle()
+    _widget = t.Unicode("overlay").tag(sync=True)
+    image = t.Bytes(b"").tag(sync=True)  # PNG
+    values = t.Any(None).tag(sync=True, **ARRAY)  # float32 [layers, rows, cols]
+    layer = t.Int(0).tag(sync=True)
+    opacity = t.Float(0.6, min=0.0, max=1.0).tag(sync=True)
+    title = t.Unicode("").tag(sync=True)
+    colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
+    vmin = t.Float(None, allow_none=True).tag(sync=True)
+    vmax = t.Float(None, allow_none=True).tag(sync=True)
+    selected = t.List().tag(sync=True)  # [[row, col], ...] of the last request
+    curve = t.Any(None).tag(sync=True, **ARRAY)  # float32 [layers] returned by on_patch
+    curve_label = t.Unicode("").tag(sync=True)
+    status = t.Unicode("idle").tag(sync=True)
+    error = t.Unicode("").tag(sync=True)
+    clicks_done = t.Int(0).tag(sync=True)  # on_patch calls the kernel has finished
+
+    def __init__(
+        self,
+        image: Image.Image,
+        values: np.ndarray,
+        on_patch: PatchCallback | None = None,
+        title: str = "",
+        **kwargs: Any,
+    ) -> None:
+        values = np.asarray(values, dtype=np.float32)
+        if values.ndim != 3 or 0 in values.shape:
+            raise ValueError(f"values must be [layers, rows, cols], got shape {values.shape}")
+        super().__init__(image=_png(image), values=values, title=title, **kwargs)
+        self.on_patch = on_patch
+        self.curves: list[tuple[list[tuple[int, int]], np.ndarray]] = []
+        self.errors: list[BaseException] = []
+        self._worker = Worker(lambda err: self._fail(err, in_worker=True))
+        self.on_msg(self._on_message)
+
+    @classmethod
+    def from_trace(
+        cls, result: TraceResult, image: Image.Image, on_patch: PatchCallback | None = None, **kwargs: Any
+    ) -> PatchOverlay:
+        """Values = the trace's indirect effect at each patch's position, ``[layers, rows, cols]``."""
+        rows, cols = result.patch_grid
+        values = np.full((result.num_layers, rows, cols), np.nan, dtype=np.float32)
+        for (r, c), pos in patch_positions(result.labels).items():
+            if r < rows and c < cols:
+                values[:, r, c] = result.indirect_effect[:, pos]
+        kwargs.setdefault("title", f"{result.site} indirect effect per patch")
+        return cls(image, values, on_patch, **kwargs)
+
+    @property
+    def num_layers(self) -> int:
+        return int(np.shape(self.values)[0])
+
+    def wait(self, timeout: float | None = 120.0) -> bool:
+        """Block until queued patch requests are done; False on timeout."""
+        return self._worker.wait(timeout)
+
+    def request(self, patches: Sequence[tuple[int, int]]) -> None:
+        """What a click does, from Python: queue ``on_patch(patches)``."""
+        self._on_message(self, {"type": "patches", "patches": [list(p) for p in patches]})
+
+    def _on_message(self, _widget: Any, content: Any, buffers: list | None = None) -> None:
+        try:
+            request = parse_message(content, buffers, ("patches",))
+            _, rows, cols = np.shape(self.values)
+            raw = request.get("patches")
+            if not isinstance(raw, list) or not raw or len(raw) > rows * cols:
+                raise MessageError(f"patches must be a non-empty list of at most {rows * cols} [row, col] pairs")
+            patches = []
+            for item in raw:
+                if not isinstance(item, list) or len(item) != 2:
+                    raise MessageError(f"a patch must be [row, col], got {item!r}")
+                pair = {"row": item[0], "col": item[1]}
+                patches.append((index(pair, "row", rows), index(pair, "col", cols)))
+            if self.on_patch is None:
+                raise MessageError("this overlay has no on_patch callback: clicks only select patches")
+            self.error = ""
+            self.selected = [list(p) for p in patches]
+            self.status = "running"
+            self._worker.submit(lambda: self._patch_job(patches))
+        except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
+            self._fail(err)
+
+    def _fail(self, err: BaseException, in_worker: bool = False) -> None:
+        self.errors.append(err)
+        self.error = str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
+        if self._worker.pending <= int(in_worker):
+            self.status = "idle"
+
+    def _patch_job(self, patches: list[tuple[int, int]]) -> None:
+        curve = np.asarray(self.on_patch(patches), dtype=np.float32).reshape(-1)
+        if curve.size == 0:
+            raise ValueError("on_patch returned an empty curve")
+        self.curves.append((patches, curve))
+        where = " ".join(f"({r},{c})" for r, c in patches[:6]) + (" …" if len(patches) > 6 else "")
+        with self.hold_sync():
+            self.clicks_done += 1
+            self.curve_label = f"{len(patches)} patch{'es' if len(patches) > 1 else ''} {where}"
+            self.curve = curve
+            if self._worker.pending <= 1:
+                self.status = "idle"
+
+
+def patch_curve(
+    session: TraceSession, site: str = "hidden", window: int = 1, window_mode: str = "paper"
+) -> PatchCallback:
+    """An ``on_patch`` callback: restore ``site`` at each picked patch's visual token, every layer
+    (one batched trace over those positions), and return the mean restored probability ``[layers]``."""
+    positions = patch_positions(session.encoded.labels)
+
+    def on_patch(patches: list[tuple[int, int]]) -> np.ndarray:
+        picked = sorted({positions[tuple(p)] for p in patches if tuple(p) in positions})
+        if not picked:
+            raise ValueError(f"no visual token for patches {patches}")
+        result = session.trace(site, window, window_mode, positions=picked, progress=False)
+        return result.scores[:, picked].mean(axis=1)
+
+    return on_patch

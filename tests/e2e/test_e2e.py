@@ -1,0 +1,189 @@
+"""End to end in a real browser: the widgets in JupyterLab and Notebook 7, and the HTML export.
+
+A notebook traces the planted-fact model and shows TraceHeatmap and PatchOverlay; the test
+runs all cells, clicks a heatmap cell (then Enter on a neighbour), clicks an image patch, and
+checks both the widgets' result panels and a kernel-side counter printed by a re-run cell.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mllm_lens as ml
+
+SCREENSHOTS = Path(__file__).parent / "screenshots"
+
+SETUP = """\
+import numpy as np
+import mllm_lens as ml
+from mllm_lens.testing.planted import planted_fact_model
+from mllm_lens.widgets import PatchOverlay, TraceHeatmap, patch_curve
+
+pf = planted_fact_model(2)
+session = ml.TraceSession(pf.model, pf.probe("e0"), ml.noise("e0"))
+hm = TraceHeatmap(session)
+hm.run()
+hm.wait(120)
+hm"""
+OVERLAY = """\
+image_session = ml.TraceSession(pf.model, pf.probe("e0"), ml.image_noise(), sites=("hidden",))
+image_trace = image_session.trace("hidden", progress=False)
+ov = PatchOverlay.from_trace(image_trace, image_session.encoded.probe.image, patch_curve(image_session))
+hm.link(ov)
+ov"""
+COUNTER = 'print(f"COUNTS cells={hm.clicks_done} patches={ov.clicks_done} runs={len(hm.outcomes)}")'
+BIG = """\
+labels = ["<s>", *[f"<img {i // 24},{i % 24}>" for i in range(600)], *[f"w{i}" for i in range(19)]]
+big = ml.TraceResult(np.random.default_rng(0).random((32, 620)), 0.9, 0.1, 0, "x", labels, labels, {}, {},
+                     (1, 601), (24, 24), "mlp")
+TraceHeatmap(big)"""
+BOKEH = """\
+from bokeh.io import show
+from mllm_lens import plots
+plots.output_inline()
+show(plots.layer_curve_figure(plots.cell_curve(hm.results["mlp"], 19), clean=hm.clean_prob, title="bokeh curve"))"""
+
+
+def notebook(*sources: str) -> str:
+    cells = [
+        {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source": s} for s in sources
+    ]
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return json.dumps({"cells": cells, "metadata": {"kernelspec": kernel}, "nbformat": 4, "nbformat_minor": 5})
+
+
+def run_all(page, server, name: str) -> None:
+    """Wait for the notebook's kernel to be idle (accepting a kernel dialog if one shows), then Run > Run All Cells."""
+    page.locator(".jp-Notebook .jp-Cell").first.wait_for()
+    deadline, idle_since = time.monotonic() + 90, None
+    while time.monotonic() < deadline:
+        dialog = page.locator(".jp-Dialog button.jp-mod-accept")
+        if dialog.count():
+            dialog.first.click()
+            idle_since = None
+        sessions = json.loads(server.get("/api/sessions"))
+        idle = any(s["path"].endswith(name) and s["kernel"]["execution_state"] == "idle" for s in sessions)
+        idle_since = (idle_since or time.monotonic()) if idle else None
+        if idle_since and time.monotonic() - idle_since > 1.0:  # a late kernel dialog would have shown by now
+            break
+        page.wait_for_timeout(250)
+    else:
+        raise TimeoutError(f"the kernel of {name} never became idle")
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+
+
+def output_of(page, index: int) -> str:
+    return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea").inner_text()
+
+
+def rerun_cell(page, index: int) -> None:
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".jp-InputArea-editor").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def exercise(page, name: str) -> dict:
+    """Click a heatmap cell, Enter on its neighbour, click a patch; return timings."""
+    heatmap = page.locator("[data-testid=trace-heatmap]").first
+    heatmap.wait_for(timeout=120_000)
+    canvas = heatmap.locator("[data-testid=heatmap-canvas]")
+    page.wait_for_function(
+        "el => el.mllCellBox && el.mllCellBox(1, 2, 19)", arg=canvas.element_handle(), timeout=60_000
+    )
+    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="COUNTS").wait_for(timeout=60_000)
+    assert "COUNTS cells=0 patches=0 runs=0" in output_of(page, 2)
+    bokeh = page.locator(".jp-Notebook .jp-Cell").nth(4).locator(".bk-Canvas, .bk-Figure, canvas").first
+    bokeh.wait_for()  # BokehJS inlined: renders with no network; also: every cell has run
+    assert bokeh.bounding_box()["width"] > 100
+    result = heatmap.locator("[data-testid=cell-result]")
+    assert result.inner_text().strip() == ""
+
+    box = canvas.evaluate("el => el.mllCellBox(1, 2, 19)")  # MLP panel, layer 2, the entity token
+    started = time.monotonic()
+    canvas.click(position={"x": box["x"] + box["w"] / 2, "y": box["y"] + box["h"] / 2})
+    result.get_by_text("run #1").wait_for()
+    cell_ms = 1000 * (time.monotonic() - started)
+    text = result.inner_text()
+    assert "MLP restored at layer 2" in text or "mlp restored at layer 2" in text
+    assert "(pos 19)" in text
+
+    page.keyboard.press("ArrowUp")  # keyboard: move to position 18, Enter restores it
+    page.keyboard.press("Enter")
+    result.get_by_text("run #2").wait_for()
+    assert "(pos 18)" in result.inner_text()
+
+    overlay = page.locator("[data-testid=patch-overlay]").first
+    image = overlay.locator("[data-testid=overlay-canvas]")
+    size = image.bounding_box()
+    started = time.monotonic()
+    image.click(position={"x": size["width"] * 2.5 / 4, "y": size["height"] * 1.5 / 4})  # patch (1, 2)
+    patch = overlay.locator("[data-testid=patch-result]")
+    patch.get_by_text("1 patch (1,2)").wait_for()
+    patch_ms = 1000 * (time.monotonic() - started)
+    assert overlay.locator("[data-testid=curve]").bounding_box()["width"] > 0
+    assert overlay.locator("[data-testid=error]").is_hidden() and heatmap.locator("[data-testid=error]").is_hidden()
+
+    rerun_cell(page, 2)
+    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="cells=2").wait_for()
+    assert "COUNTS cells=2 patches=1 runs=2" in output_of(page, 2)
+
+    big = page.locator("[data-testid=trace-heatmap]").nth(1)
+    big.wait_for()
+    collapsed_ms = float(big.get_attribute("data-render-ms"))
+    big.locator("[data-testid=toggle-image]").click()
+    page.wait_for_function("el => el.dataset.cells === String(32 * 620)", arg=big.element_handle())
+    expanded_ms = float(big.get_attribute("data-render-ms"))
+    heatmap.scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
+    overlay.screenshot(path=str(SCREENSHOTS / f"{name}_overlay.png"))
+    big.screenshot(path=str(SCREENSHOTS / f"{name}_big.png"))
+    ours = [e for e in page.errors if "blob:" in e or "mll" in e]  # the Jupyter front ends log their own errors
+    assert not ours, ours
+    return {"cell_click_ms": cell_ms, "patch_click_ms": patch_ms, "render_ms": collapsed_ms, "expanded_ms": expanded_ms}
+
+
+@pytest.mark.parametrize("ui", ["lab", "notebook7"])
+def test_widgets_in_a_real_notebook(jupyter, page, ui):
+    name = f"e2e_{ui}.ipynb"
+    (jupyter.root / name).write_text(notebook(SETUP, OVERLAY, COUNTER, BIG, BOKEH))
+    if ui == "lab":
+        page.goto(f"{jupyter.url}/lab/workspaces/e2e-{ui}/tree/{name}?reset&token={jupyter.token}")
+    else:
+        page.goto(f"{jupyter.url}/notebooks/{name}?token={jupyter.token}")
+    try:
+        run_all(page, jupyter, name)
+        timings = exercise(page, ui)
+    except Exception:
+        page.screenshot(path=str(SCREENSHOTS / f"{ui}_failure.png"))
+        raise
+    print(f"\n[{ui}] " + " ".join(f"{k}={v:.1f}" for k, v in timings.items()))
+    assert timings["expanded_ms"] < 1000  # the target (< 200 ms) is reported, not asserted, on a shared CPU
+
+
+def test_exported_html_renders_without_a_kernel(page, tmp_path):
+    labels = ["<s>", *[f"<img {i // 24},{i % 24}>" for i in range(600)], *[f"w{i}" for i in range(19)]]
+    scores = np.random.default_rng(0).random((32, 620))
+    big = ml.TraceResult(scores, 0.9, 0.1, 0, "x", labels, labels, {}, {}, (1, 601), (24, 24), "mlp")
+    path = big.to_html(tmp_path / "trace.html")
+    page.goto(path.as_uri())
+    root = page.locator("[data-testid=trace-heatmap]")
+    canvas = root.locator("[data-testid=heatmap-canvas]")
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    assert box["width"] > 300 and box["height"] > 100
+    collapsed_ms = float(root.get_attribute("data-render-ms"))
+    canvas.hover(position={"x": box["width"] - 20, "y": 30})
+    assert "layer" in root.locator("[data-testid=readout]").inner_text()
+    root.locator("[data-testid=toggle-image]").click()
+    page.wait_for_function("el => el.dataset.cells === String(32 * 620)", arg=root.element_handle())
+    expanded_ms = float(root.get_attribute("data-render-ms"))
+    page.screenshot(path=str(SCREENSHOTS / "export_html.png"))
+    assert not page.errors, page.errors
+    print(f"\n[export] 32x620 render_ms collapsed={collapsed_ms:.1f} expanded={expanded_ms:.1f} (target < 200)")

@@ -1,0 +1,221 @@
+"""Widget state, binary arrays, browser messages and the worker thread, without a browser."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from ipywidgets.widgets.widget import _remove_buffers
+
+import mllm_lens as ml
+from mllm_lens.testing.planted import planted_fact_model
+from mllm_lens.widgets import MAX_PENDING, PatchOverlay, TraceHeatmap, patch_curve
+from mllm_lens.widgets._codec import array_from_json, array_to_json
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_fact_model(2)
+
+
+@pytest.fixture(scope="module")
+def session(planted):
+    return ml.TraceSession(planted.model, planted.probe("e0"), ml.noise("e0"))
+
+
+@pytest.fixture(scope="module")
+def results(session):
+    return [session.trace(site, progress=False) for site in session.sites]
+
+
+class SlowSession:
+    """Stands in for a TraceSession whose cells wait for the test to release them."""
+
+    def __init__(self, session):
+        self.inner, self.release, self.calls = session, threading.Event(), []
+
+    def cell(self, site, layer, position, *args, **kwargs):
+        self.calls.append((site, layer, position))
+        assert self.release.wait(10)
+        if position == 0:
+            raise RuntimeError("boom")
+        return self.inner.cell(site, layer, position, *args, **kwargs)
+
+
+def click(widget, **content):
+    widget._on_message(widget, {"type": "cell", **content}, [])
+
+
+def test_array_codec_round_trip_is_binary_float32():
+    array = np.arange(24, dtype=np.float64).reshape(2, 3, 4)
+    array[0, 1, 2] = np.nan
+    payload = array_to_json(array)
+    assert isinstance(payload["view"], memoryview) and payload["dtype"] == "float32" and payload["shape"] == [2, 3, 4]
+    assert payload["view"].nbytes == 24 * 4
+    back = array_from_json({**payload, "view": payload["view"].tobytes()})
+    np.testing.assert_array_equal(back, array.astype(np.float32))
+    assert array_to_json(None) is None and array_from_json(None) is None
+
+
+def test_heatmap_state_sends_scores_as_a_buffer(results):
+    hm = TraceHeatmap(results)
+    assert [p["site"] for p in hm.panels] == ["hidden", "mlp", "attn"]
+    assert hm.scores.shape == (3, 5, 20) and hm.scores.dtype == np.float32
+    assert hm.labels == results[0].labels and hm.image_span == [1, 17] and hm.patch_grid == [4, 4]
+    _state, paths, buffers = _remove_buffers(hm.get_state())
+    assert ["scores", "view"] in paths
+    np.testing.assert_array_equal(
+        np.frombuffer(buffers[paths.index(["scores", "view"])], np.float32).reshape(3, 5, 20), hm.scores
+    )
+
+
+def test_live_trace_fills_every_cell_like_session_trace(session, results):
+    hm = TraceHeatmap(session)
+    assert np.isnan(hm.scores).all()
+    hm.run()
+    assert hm.wait(60) and hm.status == "idle" and hm.progress == 1.0 and not hm.error
+    np.testing.assert_allclose(hm.scores, np.stack([r.scores for r in results]), atol=1e-6)
+    assert set(hm.results) == {"hidden", "mlp", "attn"}
+
+
+def test_cancel_stops_a_trace_after_its_current_batch(session):
+    hm = TraceHeatmap(session, sites=["mlp"])
+    hm._on_message(hm, {"type": "cancel"}, [])
+    hm._cancel.set()
+    hm._worker.submit(hm._trace_job)  # run() would clear the flag; submit the job as it stands
+    assert hm.wait(60) and hm.status == "cancelled"
+    assert np.isnan(hm.scores).all()
+
+
+def test_cell_click_runs_the_restoration(session, results):
+    hm = TraceHeatmap(results, session=session)
+    click(hm, panel=1, layer=2, position=19)
+    assert hm.wait(30)
+    expected = session.cell("mlp", 2, 19)
+    assert hm.clicks_done == 1 and hm.status == "idle" and not hm.error
+    assert hm.cell_result["site"] == "mlp" and hm.cell_result["position"] == 19 and hm.cell_result["run"] == 1
+    assert hm.cell_result["restored_prob"] == pytest.approx(expected.restored_prob, abs=1e-6)
+    assert hm.cell_result["restored_top"][0][0] == expected.restored_top[0][0]
+    assert hm.outcomes[-1].layer == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "buffers", "message"),
+    [
+        ([1, 2], [], "JSON object"),
+        ({"type": "explode"}, [], "unknown request type"),
+        ({"type": "cell", "panel": 0, "layer": 1}, [], "position must be an integer"),
+        ({"type": "cell", "panel": 0, "layer": True, "position": 3}, [], "layer must be an integer"),
+        ({"type": "cell", "panel": 0, "layer": 1.5, "position": 3}, [], "layer must be an integer"),
+        ({"type": "cell", "panel": 3, "layer": 0, "position": 3}, [], "panel 3 out of range"),
+        ({"type": "cell", "panel": 0, "layer": 5, "position": 3}, [], "layer 5 out of range"),
+        ({"type": "cell", "panel": 0, "layer": 0, "position": -1}, [], "position -1 out of range"),
+        ({"type": "cell", "panel": 0, "layer": 0, "position": 99}, [], "position 99 out of range"),
+        ({"type": "cell", "pad": "x" * 20_000}, [], "oversized request"),
+        ({"type": "cell", "panel": 0, "layer": 0, "position": 3}, [b"\0" * 8], "unexpected binary buffers"),
+    ],
+)
+def test_bad_messages_set_error_and_never_raise(session, results, content, buffers, message):
+    hm = TraceHeatmap(results, session=session)
+    hm._on_message(hm, content, buffers)
+    assert message in hm.error
+    assert hm.wait(5) and hm.clicks_done == 0 and hm.status == "idle"
+
+
+def test_click_without_a_session_explains_itself(results):
+    hm = TraceHeatmap(results[1])
+    click(hm, panel=0, layer=1, position=19)
+    assert "no TraceSession" in hm.error and hm.clicks_done == 0
+
+
+def test_second_click_is_queued_and_both_run_in_order(session, results):
+    slow = SlowSession(session)
+    hm = TraceHeatmap(results, session=slow)
+    click(hm, panel=1, layer=1, position=19)
+    click(hm, panel=2, layer=3, position=18)
+    assert hm.status == "running" and hm._worker.pending == 2 and hm.clicks_done == 0
+    slow.release.set()
+    assert hm.wait(30)
+    assert slow.calls == [("mlp", 1, 19), ("attn", 3, 18)]
+    assert hm.clicks_done == 2 and hm.cell_result["site"] == "attn" and hm.cell_result["run"] == 2
+    assert hm.status == "idle" and not hm.error
+
+
+def test_queue_overflow_is_refused_and_a_failing_job_leaves_the_worker_alive(session, results):
+    slow = SlowSession(session)
+    hm = TraceHeatmap(results, session=slow)
+    click(hm, panel=0, layer=0, position=0)  # raises in the worker once released
+    while not slow.calls:  # the first job is running, so the queue is empty again
+        threading.Event().wait(0.005)
+    for _ in range(MAX_PENDING):
+        click(hm, panel=1, layer=2, position=19)
+    click(hm, panel=1, layer=2, position=19)
+    assert "busy" in hm.error
+    slow.release.set()
+    assert hm.wait(60)
+    assert "RuntimeError: boom" in hm.error
+    assert hm.clicks_done == MAX_PENDING and hm.status == "idle"
+
+
+def test_overlay_patch_click_returns_a_layer_curve(planted, session):
+    calls = []
+
+    def on_patch(patches):
+        calls.append(patches)
+        return np.linspace(0, 1, 5)
+
+    image = session.encoded.probe.image
+    ov = PatchOverlay(image, np.random.default_rng(0).random((5, 4, 4)), on_patch, title="t")
+    assert ov.image.startswith(b"\x89PNG") and ov.values.dtype == np.float32
+    ov._on_message(ov, {"type": "patches", "patches": [[0, 1], [3, 3]]}, [])
+    assert ov.wait(10) and not ov.error
+    assert calls == [[(0, 1), (3, 3)]] and ov.clicks_done == 1 and ov.selected == [[0, 1], [3, 3]]
+    np.testing.assert_allclose(ov.curve, np.linspace(0, 1, 5), rtol=1e-6)
+    assert "2 patches (0,1) (3,3)" == ov.curve_label
+
+
+@pytest.mark.parametrize(
+    ("patches", "message"),
+    [([], "non-empty list"), ([[0, 4]], "col 4 out of range"), ([[0]], "[row, col]"), ([[0, 0]] * 17, "at most 16")],
+)
+def test_overlay_rejects_bad_patches(session, patches, message):
+    ov = PatchOverlay(session.encoded.probe.image, np.zeros((5, 4, 4)), lambda p: np.zeros(5))
+    ov._on_message(ov, {"type": "patches", "patches": patches}, [])
+    assert message in ov.error and ov.clicks_done == 0
+
+
+def test_overlay_with_the_patch_curve_callback_restores_visual_tokens(planted, results):
+    image_session = ml.TraceSession(planted.model, planted.probe("e0"), ml.image_noise(), sites=("hidden",))
+    ov = PatchOverlay.from_trace(results[0], image_session.encoded.probe.image, patch_curve(image_session))
+    assert ov.values.shape == (5, 4, 4)
+    ov.request([(1, 2)])
+    assert ov.wait(30) and not ov.error and ov.curve.shape == (5,)
+    expected = image_session.trace("hidden", positions=[1 + 4 + 2], progress=False).scores[:, 7]
+    np.testing.assert_allclose(ov.curve, expected, atol=1e-6)
+
+
+def test_link_outlines_picked_patches_and_selects_clicked_image_cells(session, results):
+    hm = TraceHeatmap(results, session=session)
+    ov = PatchOverlay.from_trace(results[0], session.encoded.probe.image)
+    hm.link(ov)
+    ov.selected = [[0, 0], [1, 1]]
+    assert hm.highlight == [1, 6] and hm.expanded
+    click(hm, panel=0, layer=3, position=2)  # <img 0,1>
+    assert hm.wait(30) and ov.selected == [[0, 1]] and ov.layer == 3
+
+
+def test_trace_result_show_returns_a_heatmap(results):
+    assert isinstance(results[1].show(), TraceHeatmap)
+
+
+def test_the_engine_imports_no_widget_stack():
+    code = (
+        "import sys, mllm_lens, mllm_lens.export, mllm_lens.results\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('anywidget', 'bokeh', 'ipywidgets', 'jupyter_bokeh')"
+        " or m.startswith('mllm_lens.widgets')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
