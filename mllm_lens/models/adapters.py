@@ -32,6 +32,9 @@ class BackboneSpec:
     attn_out: str
     embed: str = "embed_tokens"
     layers: str = "layers"
+    value: str = "v_proj"  # value projection inside the attention module (attention contributions)
+    final_norm: str = "norm"  # the decoder stack's last norm, before the LM head (partial decoder)
+    rotary: str = "rotary_emb"  # the decoder stack's rotary embedding module (partial decoder)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "llama": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "mistral": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen2": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
-    "phi": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="fc2", attn_out="dense"),
+    "phi": BackboneSpec(
+        attention="self_attn", mlp="mlp", mlp_out="fc2", attn_out="dense", final_norm="final_layernorm"
+    ),
 }
 
 WRAPPERS: dict[str, WrapperSpec] = {
@@ -137,6 +142,30 @@ class Adapter:
 
     def attn_out(self, layer: int) -> nn.Linear:
         return getattr(self.attention(layer), self.spec.attn_out)
+
+    def value_proj(self, layer: int) -> nn.Linear:
+        """The attention's value projection (``v_proj``): ``[*, d] -> [*, kv_heads * head_dim]``."""
+        module = getattr(self.attention(layer), self.spec.value, None)
+        if not isinstance(module, nn.Linear):
+            raise UnsupportedModelError(
+                f"{self.backbone!r} attention has no value projection '{self.spec.value}' (a Linear); "
+                "attention contributions need it"
+            )
+        return module
+
+    def _stack_part(self, name: str, what: str) -> nn.Module:
+        module = getattr(self.language_model, name, None)
+        if not isinstance(module, nn.Module):
+            raise UnsupportedModelError(f"{self.backbone!r} decoder stack has no {what} '{name}'")
+        return module
+
+    def final_norm(self) -> nn.Module:
+        """The norm applied to the last layer's output before the LM head."""
+        return self._stack_part(self.spec.final_norm, "final norm")
+
+    def rotary_emb(self) -> nn.Module:
+        """The rotary embedding module: ``(hidden, position_ids [1, T]) -> (cos, sin)``."""
+        return self._stack_part(self.spec.rotary, "rotary embedding")
 
     def site_module(self, site: str, layer: int) -> nn.Module:
         """The module whose output is the site: layer output, MLP output, attention output."""

@@ -14,7 +14,7 @@ import torch
 
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe
-from mllm_lens.tracing.corruption import Corruption, Replace
+from mllm_lens.tracing.corruption import Corruption, ImageNoise, Replace
 from mllm_lens.tracing.windows import window_layers
 
 
@@ -81,4 +81,85 @@ def reference_trace(
 
                 hooks.append((adapter.site_module(site, restored), restore))
             scores[layer, pos] = float(_full_forward(model, encoded, corruption, hooks)[target])
+    return scores, float(clean[target]), float(corrupted[target]), target
+
+
+def reference_clean_outputs(model: LensModel, encoded: EncodedProbe, site: str) -> tuple[torch.Tensor, dict]:
+    """The clean run's next-token probabilities ``[vocab]`` and ``site`` outputs ``{layer: [1, T, d]}``."""
+    outputs: dict[int, torch.Tensor] = {}
+
+    def record(layer):
+        def hook(_module, _args, output):
+            outputs[layer] = _site_output(output).detach().clone()
+
+        return hook
+
+    adapter = model.adapter
+    hooks = [(adapter.site_module(site, i), record(i)) for i in range(adapter.num_layers)]
+    return _full_forward(model, encoded, None, hooks), outputs
+
+
+def reference_patch_cell(
+    model: LensModel,
+    encoded: EncodedProbe,
+    noise: ImageNoise,
+    clean_outputs: dict,
+    site: str,
+    layers: tuple[int, ...],
+    positions: list[int],
+) -> torch.Tensor:
+    """Probabilities ``[vocab]`` of one full forward: ``noise`` on, clean ``site`` outputs at
+    ``positions`` written back in each of ``layers``."""
+    hooks = []
+    for restored in layers:
+
+        def restore(_module, _args, output, restored=restored):
+            tensor = _site_output(output).clone()
+            tensor[0, positions] = clean_outputs[restored][0, positions]
+            return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+        hooks.append((model.adapter.site_module(site, restored), restore))
+    return _full_forward(model, encoded, noise, hooks)
+
+
+def reference_patch_sweep(
+    model: LensModel,
+    encoded: EncodedProbe,
+    mode: str = "restore",
+    site: str = "hidden",
+    window: int = 1,
+    window_mode: str = "paper",
+    block: int = 1,
+    stride: int | None = None,
+    noise: ImageNoise | None = None,
+    target_id: int | None = None,
+) -> tuple[np.ndarray, float, float | None, int]:
+    """``(scores, clean_prob, corrupted_prob, target_id)`` of a per-patch sweep, cell by cell.
+
+    Restore mode: ``scores [layers, rows', cols']`` with every visual token noised and the
+    block's clean ``site`` outputs written back in the window; corrupt mode: ``scores [rows',
+    cols']`` with only the block noised (``corrupted_prob`` is None).
+    """
+    from mllm_lens.tracing.patches import patch_blocks
+
+    noise = ImageNoise() if noise is None else noise
+    n_layers = model.adapter.num_layers
+    cells = patch_blocks(encoded, block, stride)
+    start = encoded.image_span[0]
+    rows, cols = max(i for (i, _), _ in cells) + 1, max(j for (_, j), _ in cells) + 1
+    clean, clean_outputs = reference_clean_outputs(model, encoded, site)
+    target = int(clean.argmax()) if target_id is None else target_id
+    if mode == "corrupt":
+        scores = np.zeros((rows, cols))
+        for cell, idx in cells:
+            probs = _full_forward(model, encoded, ImageNoise(idx, noise.scale, noise.seed), [])
+            scores[cell] = float(probs[target])
+        return scores, float(clean[target]), None, target
+    corrupted = _full_forward(model, encoded, noise, [])
+    scores = np.zeros((n_layers, rows, cols))
+    for layer in range(n_layers):
+        layers = window_layers(layer, window, window_mode, n_layers)
+        for cell, idx in cells:
+            probs = reference_patch_cell(model, encoded, noise, clean_outputs, site, layers, [start + i for i in idx])
+            scores[(layer, *cell)] = float(probs[target])
     return scores, float(clean[target]), float(corrupted[target]), target

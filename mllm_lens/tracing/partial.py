@@ -1,0 +1,180 @@
+"""The partial decoder: re-run only the part of a forward that an intervention can change.
+
+A causal decoder computes position ``j`` at layer ``l`` from positions ``<= j`` at layer
+``l - 1``. So an intervention that changes positions ``>= p`` from layer ``s`` on (restoring a
+clean value at one image patch, or corrupting one patch's embedding) leaves
+
+* every position ``< p`` unchanged at every layer -- their keys and values are those of the
+  *base run* (the run without the intervention), recorded once per layer, and
+* every layer below ``s`` unchanged -- the residual stream entering layer ``s`` is the base
+  run's, recorded once per layer.
+
+A restoration run therefore starts at layer ``s`` from the base run's hidden states of
+positions ``[p, T)`` (``[B, T - p, d]``, with the intervention written in), calls the decoder
+layers ``s .. L-1`` directly (the adapter provides them, the rotary embedding and the final
+norm) with a KV cache that holds the base run's keys/values of ``[0, p)`` and an explicit
+causal mask of shape ``[1, 1, T - p, T]`` (query ``i`` is position ``p + i``), and applies the
+final norm and LM head to the last position only. For a hidden-state restoration at layer
+``l`` the run starts at ``s = l + 1``: layer ``l``'s output *is* the restored value. Forward
+hooks on the site modules write further clean values (layer windows) into the batch rows.
+
+The per-batch cache is one buffer ``[max_batch, kv_heads, T, head_dim]`` per layer, filled with
+the base keys/values once; a run writes its rows' new keys/values into ``[p, T)`` and slots
+made stale by an earlier run with a smaller ``p`` are copied back before use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
+
+from mllm_lens.models.lens_model import LensModel
+from mllm_lens.tracing.executor import PlanEntry, _site_tensor, _with_site_tensor
+
+
+class _BufferLayer(DynamicLayer):
+    """Keys/values ``[B, kv, T, hd]``: base values before ``start``, this run's from ``start``."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int, start: int) -> None:
+        super().__init__()
+        self.keys, self.values, self.rows, self.start = keys, values, rows, start
+        self.is_initialized = True
+        self.device = keys.device
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self.start + key_states.shape[-2]
+        self.keys[: self.rows, :, self.start : end] = key_states
+        self.values[: self.rows, :, self.start : end] = value_states
+        return self.keys[: self.rows, :, :end], self.values[: self.rows, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.start
+
+
+class PartialDecoder:
+    """A base run of ``embeds [1, T, d]`` recorded once, restartable at any (layer, position).
+
+    Records per layer: the residual stream entering (``inputs[l]``) and leaving
+    (``outputs[l]``) the layer ``[T, d]``, its keys and values, and for each of ``sites`` the
+    site module's output ``[T, d]`` (``site_outputs[(site, l)]``).
+    """
+
+    def __init__(
+        self, model: LensModel, embeds: torch.Tensor, sites: Sequence[str] = (), *, max_batch: int = 32
+    ) -> None:
+        self.model = model
+        adapter = model.adapter
+        self.num_layers = adapter.num_layers
+        self.length = embeds.shape[1]
+        self.max_batch = max_batch
+        self.inputs: list[torch.Tensor] = [torch.empty(0)] * self.num_layers
+        self.outputs: list[torch.Tensor] = [torch.empty(0)] * self.num_layers
+        self.site_outputs: dict[tuple[str, int], torch.Tensor] = {}
+        with ExitStack() as stack, torch.no_grad():
+            for layer in range(self.num_layers):
+                module = adapter.layers[layer]
+                stack.callback(module.register_forward_pre_hook(self._keep_input(layer), with_kwargs=True).remove)
+                stack.callback(module.register_forward_hook(self._keep_output(layer)).remove)
+                for site in sites:
+                    hook = self._keep_site((site, layer))
+                    stack.callback(adapter.site_module(site, layer).register_forward_hook(hook).remove)
+            cache = DynamicCache(config=adapter.language_model.config)
+            self.logits = model.decoder_logits(embeds, cache)[0]
+            positions = torch.arange(self.length, device=embeds.device)[None]
+            self.position_embeddings = adapter.rotary_emb()(embeds, position_ids=positions)
+        self.base_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._dirty_from = self.length
+
+    def _keep_input(self, layer: int):
+        def hook(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self.inputs[layer] = hidden[0].detach().clone()
+
+        return hook
+
+    def _keep_output(self, layer: int):
+        def hook(_module, _args, output):
+            self.outputs[layer] = _site_tensor(output)[0].detach().clone()
+
+        return hook
+
+    def _keep_site(self, key: tuple[str, int]):
+        def hook(_module, _args, output):
+            self.site_outputs[key] = _site_tensor(output)[0].detach().clone()
+
+        return hook
+
+    def _cache(self, rows: int, start: int) -> Cache:
+        if self._buffers is None:
+            self._buffers = [
+                (k.expand(self.max_batch, -1, -1, -1).clone(), v.expand(self.max_batch, -1, -1, -1).clone())
+                for k, v in self.base_kv
+            ]
+        if self._dirty_from < start:  # an earlier run wrote its own keys into [dirty_from, start)
+            for (keys, values), (k0, v0) in zip(self._buffers, self.base_kv, strict=True):
+                keys[:, :, self._dirty_from : start] = k0[:, :, self._dirty_from : start]
+                values[:, :, self._dirty_from : start] = v0[:, :, self._dirty_from : start]
+        self._dirty_from = start
+        return Cache(layers=[_BufferLayer(k, v, rows, start) for k, v in self._buffers])
+
+    def head(self, hidden_last: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, vocab]`` (float32) of last-position hidden states ``[B, d]``."""
+        adapter = self.model.adapter
+        with torch.no_grad():
+            return adapter.lm_head(adapter.final_norm()(hidden_last)).float()
+
+    def run(
+        self, start_layer: int, start: int, hidden: torch.Tensor, plan: dict[tuple[str, int], PlanEntry] | None = None
+    ) -> torch.Tensor:
+        """Logits ``[B, vocab]`` at the last position.
+
+        ``hidden [B, T - start, d]`` enters layer ``start_layer`` (``== num_layers``: it is the
+        final residual stream). ``plan[(site, layer)] = (rows, positions - start, values)``
+        overwrites site outputs of layers ``>= start_layer``.
+        """
+        rows, span = hidden.shape[0], hidden.shape[1]
+        if span != self.length - start:
+            raise ValueError(f"hidden covers {span} positions, expected {self.length - start} (from {start})")
+        if rows > self.max_batch:
+            raise ValueError(f"batch of {rows} rows exceeds max_batch={self.max_batch}")
+        adapter = self.model.adapter
+        plan = plan or {}
+        with ExitStack() as stack, torch.no_grad():
+            for key in plan:
+                if key[1] < start_layer:
+                    raise ValueError(f"plan entry {key} lies below the start layer {start_layer}")
+                module = adapter.site_module(*key)
+                stack.callback(module.register_forward_hook(_restorer(plan[key])).remove)
+            if start_layer < self.num_layers:
+                cache = self._cache(rows, start)
+                device, dtype = hidden.device, hidden.dtype
+                query = torch.arange(start, self.length, device=device)[:, None]
+                keys = torch.arange(self.length, device=device)[None]
+                mask = torch.zeros(span, self.length, dtype=dtype, device=device)
+                mask.masked_fill_(keys > query, torch.finfo(dtype).min)
+                cos, sin = self.position_embeddings
+                kwargs = dict(
+                    attention_mask=mask[None, None],
+                    position_ids=query.T,
+                    cache=cache,
+                    use_cache=True,
+                    position_embeddings=(cos[:, start:], sin[:, start:]),
+                )
+                for layer in range(start_layer, self.num_layers):
+                    hidden = _site_tensor(adapter.layers[layer](hidden, **kwargs))
+            return self.head(hidden[:, -1])
+
+
+def _restorer(entry: PlanEntry):
+    rows, pos, values = entry
+
+    def hook(_module, _args, output):
+        tensor = _site_tensor(output)
+        return _with_site_tensor(output, tensor.index_put((rows, pos), values.to(tensor.dtype)))
+
+    return hook

@@ -1,0 +1,243 @@
+"""Per-patch causal tracing: which image patches carry the answer, and at which layers.
+
+Two modes over the base patch grid (``rows x cols``, see :mod:`mllm_lens.models.layouts`),
+one patch or a ``block x block`` block of patches per cell:
+
+* ``"restore"``: every visual token is corrupted (:class:`ImageNoise`); the clean ``site``
+  output at the block's tokens is restored in the layer window around each layer ->
+  ``scores [layers, rows', cols']`` = target probability;
+* ``"corrupt"``: only the block's tokens are corrupted (the same noise scale and seed) ->
+  ``scores [rows', cols']`` = target probability; :attr:`PatchResult.effect` is the drop.
+
+Speed: with image noise the first changed position is the first image token, so a shared
+prefix saves almost nothing. Instead a cell whose first restored (or corrupted) position is
+``p`` and whose earliest changed layer is ``s`` runs only positions ``>= p`` through layers
+``>= s`` on top of the base run's keys/values (:class:`~mllm_lens.tracing.partial.PartialDecoder`;
+hidden-state restorations start one layer above the restored one). Cells are grouped by
+``s``, sorted by ``p`` and batched; a batch starts at its smallest ``p`` (rows with a larger
+``p`` recompute a few unchanged positions, which is exact). Every score equals the plain
+per-cell loop :func:`~mllm_lens.tracing.reference.reference_patch_sweep` (one full forward per
+cell) to float32 rounding.
+
+LLaVA-NeXT: only the base grid (the first ``rows x cols`` visual tokens) is swept; in restore
+mode the high-resolution tiles and newline tokens stay corrupted. Layouts without a base grid
+are refused with :class:`~mllm_lens.errors.UnsupportedModelError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mllm_lens.errors import CorruptionError, TraceConfigError, UnsupportedModelError
+from mllm_lens.models.adapters import SITES
+from mllm_lens.models.lens_model import LensModel
+from mllm_lens.probe import EncodedProbe, Probe
+from mllm_lens.results import PatchResult
+from mllm_lens.tracing.corruption import ImageNoise
+from mllm_lens.tracing.partial import PartialDecoder
+from mllm_lens.tracing.windows import window_layers
+
+MODES = ("restore", "corrupt")
+Block = tuple[tuple[int, int], list[int]]  # (cell (row, col), image-token indices)
+
+
+def patch_blocks(encoded: EncodedProbe, block: int = 1, stride: int | None = None) -> list[Block]:
+    """Cells of the base grid: ``((i, j), token indices)`` for blocks at ``(i*stride, j*stride)``.
+
+    Edge blocks are clipped to the grid. Raises if the layout has no mappable base grid.
+    """
+    layout = encoded.patch_layout
+    stride = block if stride is None else stride
+    if block < 1 or stride < 1:
+        raise TraceConfigError(f"block and stride must be >= 1, got block={block}, stride={stride}")
+    if block > min(layout.rows, layout.cols):
+        raise TraceConfigError(f"block {block} is larger than the {layout.rows}x{layout.cols} patch grid")
+    where = {g: i for i, g in enumerate(layout.grid_index) if g >= 0}
+    if len(where) != layout.rows * layout.cols:
+        raise UnsupportedModelError(
+            f"the image layout maps {len(where)} visual tokens onto the {layout.rows}x{layout.cols} base grid; "
+            "per-patch tracing needs one token per base-grid patch"
+        )
+    cells = []
+    for i, r in enumerate(range(0, layout.rows, stride)):
+        for j, c in enumerate(range(0, layout.cols, stride)):
+            rr = range(r, min(r + block, layout.rows))
+            cc = range(c, min(c + block, layout.cols))
+            cells.append(((i, j), sorted(where[y * layout.cols + x] for y in rr for x in cc)))
+    return cells
+
+
+def _grid_shape(cells: list[Block]) -> tuple[int, int]:
+    return max(i for (i, _), _ in cells) + 1, max(j for (_, j), _ in cells) + 1
+
+
+def _check(mode: str, site: str, noise: ImageNoise) -> None:
+    if mode not in MODES:
+        raise TraceConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    if site not in SITES:
+        raise TraceConfigError(f"unknown site {site!r}; expected one of {SITES}")
+    if not isinstance(noise, ImageNoise):
+        raise CorruptionError(f"per-patch tracing corrupts the image: pass an ImageNoise, got {noise!r}")
+    if mode == "corrupt" and noise.patches is not None:
+        raise CorruptionError("in corrupt mode the patches are the swept cells: pass ImageNoise without patches")
+
+
+def _batch_size(model: LensModel, length: int, budget: int = 1 << 30, max_batch: int = 32) -> int:
+    cfg = model.adapter.language_model.config
+    d, item = model.adapter.hidden_size, torch.finfo(model.dtype).bits // 8
+    ffn = getattr(cfg, "intermediate_size", 4 * d)
+    per_row = length * (8 * d + 3 * ffn) * item + cfg.num_attention_heads * length * length * 4
+    per_row += 2 * model.num_layers * length * d * item  # the cache buffers (upper bound)
+    return int(max(1, min(max_batch, budget // max(per_row, 1))))
+
+
+def _chunks(items: list, start_of, size: int):
+    """Items sorted by ``start_of``, in runs of at most ``size``."""
+    items = sorted(items, key=start_of)
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def patch_sweep(
+    model: LensModel,
+    probe: Probe | EncodedProbe,
+    mode: str = "restore",
+    site: str = "hidden",
+    window: int = 1,
+    window_mode: str = "paper",
+    *,
+    block: int = 1,
+    stride: int | None = None,
+    layers: Sequence[int] | None = None,
+    noise: ImageNoise | None = None,
+    target_id: int | None = None,
+    patches: Sequence[tuple[int, int]] | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> PatchResult:
+    """Trace every patch (block) of the base grid; see the module docstring.
+
+    ``layers`` (restore mode) picks the rows of ``scores`` (default: all layers); ``noise``
+    sets the corruption's scale and seed (default ``ImageNoise()``: 3 sigma, seed 0);
+    ``target_id`` defaults to the probe's answer, else the clean run's top-1 token;
+    ``patches`` limits the sweep to these cells ``(i, j)`` of the result grid (others are NaN).
+    """
+    noise = ImageNoise() if noise is None else noise
+    _check(mode, site, noise)
+    encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
+    cells = patch_blocks(encoded, block, stride)
+    rows, cols = _grid_shape(cells)
+    if patches is not None:
+        wanted = {(int(i), int(j)) for i, j in patches}
+        if not wanted <= {cell for cell, _ in cells}:
+            raise TraceConfigError(
+                f"patches {sorted(wanted - {c for c, _ in cells})} lie outside the {rows}x{cols} grid"
+            )
+        cells = [(cell, idx) for cell, idx in cells if cell in wanted]
+    start_img = encoded.image_span[0]
+    n_layers = model.num_layers
+    chosen = list(range(n_layers)) if layers is None else sorted({int(x) for x in layers})
+    windows = [window_layers(layer, window, window_mode, n_layers) for layer in chosen]
+    clean = model.decoder_inputs(encoded.model_inputs)
+    size = batch_size or _batch_size(model, encoded.length)
+    kept = [site] if mode == "restore" and site != "hidden" else []  # hidden = layer outputs, always kept
+    base_clean = PartialDecoder(model, clean, kept, max_batch=size)
+    clean_probs = torch.softmax(base_clean.logits, -1)
+    target = encoded.target_id if target_id is None else target_id
+    target = int(clean_probs.argmax()) if target is None else int(target)
+    # work items: (first position, start layer, result index, builder of (hidden row, plan rows))
+    if mode == "restore":
+        corrupted = noise.apply(model, encoded, clean)
+        base = PartialDecoder(model, corrupted, max_batch=size)
+        corrupted_prob = float(torch.softmax(base.logits, -1)[target])
+        scores = np.full((len(chosen), rows, cols), np.nan)
+        items = [
+            (
+                start_img + idx[0],
+                wl[0] + 1 if site == "hidden" else wl[0],
+                (li, *cell),
+                [start_img + i for i in idx],
+                wl,
+            )
+            for li, wl in enumerate(windows)
+            for cell, idx in cells
+        ]
+    else:
+        base, corrupted_prob = base_clean, None
+        scores = np.full((rows, cols), np.nan)
+        items = [(start_img + idx[0], 0, cell, idx, ()) for cell, idx in cells]
+    groups: dict[int, list] = {}
+    for item in items:
+        groups.setdefault(item[1], []).append(item)
+    bar = tqdm(total=len(items), desc=f"patch {mode}", disable=not progress, unit="cell")
+    for start_layer, group in sorted(groups.items()):
+        for batch in _chunks(group, lambda it: it[0], size):
+            p = batch[0][0]
+            if mode == "restore":
+                hidden, plan = _restore_batch(base, base_clean, site, start_layer, p, batch)
+            else:
+                hidden = torch.cat(
+                    [ImageNoise(it[3], noise.scale, noise.seed).apply(model, encoded, clean)[:, p:] for it in batch]
+                )
+                plan = {}
+            if start_layer >= n_layers:
+                logits = base.head(hidden[:, -1])
+            else:
+                logits = base.run(start_layer, p, hidden, plan)
+            probs = torch.softmax(logits, -1)[:, target].cpu().numpy()
+            for it, prob in zip(batch, probs, strict=True):
+                scores[it[2]] = prob
+            bar.update(len(batch))
+    bar.close()
+    return PatchResult(
+        scores=scores,
+        mode=mode,
+        clean_prob=float(clean_probs[target]),
+        corrupted_prob=corrupted_prob,
+        target_id=target,
+        target_token=model.tokenizer.convert_ids_to_tokens(target),
+        site=site if mode == "restore" else None,
+        block=block,
+        stride=block if stride is None else stride,
+        patch_grid=(encoded.patch_layout.rows, encoded.patch_layout.cols),
+        image_span=tuple(encoded.image_span),
+        settings={
+            "window": window,
+            "window_mode": window_mode,
+            "layers": chosen,
+            "noise": {"scale": noise.scale, "seed": noise.seed, "patches": noise.describe(encoded)["patches"]},
+            "batch_size": size,
+            "prompt": encoded.prompt,
+            "model": model.name,
+        },
+    )
+
+
+def _restore_batch(
+    base: PartialDecoder, clean: PartialDecoder, site: str, start_layer: int, p: int, batch: list
+) -> tuple[torch.Tensor, dict]:
+    """Hidden states entering ``start_layer`` for positions ``>= p`` and the restore plan of a batch."""
+    device = base.inputs[0].device
+    if site == "hidden":
+        below = start_layer - 1  # the restored layer: its output is the starting residual stream
+        hidden = base.outputs[below][p:].expand(len(batch), -1, -1).clone()
+        for row, it in enumerate(batch):
+            pos = torch.tensor(it[3], device=device)
+            hidden[row, pos - p] = clean.outputs[below][pos]
+    else:
+        hidden = base.inputs[start_layer][p:].expand(len(batch), -1, -1).clone()
+    pairs: dict[tuple[str, int], list[tuple[int, int]]] = {}
+    for row, it in enumerate(batch):
+        for layer in it[4]:
+            if layer >= start_layer:
+                pairs.setdefault((site, layer), []).extend((row, q) for q in it[3])
+    plan = {}
+    for key, rows_pos in pairs.items():
+        index = torch.tensor(rows_pos, dtype=torch.long, device=device)
+        source = clean.outputs[key[1]] if site == "hidden" else clean.site_outputs[key]
+        plan[key] = (index[:, 0], index[:, 1] - p, source[index[:, 1]])
+    return hidden, plan

@@ -1,0 +1,150 @@
+"""Per-patch sweeps (partial decoder, batched) equal the per-cell full-forward reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import mllm_lens as ml
+from mllm_lens.errors import CorruptionError, TraceConfigError, UnsupportedModelError
+from mllm_lens.models.layouts import PatchLayout
+from mllm_lens.results import PatchResult
+from mllm_lens.tracing.corruption import ImageNoise
+from mllm_lens.tracing.executor import Cell, RestorationExecutor
+from mllm_lens.tracing.patches import patch_blocks, patch_sweep
+from mllm_lens.tracing.reference import reference_patch_sweep
+
+RESTORE = [
+    ("hidden", 1, "paper", 1),
+    ("mlp", 1, "paper", 1),
+    ("attn", 1, "paper", 2),
+    ("hidden", 2, "paper", 2),
+    ("mlp", 3, "rome", 1),
+]
+SCALE = 0.5
+
+
+@pytest.mark.parametrize("site,window,mode,block", RESTORE)
+def test_restore_sweep_equals_reference(models, arch, probe, site, window, mode, block):
+    model = models[arch]
+    encoded = probe.encode(model)
+    # mild noise, so restored probabilities differ visibly; LLaVA-NeXT: noise on the base grid only
+    # (its high-res tiles carry the image too, and stay corrupted under full image noise)
+    base_grid = [(r, c) for r in range(2) for c in range(2)] if arch == "llava_next" else None
+    noise = ImageNoise(base_grid, scale=SCALE)
+    fast = patch_sweep(model, encoded, "restore", site, window, mode, block=block, batch_size=3, noise=noise)
+    ref, clean_p, corrupted_p, target = reference_patch_sweep(
+        model, encoded, "restore", site, window, mode, block, noise=noise
+    )
+    assert fast.target_id == target
+    assert abs(fast.clean_prob - clean_p) <= 1e-5 and abs(fast.corrupted_prob - corrupted_p) <= 1e-5
+    assert fast.scores.shape == ref.shape
+    assert np.abs(fast.scores - ref).max() <= 1e-5
+    assert np.ptp(ref) > 1e-3  # not vacuous
+
+
+@pytest.mark.parametrize("block", [1, 2])
+def test_corrupt_sweep_equals_reference(models, arch, probe, block):
+    model = models[arch]
+    encoded = probe.encode(model)
+    noise = ImageNoise(scale=5.0, seed=2)
+    fast = patch_sweep(model, encoded, "corrupt", block=block, noise=noise, batch_size=4)
+    ref, clean_p, _none, target = reference_patch_sweep(model, encoded, "corrupt", block=block, noise=noise)
+    assert fast.target_id == target and fast.corrupted_prob is None
+    assert np.abs(fast.scores - ref).max() <= 1e-5
+    assert np.allclose(fast.effect, clean_p - ref, atol=1e-5)
+
+
+def test_batch_size_and_layers_subset(models, probe):
+    model = models["llava"]
+    one = patch_sweep(model, probe, batch_size=1)
+    many = patch_sweep(model, probe, batch_size=32, layers=[1, 3])
+    assert np.abs(one.scores[[1, 3]] - many.scores).max() <= 1e-6
+
+
+def test_executor_restores_blocks(models, probe):
+    """A multi-position Cell in the prefix-cached executor equals the reference block restore."""
+    model = models["llava_phi"]
+    encoded = probe.encode(model)
+    clean = model.decoder_inputs(encoded.model_inputs)
+    corrupted = ImageNoise().apply(model, encoded, clean)
+    executor = RestorationExecutor(model, clean, corrupted, ["mlp"], batch_size=4)
+    start = encoded.image_span[0]
+    blocks = patch_blocks(encoded, block=2)
+    cells = [
+        Cell("mlp", (layer,), start + idx[0], tuple(start + i for i in idx)) for layer in range(2) for _, idx in blocks
+    ]
+    ref, *_rest, target = reference_patch_sweep(model, encoded, "restore", "mlp", block=2)
+    probs = executor.run(cells, target, progress=False)
+    assert np.abs(probs - ref[:2].reshape(-1)).max() <= 1e-5
+    assert Cell("mlp", (0,), 5).positions == (5,)
+
+
+def test_result_roundtrip_and_top(models, probe, tmp_path):
+    result = patch_sweep(models["llava"], probe, block=2, stride=1)
+    assert result.scores.shape == (5, 4, 4)  # stride 1: every origin; edge blocks clipped
+    back = PatchResult.load(result.save(tmp_path / "p.npz"))
+    assert np.array_equal(back.scores, result.scores) and back.patch_grid == (4, 4) and back.stride == 1
+    assert len(result.top_patches(3)) == 3
+
+
+def test_llava_next_sweeps_base_grid(models, probe):
+    result = patch_sweep(models["llava_next"], probe, "corrupt")
+    assert result.scores.shape == (2, 2)
+
+
+def test_bad_inputs(models, probe):
+    model = models["llava"]
+    with pytest.raises(TraceConfigError):
+        patch_sweep(model, probe, mode="erase")
+    with pytest.raises(TraceConfigError):
+        patch_sweep(model, probe, site="resid")
+    with pytest.raises(TraceConfigError):
+        patch_sweep(model, probe, block=9)
+    with pytest.raises(CorruptionError):
+        patch_sweep(model, probe, "corrupt", noise=ImageNoise(patches=[0]))
+    with pytest.raises(CorruptionError):
+        patch_sweep(model, probe, noise=ml.noise())
+    encoded = probe.encode(model)
+    encoded.patch_layout = PatchLayout(labels=["x"] * 16, rows=4, cols=4, grid_index=[-1] * 16)
+    with pytest.raises(UnsupportedModelError):
+        patch_sweep(model, encoded)
+
+
+def test_partial_decoder_restart_is_exact(models, probe):
+    from mllm_lens.tracing.partial import PartialDecoder
+
+    model = models["llava"]
+    embeds = model.decoder_inputs(probe.encode(model).model_inputs)
+    decoder = PartialDecoder(model, embeds, max_batch=2)
+    full = torch.softmax(model.decoder_logits(embeds)[0], -1)
+    for layer, start in [(0, 3), (2, 10), (4, 0), (3, 20)]:
+        hidden = decoder.inputs[layer][start:][None].expand(2, -1, -1)
+        probs = torch.softmax(decoder.run(layer, start, hidden), -1)
+        assert (probs - full).abs().max() <= 1e-6
+
+
+@pytest.fixture(scope="module")
+def planted():
+    from mllm_lens.testing.planted_patch import planted_patch_model
+
+    return planted_patch_model(key=(2, 1))
+
+
+@pytest.mark.parametrize("colour", ["red", "blue"])
+def test_planted_patch_is_found(planted, colour):
+    from mllm_lens.tracing.attention import attention_contributions
+    from mllm_lens.tracing.knockout import knockout_test
+
+    assert planted.accuracy == 1.0
+    probe = planted.probe(colour, seed=5)
+    contributions = attention_contributions(planted.model, probe, target="visual")
+    assert contributions.top_patches(1) == [planted.key]
+    restore = patch_sweep(planted.model, probe, "restore")
+    assert restore.clean_prob > 0.5 and restore.top_patches(1) == [planted.key]
+    corrupt = patch_sweep(planted.model, probe, "corrupt")
+    assert corrupt.top_patches(1) == [planted.key]
+    report = knockout_test(planted.model, probe, k=1, repeats=10)
+    assert report.top_patches == [planted.key]
+    assert report.topk_drop > 0.05 and report.topk_drop > 20 * max(report.random_mean, 1e-4)
