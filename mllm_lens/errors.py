@@ -29,3 +29,7 @@ class TraceConfigError(MllmLensError, ValueError):
 
 class VQAConstraintsFormatError(MllmLensError, ValueError):
     """A VQA-Constraints CSV is malformed (the message names the file, the line and the fault)."""
+
+
+class EditError(MllmLensError, ValueError):
+    """An edit cannot be made as asked (answer already given, no constraint, layer out of range, ...)."""

@@ -1,0 +1,128 @@
+"""Edit metrics: the report, evaluation on the planted model, and targets on the demo model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+import mllm_lens as ml
+from mllm_lens.demo.build import MODEL_DIR
+from mllm_lens.editing import EditReport, EditRequest, ProbeSet, edit, evaluate_edit, world_request
+from mllm_lens.testing.planted import planted_fact_model
+
+PLANTED = dict(lr=5.0, steps=40, weight_decay=0.0, stop_prob=0.9)
+
+
+def fingerprint(model) -> str:
+    digest = hashlib.sha256()
+    for _, p in sorted(model.hf_model.named_parameters()):
+        digest.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_report_table_and_dict():
+    report = EditReport(
+        method="multedit",
+        site="mlp",
+        layers=[1],
+        n_edits=2,
+        efficacy=0.95,
+        efficacy_exact=1.0,
+        efficacy_before=0.01,
+        paraphrase=0.8,
+        paraphrase_exact=1.0,
+        rendering=0.6,
+        rendering_exact=0.5,
+        specificity_before=0.9,
+        specificity_after=0.885,
+        n_specificity=200,
+    )
+    assert report.generalisation == pytest.approx(0.7)
+    assert report.generalisation_exact == pytest.approx(0.75)
+    assert report.specificity_drop == pytest.approx(1.5)
+    data = report.as_dict()
+    json.dumps(data)
+    assert data["specificity_drop"] == pytest.approx(1.5) and data["generalisation"] == pytest.approx(0.7)
+    table = report.table()
+    assert "efficacy" in table and "drop 1.50 pts" in table and "layers [1]" in table
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return planted_fact_model(2)
+
+
+def test_evaluate_edit_on_the_planted_model(planted):
+    model = planted.model
+    entity = "e5"
+    target = next(a for a in sorted(set(planted.facts.values())) if a != planted.facts[entity])
+    probe = planted.probe(entity)
+    probe.answer = None
+    others = ProbeSet((planted.probe(e), a) for e, a in planted.facts.items() if e != entity)
+    before = fingerprint(model)
+    report = evaluate_edit(model, EditRequest(probe, target), layers=2, specificity=others, **PLANTED)
+    assert fingerprint(model) == before  # requests in, model restored
+    assert report.efficacy > 0.8 and report.efficacy_exact == 1.0 and report.efficacy_before < 0.01
+    assert report.generalisation is None  # no demo-world metadata: nothing to paraphrase
+    assert report.specificity_before == 1.0 and report.n_specificity == len(planted.facts) - 1
+    assert report.trace["before"]["target"] == planted.facts[entity]
+    assert report.trace["after"]["target"] == target
+    assert report.trace["after"]["key_layer"] == 2
+    # an applied Edit is measured as it stands and left applied
+    with edit(model, probe, target, layer=2, **PLANTED) as handle:
+        again = evaluate_edit(model, handle, specificity=others, trace=False)
+        assert handle.applied and again.efficacy == pytest.approx(report.efficacy)
+    assert fingerprint(model) == before
+
+
+requires_demo = pytest.mark.skipif(
+    not (MODEL_DIR / "config.json").exists(),
+    reason=f"the demo model is not built yet ({MODEL_DIR}/config.json is missing; `python -m mllm_lens.demo.train`)",
+)
+requires_demo = pytest.mark.skipif(
+    not (MODEL_DIR / "config.json").exists(),
+    reason=f"the demo model is not built yet ({MODEL_DIR}/config.json is missing; `python -m mllm_lens.demo.train`)",
+)
+DEMO_LAYER = 2  # benchmarks/RESULTS.md, "MultEdit": the best efficacy/specificity trade-off
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return ml.load("demo")
+
+
+@requires_demo
+def test_single_multedits_on_the_demo_model_meet_the_targets(demo):
+    from mllm_lens.data import world
+    from mllm_lens.editing.metrics import specificity_set
+
+    flips = {"France": "Rome", "Japan": "Cairo", "Peru": "Oslo", "Ghana": "Lima"}
+    requests = [world_request(c, "capital", new, seed=i) for i, (c, new) in enumerate(flips.items())]
+    specificity = specificity_set(list(flips), n=280)
+    before_state = fingerprint(demo)
+    base = float(specificity.run(demo)[1].mean())
+    assert base > 0.8
+    reports = [
+        evaluate_edit(
+            demo, r, layers=DEMO_LAYER, key_token="last", specificity=specificity, specificity_before=base, trace=False
+        )
+        for r in requests
+    ]
+    assert fingerprint(demo) == before_state
+    assert min(r.efficacy_exact for r in reports) == 1.0
+    assert sum(r.efficacy for r in reports) / len(reports) >= 0.9
+    assert sum(r.generalisation for r in reports) / len(reports) >= 0.7
+    assert max(r.specificity_drop for r in reports) <= 2.0
+    assert world.fact("France", "capital") == "Paris"
+
+
+@requires_demo
+def test_the_paper_key_token_warns_on_the_demo_model(demo):
+    # The demo model reads the flag from the answer position: the constraint token carries nothing.
+    request = world_request("France", "capital", "Rome")
+    with pytest.warns(ml.editing.EditIneffectiveWarning, match="key_token='last'"):
+        handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER)
+    handle.undo()
