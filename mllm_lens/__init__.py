@@ -4,8 +4,11 @@ Causal tracing of multimodal LLMs after Basu et al., "Understanding Information 
 Transfer in Multi-modal Large Language Models" (NeurIPS 2024).
 """
 
+from mllm_lens import editing
+from mllm_lens.editing import Edit, EditReport, EditRequest, edit, edit_many, evaluate_edit
 from mllm_lens.errors import (
     CorruptionError,
+    EditError,
     MllmLensError,
     NotMultimodalError,
     ProbeError,
@@ -14,13 +17,40 @@ from mllm_lens.errors import (
 )
 from mllm_lens.models import LensModel, load
 from mllm_lens.probe import Constraint, Probe, textual, visual
-from mllm_lens.results import TraceResult
-from mllm_lens.tracing import image_noise, noise, replace, trace, trace_sites
+from mllm_lens.results import ContributionResult, PatchResult, TraceResult
+from mllm_lens.tracing import (
+    TraceSession,
+    attention_contributions,
+    flow_auroc,
+    image_noise,
+    knockout,
+    knockout_test,
+    noise,
+    patch_sweep,
+    replace,
+    trace,
+    trace_sites,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Edit",
+    "EditError",
+    "EditReport",
+    "EditRequest",
+    "edit",
+    "edit_many",
+    "editing",
+    "evaluate_edit",
     "Constraint",
+    "ContributionResult",
+    "PatchResult",
+    "attention_contributions",
+    "flow_auroc",
+    "knockout",
+    "knockout_test",
+    "patch_sweep",
     "CorruptionError",
     "LensModel",
     "MllmLensError",
@@ -29,6 +59,7 @@ __all__ = [
     "ProbeError",
     "TraceConfigError",
     "TraceResult",
+    "TraceSession",
     "UnsupportedModelError",
     "image_noise",
     "load",

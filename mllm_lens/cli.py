@@ -13,6 +13,24 @@ from mllm_lens.text_view import heatmap_text
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.planted:
+        return _planted_demo(args)
+    import random
+
+    from mllm_lens.data import world
+
+    model = ml.load("demo")
+    record = world.make_record(args.country, world.template("capital"), 0, random.Random(0))
+    probe = record.probe()
+    print(
+        f"Shipped demo model; question {record.question!r} about a rendered flag of {args.country} "
+        f"(answer {record.answer!r}); corrupting the image (noise on all its visual tokens)\n"
+    )
+    results = ml.trace_sites(model, probe, ml.image_noise(), progress=not args.quiet)
+    return _report(results, Path(args.out))
+
+
+def _planted_demo(args: argparse.Namespace) -> int:
     from mllm_lens.testing.planted import planted_fact_model
 
     print(f"Building a tiny LLaVA whose facts live in layer {args.layer}'s MLP (trained in seconds)...")
@@ -20,8 +38,11 @@ def _demo(args: argparse.Namespace) -> int:
     entity = next(iter(planted.facts))
     probe = planted.probe(entity)
     print(f"Question {probe.question!r} -> answer {planted.facts[entity]!r}; corrupting {entity!r} with noise\n")
-    out = Path(args.out)
-    results = ml.trace_sites(planted.model, probe, ml.noise(entity), ("mlp", "attn", "hidden"), progress=not args.quiet)
+    results = ml.trace_sites(planted.model, probe, ml.noise(entity), progress=not args.quiet)
+    return _report(results, Path(args.out))
+
+
+def _report(results: dict[str, ml.TraceResult], out: Path) -> int:
     for site, result in results.items():
         print(heatmap_text(result), end="\n\n")
         result.save(out / f"demo_{site}.npz")
@@ -50,7 +71,9 @@ def _trace(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mllm-lens", description="Causal tracing of multimodal LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="trace a tiny model whose fact is planted in a known layer")
+    demo = sub.add_parser("demo", help="trace the shipped demo model (or, with --planted, a planted-fact model)")
+    demo.add_argument("--country", default="France", help="whose flag the demo model is asked about")
+    demo.add_argument("--planted", action="store_true", help="use a tiny model with a fact planted in --layer")
     demo.add_argument("--layer", type=int, default=2)
     demo.add_argument("--out", default="mllm_lens_demo")
     demo.add_argument("--quiet", action="store_true")

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+import mllm_lens as ml
 from mllm_lens.cli import main
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.filterwarnings("ignore::mllm_lens.tracing.CorruptionIneffectiveWarning")  # notebooks show it
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -21,7 +22,7 @@ def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
     for cell in cells:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{notebook.name}", "exec"), namespace)
-    assert os.path.exists("quickstart_mlp_trace.npz")
+    assert any(isinstance(value, ml.TraceResult) for value in namespace.values())
 
 
 def test_notebooks_exist():
@@ -29,10 +30,17 @@ def test_notebooks_exist():
 
 
 def test_demo_command(tmp_path, capsys):
-    assert main(["demo", "--layer", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["demo", "--planted", "--layer", "1", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "mlp trace" in out and "peak" in out and "at layer 1," in out.split("attn trace")[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo_attn.npz", "demo_hidden.npz", "demo_mlp.npz"]
+
+
+def test_demo_command_on_the_shipped_model(tmp_path, capsys):
+    assert main(["demo", "--country", "Japan", "--out", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "'Tokyo'" in out and "mlp trace of 'Tokyo'" in out
+    assert len(list(tmp_path.glob("demo_*.npz"))) == 3
 
 
 def test_trace_command_reports_bad_input(tmp_path, capsys, saved_models):

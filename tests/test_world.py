@@ -56,7 +56,7 @@ def test_every_constraint_is_found_and_every_answer_is_one_known_token(demo_shap
 
 
 def test_records_follow_the_vqa_constraints_fields():
-    record = world.make_record("France", world.TEMPLATES[4], 0, random.Random(0))
+    record = world.make_record("France", world.template("in_continent"), 0, random.Random(0))
     assert record.subject == "France" and record.main_entity == "this country"
     assert record.question.startswith("Is this country in ")
     assert record.answer == ("yes" if record.textual_constraints == ["Europe"] else "no")

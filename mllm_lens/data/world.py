@@ -4,7 +4,8 @@ Each record shows a rendered flag (scale, shift, small rotation, colour jitter a
 vary, so recognition is learned rather than memorised pixels) and asks about the hidden
 entity, the flag's country:
 
-* single visual constraint: "What is the capital of this country?" (visual "this country");
+* single visual constraint: "What is the capital of this country?" (visual "this country"),
+  and "Which country does this flag belong to?" (the hidden entity itself);
 * visual + textual constraints: "Is this country in Asia?" (textual "Asia"), "Does this
   nation use the euro?" (textual "euro").
 
@@ -115,9 +116,18 @@ class Template:
     paraphrases: tuple[str, ...]  # each holds exactly one visual phrase from VISUAL_PHRASES
 
 
-VISUAL_PHRASES = ("this country", "this nation", "the country of this flag")
+VISUAL_PHRASES = ("this country", "this nation", "the country of this flag", "this flag", "this image")
 
 TEMPLATES: tuple[Template, ...] = (
+    Template(
+        "country",
+        "country",
+        (
+            "Which country does this flag belong to?",
+            "Name the country of this flag.",
+            "What country is shown in this image?",
+        ),
+    ),
     Template(
         "capital",
         "capital",
@@ -173,18 +183,29 @@ TEMPLATES: tuple[Template, ...] = (
         ),
     ),
 )
+
+
+def template(name: str) -> Template:
+    """The template called ``name`` (``"capital"``, ``"in_continent"``, ...)."""
+    for t in TEMPLATES:
+        if t.name == name:
+            return t
+    raise KeyError(f"no template {name!r}; templates: {[t.name for t in TEMPLATES]}")
+
+
 CURRENCIES = tuple(sorted({facts[3] for facts in FACTS.values()}))
 
 
 def visual_phrase(question: str) -> str:
-    for phrase in VISUAL_PHRASES[::-1]:  # longest first
+    for phrase in sorted(VISUAL_PHRASES, key=len, reverse=True):
         if phrase in question:
             return phrase
     raise ValueError(f"no visual phrase in {question!r}")
 
 
 def fact(country: str, relation: str) -> str:
-    return FACTS[country][FACT_NAMES.index(relation)]
+    """``relation`` of ``country``: ``"country"`` (its own name) or one of :data:`FACT_NAMES`."""
+    return country if relation == "country" else FACTS[country][FACT_NAMES.index(relation)]
 
 
 def render_flag(country: str, rng: random.Random, size: int = 64) -> Image.Image:
@@ -261,9 +282,9 @@ def generate(
 
 def vocabulary() -> list[str]:
     """Every word the world's prompts and answers use (for the demo tokenizer)."""
-    words: set[str] = {"yes", "no", "USER", "ASSISTANT", "Answer", "in", "a", "few", "words"}
-    for facts in FACTS.values():
-        words.update(facts)
+    words: set[str] = {"yes", "no", "USER", "ASSISTANT", "Answer", "in", "a", "few", "words", ":", "?", ".", ","}
+    for country, facts in FACTS.items():
+        words.update((country, *facts))
     words.update(CONTINENTS)
     for template in TEMPLATES:
         for text in template.paraphrases:

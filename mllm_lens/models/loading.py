@@ -23,6 +23,16 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
+def _demo_path() -> Path:
+    from mllm_lens.demo.build import MODEL_DIR
+
+    if not (MODEL_DIR / "config.json").exists():
+        raise FileNotFoundError(
+            f"the demo model is missing from {MODEL_DIR}; rebuild it with `python -m mllm_lens.demo.train`"
+        )
+    return MODEL_DIR
+
+
 def load(
     name_or_path: str | Path,
     device: str | torch.device | None = None,
@@ -32,11 +42,16 @@ def load(
 ) -> LensModel:
     """Load an image-text-to-text checkpoint (local folder or hub cache) as a :class:`LensModel`.
 
+    ``"demo"`` loads the small flag-and-facts LLaVA shipped with the package (see
+    :mod:`mllm_lens.demo`).
+
     Uses transformers' ``AutoConfig``/``AutoModelForImageTextToText``/``AutoProcessor``, so any
     checkpoint in the llava-hf layout loads as it would in transformers. ``local_files_only``
     defaults to True: nothing is downloaded unless asked.
     """
     source = str(name_or_path)
+    if source == "demo":
+        source = str(_demo_path())
     config = AutoConfig.from_pretrained(source, local_files_only=local_files_only)
     if getattr(config, "vision_config", None) is None:
         raise NotMultimodalError(

@@ -1,0 +1,57 @@
+"""The shipped demo model: loads offline, answers held-out renderings, traces sensibly."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+import mllm_lens as ml
+from mllm_lens.data import world
+from mllm_lens.demo import MODEL_DIR
+from mllm_lens.demo.evaluate import main as evaluate_main
+from mllm_lens.demo.train import train
+
+
+@pytest.fixture(scope="module")
+def demo() -> ml.LensModel:
+    return ml.load("demo")
+
+
+def test_shipped_model_accuracy_and_size(capsys):
+    evaluate_main(["--renderings", "1"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["accuracy"] >= 0.95
+    assert min(report["accuracy_by_template"].values()) >= 0.9
+    assert report["n"] == len(world.training_countries()) * sum(len(t.paraphrases) for t in world.TEMPLATES)
+    assert report["size_mb"] <= 25
+
+
+def test_demo_loads_through_from_pretrained(demo):
+    assert demo.name == str(MODEL_DIR)
+    assert demo.adapter.architecture == "llava" and demo.adapter.paper_template
+
+
+def test_trace_on_the_demo_model(demo):
+    record = world.make_record("Japan", world.template("capital"), 0, random.Random(1))
+    result = ml.trace(demo, record.probe(), ml.image_noise(), site="mlp", progress=False)
+    assert result.target_token == "Tokyo"
+    assert result.clean_prob > 0.5
+    assert result.corrupted_prob < 0.5 * result.clean_prob
+    assert result.scores.max() > result.corrupted_prob
+
+
+def test_held_out_countries_are_unknown_to_the_demo_model(demo):
+    misses = 0
+    for country in world.HELD_OUT:
+        record = world.make_record(country, world.template("capital"), 0, random.Random(2))
+        encoded = record.probe().encode(demo)
+        top = int(demo.decoder_logits(demo.decoder_inputs(encoded.model_inputs))[0].argmax())
+        misses += top != encoded.target_id
+    assert misses >= len(world.HELD_OUT) - 1
+
+
+def test_short_training_run_lowers_the_loss():
+    _, _, curve = train(steps=40, batch=16, renderings=2, seed=0, lr=2e-3, out=None, log_every=5)
+    assert curve[-1]["loss"] < curve[0]["loss"] - 0.5
