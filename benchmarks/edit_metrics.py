@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--key-token", default="last", choices=["last", "constraint"])
     parser.add_argument("--singles", type=int, default=10)
     parser.add_argument("--batches", type=int, nargs="*", default=[10, 50])
-    parser.add_argument("--clamps", type=float, nargs="*", default=[1e-4, 0.1, 0.5, 1.0, 4.0])
+    parser.add_argument("--clamps", type=float, nargs="*", default=[1e-4, 0.1, 0.5, 1.0, 4.0, 6.0, 10.0])
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", EditIneffectiveWarning)  # the paper-key rows trigger it by design
     start = time.time()

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import mllm_lens as ml
-from mllm_lens.demo.build import MODEL_DIR
 from mllm_lens.editing import EditReport, EditRequest, ProbeSet, edit, evaluate_edit, world_request
 from mllm_lens.testing.planted import planted_fact_model
 
@@ -78,14 +77,6 @@ def test_evaluate_edit_on_the_planted_model(planted):
     assert fingerprint(model) == before
 
 
-requires_demo = pytest.mark.skipif(
-    not (MODEL_DIR / "config.json").exists(),
-    reason=f"the demo model is not built yet ({MODEL_DIR}/config.json is missing; `python -m mllm_lens.demo.train`)",
-)
-requires_demo = pytest.mark.skipif(
-    not (MODEL_DIR / "config.json").exists(),
-    reason=f"the demo model is not built yet ({MODEL_DIR}/config.json is missing; `python -m mllm_lens.demo.train`)",
-)
 DEMO_LAYER = 2  # benchmarks/RESULTS.md, "MultEdit": the best efficacy/specificity trade-off
 
 
@@ -94,7 +85,6 @@ def demo():
     return ml.load("demo")
 
 
-@requires_demo
 def test_single_multedits_on_the_demo_model_meet_the_targets(demo):
     from mllm_lens.data import world
     from mllm_lens.editing.metrics import specificity_set
@@ -119,7 +109,6 @@ def test_single_multedits_on_the_demo_model_meet_the_targets(demo):
     assert world.fact("France", "capital") == "Paris"
 
 
-@requires_demo
 def test_the_paper_key_token_warns_on_the_demo_model(demo):
     # The demo model reads the flag from the answer position: the constraint token carries nothing.
     request = world_request("France", "capital", "Rome")
