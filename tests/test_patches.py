@@ -63,6 +63,29 @@ def test_batch_size_and_layers_subset(models, probe):
     assert np.abs(one.scores[[1, 3]] - many.scores).max() <= 1e-6
 
 
+@pytest.mark.parametrize("tokens_per_run", [1, 40, 90])
+def test_run_sizes_that_vary_leave_no_stale_keys(models, probe, tokens_per_run):
+    # A token budget gives runs of different row counts (more rows as the start moves right), so
+    # buffer rows are reused after runs that wrote them from other starts: scores must not change.
+    model = models["llava"]
+    noise = ImageNoise(scale=SCALE)
+    reference = patch_sweep(model, probe, batch_size=1, noise=noise)
+    varied = patch_sweep(model, probe, batch_size=6, tokens_per_run=tokens_per_run, noise=noise)
+    assert np.abs(varied.scores - reference.scores).max() <= 1e-6
+
+
+def test_last_layer_mlp_runs_on_the_last_position_only(models, probe):
+    model = models["llava"]
+    seen = []
+    last_mlp = model.adapter.site_module("mlp", model.num_layers - 1)
+    handle = last_mlp.register_forward_hook(lambda _m, _args, out: seen.append(out.shape[1]))
+    try:
+        patch_sweep(model, probe, layers=[0])
+    finally:
+        handle.remove()
+    assert seen and seen[-1] == 1  # the partial runs (after the two full base runs) trim it
+
+
 def test_executor_restores_blocks(models, probe):
     """A multi-position Cell in the prefix-cached executor equals the reference block restore."""
     model = models["llava_phi"]

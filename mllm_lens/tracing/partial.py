@@ -20,7 +20,12 @@ hooks on the site modules write further clean values (layer windows) into the ba
 
 The per-batch cache is one buffer ``[max_batch, kv_heads, T, head_dim]`` per layer, filled with
 the base keys/values once; a run writes its rows' new keys/values into ``[p, T)`` and slots
-made stale by an earlier run with a smaller ``p`` are copied back before use.
+made stale by an earlier run with a smaller ``p`` are copied back before use (per buffer row,
+so a short run does not pay for the rows it does not use).
+
+The head reads only the last position, so the last layer computes only what that needs: the
+keys/values of positions ``[p, T-1)`` (a layer call whose cache update stops it before the
+attention, output projection and MLP) and then the whole layer at ``T-1`` alone.
 """
 
 from __future__ import annotations
@@ -36,12 +41,20 @@ from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing.executor import PlanEntry, _site_tensor, _with_site_tensor
 
 
+class _KeysWritten(Exception):
+    """Raised by a key-only layer call once its keys/values are in the cache."""
+
+
 class _BufferLayer(DynamicLayer):
-    """Keys/values ``[B, kv, T, hd]``: base values before ``start``, this run's from ``start``."""
+    """Keys/values ``[B, kv, T, hd]``: base values before ``start``, this run's from ``start``.
+
+    With ``keys_only`` set, :meth:`update` stores the keys/values and raises :class:`_KeysWritten`,
+    which ends the layer call before its attention, output projection and MLP."""
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int, start: int) -> None:
         super().__init__()
         self.keys, self.values, self.rows, self.start = keys, values, rows, start
+        self.keys_only = False
         self.is_initialized = True
         self.device = keys.device
 
@@ -49,6 +62,8 @@ class _BufferLayer(DynamicLayer):
         end = self.start + key_states.shape[-2]
         self.keys[: self.rows, :, self.start : end] = key_states
         self.values[: self.rows, :, self.start : end] = value_states
+        if self.keys_only:
+            raise _KeysWritten
         return self.keys[: self.rows, :, :end], self.values[: self.rows, :, :end]
 
     def get_seq_length(self) -> int:
@@ -88,7 +103,7 @@ class PartialDecoder:
             self.position_embeddings = adapter.rotary_emb()(embeds, position_ids=positions)
         self.base_kv = [(layer.keys, layer.values) for layer in cache.layers]
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._dirty_from = self.length
+        self._dirty_from = [self.length] * max_batch  # per buffer row: first position a run overwrote
 
     def _keep_input(self, layer: int):
         def hook(_module, args, kwargs):
@@ -115,11 +130,18 @@ class PartialDecoder:
                 (k.expand(self.max_batch, -1, -1, -1).clone(), v.expand(self.max_batch, -1, -1, -1).clone())
                 for k, v in self.base_kv
             ]
-        if self._dirty_from < start:  # an earlier run wrote its own keys into [dirty_from, start)
-            for (keys, values), (k0, v0) in zip(self._buffers, self.base_kv, strict=True):
-                keys[:, :, self._dirty_from : start] = k0[:, :, self._dirty_from : start]
-                values[:, :, self._dirty_from : start] = v0[:, :, self._dirty_from : start]
-        self._dirty_from = start
+        # rows an earlier run wrote from dirty < start: copy the base keys back into [dirty, start)
+        row = 0
+        while row < rows:
+            dirty, end = self._dirty_from[row], row + 1
+            while end < rows and self._dirty_from[end] == dirty:
+                end += 1
+            if dirty < start:
+                for (keys, values), (k0, v0) in zip(self._buffers, self.base_kv, strict=True):
+                    keys[row:end, :, dirty:start] = k0[:, :, dirty:start]
+                    values[row:end, :, dirty:start] = v0[:, :, dirty:start]
+            row = end
+        self._dirty_from[:rows] = [start] * rows
         return Cache(layers=[_BufferLayer(k, v, rows, start) for k, v in self._buffers])
 
     def head(self, hidden_last: torch.Tensor) -> torch.Tensor:
@@ -144,13 +166,19 @@ class PartialDecoder:
             raise ValueError(f"batch of {rows} rows exceeds max_batch={self.max_batch}")
         adapter = self.model.adapter
         plan = plan or {}
+        last = self.num_layers - 1
+        split_last = start_layer <= last and span > 1  # the last layer in two calls, see _last_layer
         with ExitStack() as stack, torch.no_grad():
-            for key in plan:
+            for key, entry in plan.items():
                 if key[1] < start_layer:
                     raise ValueError(f"plan entry {key} lies below the start layer {start_layer}")
+                if split_last and key[1] == last:
+                    entry = _at_last_position(entry, span)
+                    if entry is None:
+                        continue
                 module = adapter.site_module(*key)
-                stack.callback(module.register_forward_hook(_restorer(plan[key])).remove)
-            if start_layer < self.num_layers:
+                stack.callback(module.register_forward_hook(_restorer(entry)).remove)
+            if start_layer <= last:
                 cache = self._cache(rows, start)
                 device, dtype = hidden.device, hidden.dtype
                 query = torch.arange(start, self.length, device=device)[:, None]
@@ -165,9 +193,53 @@ class PartialDecoder:
                     use_cache=True,
                     position_embeddings=(cos[:, start:], sin[:, start:]),
                 )
-                for layer in range(start_layer, self.num_layers):
+                for layer in range(start_layer, last if split_last else last + 1):
                     hidden = _site_tensor(adapter.layers[layer](hidden, **kwargs))
+                if split_last:
+                    hidden = self._last_layer(hidden, kwargs, cache.layers[last])
             return self.head(hidden[:, -1])
+
+    def _last_layer(self, hidden: torch.Tensor, kwargs: dict, cache_layer: _BufferLayer) -> torch.Tensor:
+        """The last layer, computing only what the head reads: keys/values of positions
+        ``[start, T-1)`` (a call that stops once they are cached), then the whole layer at ``T-1``."""
+        layer = self.model.adapter.layers[-1]
+        cos, sin = kwargs["position_embeddings"]
+        mask, position_ids = kwargs["attention_mask"], kwargs["position_ids"]
+        cache_layer.keys_only = True
+        try:
+            layer(
+                hidden[:, :-1],
+                **{
+                    **kwargs,
+                    "attention_mask": mask[..., :-1, :],
+                    "position_ids": position_ids[:, :-1],
+                    "position_embeddings": (cos[:, :-1], sin[:, :-1]),
+                },
+            )
+        except _KeysWritten:
+            pass
+        else:
+            raise RuntimeError("the last decoder layer did not write its keys/values through the cache")
+        finally:
+            cache_layer.keys_only = False
+        cache_layer.start = self.length - 1
+        last_kwargs = {
+            **kwargs,
+            "attention_mask": mask[..., -1:, :],
+            "position_ids": position_ids[:, -1:],
+            "position_embeddings": (cos[:, -1:], sin[:, -1:]),
+        }
+        return _site_tensor(layer(hidden[:, -1:], **last_kwargs))
+
+
+def _at_last_position(entry: PlanEntry, span: int) -> PlanEntry | None:
+    """The part of a last-layer plan entry at the last position (index 0 of a one-position call);
+    the last layer's other positions feed nothing the head reads."""
+    rows, pos, values = entry
+    keep = pos == span - 1
+    if not bool(keep.any()):
+        return None
+    return rows[keep], torch.zeros_like(pos[keep]), values[keep]
 
 
 def _restorer(entry: PlanEntry):
