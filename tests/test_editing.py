@@ -301,7 +301,7 @@ def test_save_writes_an_edited_copy_and_never_the_source(tmp_path):
     probe = tiny_probe()
     target = other_answer(model, probe)
     source_bytes = {p.name: p.read_bytes() for p in source.iterdir()}
-    with edit(model, probe, target, layer=1, lr=1.0, steps=20) as handle:
+    with edit(model, probe, target, layer=1, lr=1.0, steps=20, key_token="last") as handle:
         with pytest.raises(EditError, match="source checkpoint"):
             handle.save(source)
         with pytest.raises(EditError, match="source checkpoint"):

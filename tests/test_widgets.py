@@ -160,6 +160,20 @@ def test_queue_overflow_is_refused_and_a_failing_job_leaves_the_worker_alive(ses
     assert hm.clicks_done == MAX_PENDING and hm.status == "idle"
 
 
+def test_jobs_of_different_widgets_never_overlap(session, results):
+    first, second = SlowSession(session), SlowSession(session)
+    a, b = TraceHeatmap(results, session=first), TraceHeatmap(results, session=second)
+    click(a, panel=1, layer=1, position=19)
+    click(b, panel=1, layer=1, position=19)
+    while not first.calls and not second.calls:
+        threading.Event().wait(0.005)
+    threading.Event().wait(0.2)
+    assert len(first.calls) + len(second.calls) == 1  # the other job waits for the shared lock
+    first.release.set()
+    second.release.set()
+    assert a.wait(30) and b.wait(30) and a.clicks_done == b.clicks_done == 1
+
+
 def test_overlay_patch_click_returns_a_layer_curve(planted, session):
     calls = []
 

@@ -1,6 +1,7 @@
-// anywidget entry point: one bundle for both widgets, chosen by the model's `_widget` trait.
+// anywidget entry point: one bundle for every widget, chosen by the model's `_widget` trait.
 // The same functions render the static HTML export (see mllm_lens/export.py), which finds
 // them on globalThis because an inline page script cannot import from this module.
+import { renderExplorer } from "./explorer.js";
 import { renderHeatmap } from "./heatmap.js";
 import { renderOverlay } from "./overlay.js";
 
@@ -8,6 +9,7 @@ function render({ model, el }) {
   const kind = model.get("_widget");
   if (kind === "heatmap") return renderHeatmap({ model, el });
   if (kind === "overlay") return renderOverlay({ model, el });
+  if (kind === "explorer") return renderExplorer({ model, el });
   el.textContent = `mllm_lens: unknown widget kind ${JSON.stringify(kind)}`;
   return undefined;
 }

@@ -1,4 +1,4 @@
-// Styles shared by both widgets, injected once per document (no CSS asset to ship).
+// Styles shared by the widgets, injected once per document (no CSS asset to ship).
 const CSS = `
 .mll-root{font:12px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;display:flex;flex-direction:column;gap:6px;max-width:100%}
 .mll-head{display:flex;flex-wrap:wrap;align-items:center;gap:8px}
@@ -17,6 +17,16 @@ const CSS = `
 .mll-cols{display:flex;gap:12px;flex-wrap:wrap}
 .mll-controls{display:flex;gap:10px;align-items:center;flex-wrap:wrap}
 .mll-curve text{font-size:10px;fill:#444}
+.mll-grow{flex:1 1 320px}
+.mll-question{min-width:28em;font:inherit}
+.mll-preview{width:120px;height:120px;object-fit:contain;border:1px solid #ccc;image-rendering:pixelated}
+.mll-chips{display:flex;flex-wrap:wrap;gap:3px}
+.mll-chip{padding:1px 5px;border:1px solid #bbb;border-radius:3px;cursor:pointer;user-select:none;background:#fff}
+.mll-chip:focus-visible{outline:2px solid #1565c0;outline-offset:1px}
+.mll-root .mll-chip-visual{background:#ffe0b2;border:2px solid #e65100}
+.mll-root .mll-chip-textual{background:#bbdefb;border:2px dashed #1565c0}
+.mll-root button.mll-mode[aria-pressed=true]{font-weight:600;box-shadow:inset 0 -3px 0 #333}
+.mll-panel{border:1px solid #ddd;border-radius:3px;padding:6px;display:flex;flex-direction:column;gap:6px}
 `;
 
 export function injectStyle(el) {

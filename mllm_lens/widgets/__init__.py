@@ -1,4 +1,4 @@
-"""Notebook widgets (anywidget): the trace heatmap and the image patch overlay.
+"""Notebook widgets (anywidget): the trace heatmap, the image patch overlay, and the Explorer.
 
 Import this package only where widgets are used: it needs the ``widgets`` extra
 (``pip install 'mllm-lens[widgets]'``) and the built front end in ``mllm_lens/static/``
@@ -9,7 +9,18 @@ The engine never imports it.
 from __future__ import annotations
 
 from mllm_lens.widgets._base import MAX_MESSAGE_BYTES, MAX_PENDING, MessageError
+from mllm_lens.widgets._explorer import Explorer
 from mllm_lens.widgets._heatmap import TraceHeatmap
 from mllm_lens.widgets._overlay import PatchOverlay, patch_curve
+from mllm_lens.widgets._panel import MAX_UPLOAD_BYTES
 
-__all__ = ["MAX_MESSAGE_BYTES", "MAX_PENDING", "MessageError", "PatchOverlay", "TraceHeatmap", "patch_curve"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_PENDING",
+    "MAX_UPLOAD_BYTES",
+    "Explorer",
+    "MessageError",
+    "PatchOverlay",
+    "TraceHeatmap",
+    "patch_curve",
+]

@@ -1,12 +1,15 @@
-"""What both widgets share: the bundle, validation of browser messages, and one worker thread.
+"""What the widgets share: the bundle, validation of browser messages, and worker threads.
 
-Kernel work started from the browser (a cell restoration, a patch curve, a live trace) runs
-on a single daemon worker thread, so the kernel keeps answering the widget (hover, sliders,
-Cancel) while it runs. Requests are **queued**, not cancelled: a second click while one runs
-waits its turn and both results arrive in click order. At most :data:`MAX_PENDING` requests
-wait; a click beyond that is refused with a message in the widget's ``error`` trait. Errors
-from the browser's messages or from the work itself never escape into the kernel: they are
-shown in the widget (``error``) and kept in ``errors``.
+Kernel work started from the browser (a cell restoration, a patch curve, a live trace, an
+edit) runs on the widget's daemon worker thread, so the kernel keeps answering the widget
+(hover, sliders, Cancel) while it runs. Requests are **queued**, not cancelled: a second click
+while one runs waits its turn and both results arrive in click order. At most
+:data:`MAX_PENDING` requests wait; a click beyond that is refused with a message in the
+widget's ``error`` trait. Jobs of *all* widgets run one at a time (:data:`MODEL_LOCK`): a
+restoration patches the model through forward hooks and an edit rewrites its weights, so two
+jobs on one model must never overlap. Errors from the browser's messages or from the work
+itself never escape into the kernel: they are shown in the widget (``error``) and kept in
+``errors``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from mllm_lens.export import BUNDLE, bundle_text
 MAX_MESSAGE_BYTES = 16_384  # browser -> kernel requests are indices, never arrays
 MAX_PENDING = 8
 PATCH_LABEL = re.compile(r"<img (\d+),(\d+)>")  # how the engine labels base-grid image tokens
+MODEL_LOCK = threading.Lock()  # held by every widget job (see the module docstring)
 
 
 def bundle() -> Path:
@@ -37,9 +41,10 @@ class MessageError(ValueError):
     """A message from the browser that the widget refuses (shown in its ``error`` trait)."""
 
 
-def parse_message(content: Any, buffers: list | None, kinds: tuple[str, ...]) -> dict:
-    """Check a custom message's envelope: a small JSON object with a known ``type``, no buffers."""
-    if buffers:
+def parse_message(content: Any, buffers: list | None, kinds: tuple[str, ...], *, binary: tuple[str, ...] = ()) -> dict:
+    """Check a custom message's envelope: a small JSON object with a known ``type``; only the
+    types in ``binary`` may carry buffers (check those with :func:`binary_payload`)."""
+    if buffers and not (isinstance(content, dict) and content.get("type") in binary):
         raise MessageError(f"unexpected binary buffers ({len(buffers)}) in a request")
     if not isinstance(content, dict):
         raise MessageError(f"a request must be a JSON object, got {type(content).__name__}")
@@ -60,6 +65,26 @@ def index(content: dict, name: str, size: int) -> int:
     if not 0 <= value < size:
         raise MessageError(f"{name} {value} out of range [0, {size})")
     return value
+
+
+def text(content: dict, name: str, max_chars: int) -> str:
+    """Non-empty string field ``name`` of a request (stripped), at most ``max_chars`` long."""
+    value = content.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise MessageError(f"{name} must be a non-empty string, got {value!r}")
+    if len(value) > max_chars:
+        raise MessageError(f"{name} is too long ({len(value)} characters > {max_chars})")
+    return value.strip()
+
+
+def binary_payload(buffers: list | None, max_bytes: int) -> bytes:
+    """The one binary buffer of a request, at most ``max_bytes`` long."""
+    if not buffers or len(buffers) != 1:
+        raise MessageError(f"expected one binary buffer, got {len(buffers or [])}")
+    size = memoryview(buffers[0]).nbytes
+    if not 0 < size <= max_bytes:
+        raise MessageError(f"the file must hold 1 to {max_bytes} bytes, got {size}")
+    return bytes(buffers[0])
 
 
 class Worker:
@@ -98,7 +123,8 @@ class Worker:
         while True:
             job = self._queue.get()
             try:
-                job()
+                with MODEL_LOCK:
+                    job()
             except BaseException as err:  # noqa: BLE001 - the worker must survive anything a job raises
                 self._on_error(err)
             finally:

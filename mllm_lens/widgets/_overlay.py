@@ -20,9 +20,10 @@ PatchCallback = Callable[[list[tuple[int, int]]], np.ndarray]
 IMAGE_SIDE = 512  # the image is sent as a PNG no larger than this
 
 
-def _png(image: Image.Image) -> bytes:
+def png_bytes(image: Image.Image, side: int = IMAGE_SIDE) -> bytes:
+    """``image`` as PNG bytes, shrunk to at most ``side`` pixels a side (what crosses the wire)."""
     image = image.convert("RGB")
-    image.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
+    image.thumbnail((side, side))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -66,7 +67,7 @@ class PatchOverlay(anywidget.AnyWidget):
         values = np.asarray(values, dtype=np.float32)
         if values.ndim != 3 or 0 in values.shape:
             raise ValueError(f"values must be [layers, rows, cols], got shape {values.shape}")
-        super().__init__(image=_png(image), values=values, title=title, **kwargs)
+        super().__init__(image=png_bytes(image), values=values, title=title, **kwargs)
         self.on_patch = on_patch
         self.curves: list[tuple[list[tuple[int, int]], np.ndarray]] = []
         self.errors: list[BaseException] = []

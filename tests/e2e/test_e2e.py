@@ -3,10 +3,13 @@
 A notebook traces the planted-fact model and shows TraceHeatmap and PatchOverlay; the test
 runs all cells, clicks a heatmap cell (then Enter on a neighbour), clicks an image patch, and
 checks both the widgets' result panels and a kernel-side counter printed by a re-run cell.
+A second notebook shows the Explorer on the shipped demo model: pick an example, mark tokens,
+run, edit, undo, upload, and send it malformed requests.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import time
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import mllm_lens as ml
 
@@ -48,6 +52,17 @@ from bokeh.io import show
 from mllm_lens import plots
 plots.output_inline()
 show(plots.layer_curve_figure(plots.cell_curve(hm.results["mlp"], 19), clean=hm.clean_prob, title="bokeh curve"))"""
+
+
+EXPLORER = """\
+import mllm_lens as ml
+from mllm_lens.widgets import Explorer
+
+explorer = Explorer(ml.load("demo"))
+explorer"""
+EXPLORER_COUNTER = (
+    'print(f"EXPLORER runs={explorer.controls.runs_done} edits={len(explorer.edits)} errors={len(explorer.errors)}")'
+)
 
 
 def notebook(*sources: str) -> str:
@@ -187,3 +202,105 @@ def test_exported_html_renders_without_a_kernel(page, tmp_path):
     page.screenshot(path=str(SCREENSHOTS / "export_html.png"))
     assert not page.errors, page.errors
     print(f"\n[export] 32x620 render_ms collapsed={collapsed_ms:.1f} expanded={expanded_ms:.1f} (target < 200)")
+
+
+def png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (0, 120, 60)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def explore(page, ui: str) -> None:
+    """Pick, mark (mouse and keyboard), run, edit, undo, upload, and send malformed requests."""
+    from playwright.sync_api import expect  # imported here: MLLM_LENS_SKIP_E2E=1 runs need no playwright
+
+    cell = page.locator(".jp-Notebook .jp-Cell").first
+    root = cell.locator("[data-testid=explorer]")
+    root.wait_for(timeout=120_000)
+    question = root.get_by_test_id("question-input")
+    constraints = root.get_by_test_id("constraints")
+    answer = root.get_by_test_id("answer")
+    error = root.get_by_test_id("error")
+
+    root.get_by_test_id("example-select").select_option("2")
+    expect(question).to_have_value("What currency is used in this country?")
+    root.get_by_test_id("example-select").select_option("0")
+    expect(question).to_have_value("What is the capital of this country?")
+    expect(constraints).to_have_text("visual: “this country”")
+
+    chips = root.get_by_test_id("token-chip")
+    chips.nth(6).focus()  # keyboard: Enter unmarks "country", Space marks it again
+    page.keyboard.press("Enter")
+    expect(constraints).to_have_text("visual: “this”")
+    expect(chips.nth(6)).to_be_focused()
+    page.keyboard.press("Space")
+    expect(constraints).to_have_text("visual: “this country”")
+    root.get_by_test_id("mode-textual").click()  # mouse: mark "capital" as textual, then unmark it
+    chips.nth(3).click()
+    expect(constraints).to_have_text("textual: “capital” · visual: “this country”")
+    expect(chips.nth(3)).to_have_class("mll-chip mll-chip-textual")
+    chips.nth(3).click()
+    expect(constraints).to_have_text("visual: “this country”")
+
+    started = time.monotonic()
+    root.get_by_test_id("run").click()
+    heatmap = cell.locator("[data-testid=trace-heatmap]")
+    heatmap.wait_for()
+    expect(answer).to_contain_text("run #1")
+    run_s = time.monotonic() - started
+    expect(root.get_by_test_id("answer-token")).to_have_text("answer “Brasilia”")
+    cell.locator("[data-testid=patch-overlay]").wait_for()
+    page.screenshot(path=str(SCREENSHOTS / f"explorer_{ui}.png"))
+
+    root.get_by_test_id("edit-toggle").click()
+    panel = root.get_by_test_id("edit-panel")
+    expect(panel).to_be_visible()
+    panel.get_by_test_id("edit-answer").fill("Paris")
+    panel.get_by_test_id("edit-apply").click()
+    expect(answer).to_contain_text("run #2")
+    expect(root.get_by_test_id("answer-token")).to_have_text("answer “Paris” (model edited 1×)")
+    expect(panel.get_by_test_id("edit-active")).to_contain_text("Brasilia → Paris")
+    root.screenshot(path=str(SCREENSHOTS / f"explorer_{ui}_edited.png"))
+    panel.get_by_test_id("edit-undo").click()
+    expect(answer).to_contain_text("run #3")
+    expect(root.get_by_test_id("answer-token")).to_have_text("answer “Brasilia”")
+    expect(panel.get_by_test_id("edit-active")).to_have_text("no active edit")
+
+    upload = root.get_by_test_id("upload-input")  # malformed from the page: bytes that are no image
+    upload.set_input_files({"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image at all"})
+    expect(error).to_contain_text("cannot read the uploaded file as an image")
+    root.evaluate("el => el.mllSend({type: 'marks', spans: 'nonsense'})")
+    expect(error).to_contain_text("spans must be a list")
+    root.evaluate("el => el.mllSend({type: 'explode'})")
+    expect(error).to_contain_text("unknown request type 'explode'")
+    upload.set_input_files({"name": "green.png", "mimeType": "image/png", "buffer": png_bytes()})
+    expect(root.get_by_test_id("source")).to_have_text("upload: green.png")
+    expect(error).to_be_hidden()
+    root.get_by_test_id("run").click()
+    expect(answer).to_contain_text("run #4")
+    expect(error).to_be_hidden()
+
+    counter = page.locator(".jp-Notebook .jp-Cell").nth(1)
+    rerun_cell(page, 1)
+    counter.locator(".jp-OutputArea", has_text="runs=4").wait_for()
+    assert "EXPLORER runs=4 edits=0 errors=3" in output_of(page, 1)
+    root.screenshot(path=str(SCREENSHOTS / f"explorer_{ui}_after_errors.png"))
+    ours = [e for e in page.errors if "blob:" in e or "mll" in e]
+    assert not ours, ours
+    print(f"\n[explorer {ui}] first run (3 sites + overlay, demo model) {run_s:.1f} s")
+
+
+@pytest.mark.parametrize("ui", ["lab", "notebook7"])
+def test_explorer_in_a_real_notebook(jupyter, page, ui):
+    name = f"explorer_{ui}.ipynb"
+    (jupyter.root / name).write_text(notebook(EXPLORER, EXPLORER_COUNTER))
+    if ui == "lab":
+        page.goto(f"{jupyter.url}/lab/workspaces/explorer-{ui}/tree/{name}?reset&token={jupyter.token}")
+    else:
+        page.goto(f"{jupyter.url}/notebooks/{name}?token={jupyter.token}")
+    try:
+        run_all(page, jupyter, name)
+        explore(page, ui)
+    except Exception:
+        page.screenshot(path=str(SCREENSHOTS / f"explorer_{ui}_failure.png"))
+        raise
