@@ -13,7 +13,7 @@ from mllm_lens.results import PatchResult
 from mllm_lens.tracing.corruption import ImageNoise
 from mllm_lens.tracing.executor import Cell, RestorationExecutor
 from mllm_lens.tracing.patches import patch_blocks, patch_sweep
-from mllm_lens.tracing.reference import reference_patch_sweep
+from mllm_lens.tracing.reference import reference_clean_outputs, reference_patch_cell, reference_patch_sweep
 
 RESTORE = [
     ("hidden", 1, "paper", 1),
@@ -171,3 +171,32 @@ def test_planted_patch_is_found(planted, colour):
     report = knockout_test(planted.model, probe, k=1, repeats=10)
     assert report.top_patches == [planted.key]
     assert report.topk_drop > 0.05 and report.topk_drop > 20 * max(report.random_mean, 1e-4)
+
+
+@pytest.mark.parametrize("site", ["hidden", "mlp"])
+def test_region_curve_restores_the_region_jointly(models, probe, site):
+    # The layer curve of a dragged box: every patch of the region restored in the same run.
+    model = models["llava"]
+    encoded = probe.encode(model)
+    noise = ImageNoise(scale=SCALE)
+    session = ml.TraceSession(model, encoded, noise, sites=(site,))
+    start = encoded.image_span[0]
+    region = [start + i for i in (0, 1, 4, 5)]  # the top-left 2x2 block of the 4x4 grid
+    curve = session.region_curve(site, region)
+    _clean, outputs = reference_clean_outputs(model, encoded, site)
+    expected = [
+        float(reference_patch_cell(model, encoded, noise, outputs, site, (layer,), region)[session.target])
+        for layer in range(model.num_layers)
+    ]
+    np.testing.assert_allclose(curve, expected, atol=1e-5)
+    singles = session.trace(site, positions=region, progress=False).scores[:, region]
+    assert np.abs(curve - singles.mean(axis=1)).max() > 1e-3  # a region is not the mean of its patches
+    np.testing.assert_allclose(session.region_curve(site, region[:1]), singles[:, 0], atol=1e-6)
+
+
+def test_region_curve_rejects_positions_outside_the_prompt(models, probe):
+    session = ml.TraceSession(models["llava"], probe, ImageNoise(scale=SCALE), sites=("hidden",))
+    with pytest.raises(TraceConfigError, match="non-empty subset"):
+        session.region_curve("hidden", [10_000])
+    with pytest.raises(TraceConfigError, match="non-empty subset"):
+        session.region_curve("hidden", [])

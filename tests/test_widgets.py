@@ -209,6 +209,9 @@ def test_overlay_with_the_patch_curve_callback_restores_visual_tokens(planted, r
     assert ov.wait(30) and not ov.error and ov.curve.shape == (5,)
     expected = image_session.trace("hidden", positions=[1 + 4 + 2], progress=False).scores[:, 7]
     np.testing.assert_allclose(ov.curve, expected, atol=1e-6)
+    ov.request([(1, 2), (2, 2)])  # a dragged box: its patches restored together
+    assert ov.wait(30) and not ov.error
+    np.testing.assert_allclose(ov.curve, image_session.region_curve("hidden", [7, 11]), atol=1e-6)
 
 
 def test_link_outlines_picked_patches_and_selects_clicked_image_cells(session, results):

@@ -142,6 +142,23 @@ class TraceSession:
             scores[layer, pos] = prob
         return self._result(site, scores, window, window_mode)
 
+    def region_curve(
+        self, site: str, positions: Sequence[int], window: int = 1, window_mode: str = "paper"
+    ) -> np.ndarray:
+        """Target probability ``[layers]`` with ``site`` restored at all ``positions`` *together*
+        in each layer's window: the layer curve of a region (a block of patches, a dragged box).
+        Restoring a region jointly is not the mean of its positions' single restorations."""
+        self._check(site, window, window_mode)
+        picked = sorted({int(p) for p in positions})
+        if not picked or picked[0] < 0 or picked[-1] >= self.encoded.length:
+            raise TraceConfigError(f"positions must be a non-empty subset of [0, {self.encoded.length}), got {picked}")
+        live = tuple(p for p in picked if p >= self.executor.p0)  # prefix positions: restoring is a no-op
+        if not live:
+            return np.full(self.num_layers, self.corrupted_prob)
+        n = self.num_layers
+        cells = [Cell(site, window_layers(layer, window, window_mode, n), live[0], live) for layer in range(n)]
+        return self.executor.run(cells, self.target, progress=False, desc=f"{site} region")
+
     def cell(
         self, site: str, layer: int, position: int, window: int = 1, window_mode: str = "paper", top_k: int = 5
     ) -> CellOutcome:

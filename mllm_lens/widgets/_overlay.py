@@ -144,15 +144,15 @@ class PatchOverlay(anywidget.AnyWidget):
 def patch_curve(
     session: TraceSession, site: str = "hidden", window: int = 1, window_mode: str = "paper"
 ) -> PatchCallback:
-    """An ``on_patch`` callback: restore ``site`` at each picked patch's visual token, every layer
-    (one batched trace over those positions), and return the mean restored probability ``[layers]``."""
+    """An ``on_patch`` callback: restore ``site`` at the picked patches' visual tokens together
+    (one patch, or the region of a dragged box), at every layer, and return the restored
+    probability ``[layers]`` (:meth:`TraceSession.region_curve`)."""
     positions = patch_positions(session.encoded.labels)
 
     def on_patch(patches: list[tuple[int, int]]) -> np.ndarray:
         picked = sorted({positions[tuple(p)] for p in patches if tuple(p) in positions})
         if not picked:
             raise ValueError(f"no visual token for patches {patches}")
-        result = session.trace(site, window, window_mode, positions=picked, progress=False)
-        return result.scores[:, picked].mean(axis=1)
+        return session.region_curve(site, picked, window, window_mode)
 
     return on_patch
