@@ -22,7 +22,7 @@ def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
     for cell in cells:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{notebook.name}", "exec"), namespace)
-    assert any(isinstance(value, ml.TraceResult) for value in namespace.values())
+    assert any(isinstance(value, (ml.TraceResult, ml.PatchResult, ml.EditReport)) for value in namespace.values())
 
 
 def test_notebooks_exist():
