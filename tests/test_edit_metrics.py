@@ -115,3 +115,12 @@ def test_the_paper_key_token_warns_on_the_demo_model(demo):
     with pytest.warns(ml.editing.EditIneffectiveWarning, match="key_token='last'"):
         handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER)
     handle.undo()
+
+
+def test_a_weak_last_token_edit_warns_without_suggesting_the_last_token(demo):
+    # A held-out country's capital: greedy answer flips, but its untrained output embedding keeps p low.
+    request = world_request("Lithuania", "capital", "Vilnius")
+    with pytest.warns(ml.editing.EditIneffectiveWarning, match="output embedding") as caught:
+        handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER, key_token="last")
+    handle.undo()
+    assert all("key_token='last'" not in str(w.message) for w in caught)

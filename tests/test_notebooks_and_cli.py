@@ -14,6 +14,7 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.filterwarnings("ignore::mllm_lens.tracing.CorruptionIneffectiveWarning")  # notebooks show it
+@pytest.mark.filterwarnings("ignore::mllm_lens.editing.EditIneffectiveWarning")  # notebook 05 explains it
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -61,10 +61,12 @@ def _warn_weak(items, probs) -> None:
     weak = [(item, p) for item, p in zip(items, probs, strict=True) if p < 0.5]
     if weak:
         item, p = weak[0]
+        other_key = "" if item.request.key_token == "last" else ", or key_token='last'"
         warnings.warn(
             f"{len(weak)} of {len(items)} edit(s) reached p(new answer) < 0.5 with δ in place (e.g. {p:.3f} for "
             f"{item.request.describe()}, key token {item.encoded.tokens[item.position]!r}): this layer/token may not "
-            "carry the fact (try another layer, more steps or a larger lr, or key_token='last')",
+            f"carry the fact, or the new answer's output embedding is weak (try another layer, more steps or a "
+            f"larger lr{other_key})",
             EditIneffectiveWarning,
             stacklevel=4,
         )
