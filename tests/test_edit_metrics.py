@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 
 import pytest
 import torch
@@ -124,3 +125,8 @@ def test_a_weak_last_token_edit_warns_without_suggesting_the_last_token(demo):
         handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER, key_token="last")
     handle.undo()
     assert all("key_token='last'" not in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER, key_token="last", warn=False)
+    handle.undo()
+    assert not quiet and "output embedding" in handle.info["notes"][0]  # kept as a note, not warned

@@ -96,6 +96,10 @@ def test_ineffective_corruption_warns_and_is_recorded(models, probe):
         if result.corrupted_prob >= result.clean_prob:
             assert any(issubclass(w.category, ml.tracing.CorruptionIneffectiveWarning) for w in caught)
             assert "did not lower" in result.warnings[0]
+            with warnings.catch_warnings(record=True) as quiet:
+                warnings.simplefilter("always")
+                session = ml.TraceSession(model, probe, ml.noise("continent", scale=0.05, seed=seed), warn=False)
+            assert not quiet and "did not lower" in session.notes[0]  # kept as a note, not warned
             return
     pytest.fail("no seed gave a non-lowering corruption")
 

@@ -57,19 +57,19 @@ class EditIneffectiveWarning(UserWarning):
     """δ could not make the new answer likely at this key token and layer."""
 
 
-def _warn_weak(items, probs) -> None:
+def _weak_note(items, probs) -> str | None:
+    """What to tell the user when δ left some new answers unlikely (None when all reached 0.5)."""
     weak = [(item, p) for item, p in zip(items, probs, strict=True) if p < 0.5]
-    if weak:
-        item, p = weak[0]
-        other_key = "" if item.request.key_token == "last" else ", or key_token='last'"
-        warnings.warn(
-            f"{len(weak)} of {len(items)} edit(s) reached p(new answer) < 0.5 with δ in place (e.g. {p:.3f} for "
-            f"{item.request.describe()}, key token {item.encoded.tokens[item.position]!r}): this layer/token may not "
-            f"carry the fact, or the new answer's output embedding is weak (try another layer, more steps or a "
-            f"larger lr{other_key})",
-            EditIneffectiveWarning,
-            stacklevel=4,
-        )
+    if not weak:
+        return None
+    item, p = weak[0]
+    other_key = "" if item.request.key_token == "last" else ", or key_token='last'"
+    return (
+        f"{len(weak)} of {len(items)} edit(s) reached p(new answer) < 0.5 with δ in place (e.g. {p:.3f} for "
+        f"{item.request.describe()}, key token {item.encoded.tokens[item.position]!r}): this layer/token may not "
+        f"carry the fact, or the new answer's output embedding is weak (try another layer, more steps or a "
+        f"larger lr{other_key})"
+    )
 
 
 def rank_one_update(key: torch.Tensor, residual: torch.Tensor, lam: float) -> torch.Tensor:
@@ -110,14 +110,31 @@ def _with_preserved(model, keys, residuals, layer, site, preserve, preserve_weig
 
 
 def _multedit(
-    model, items, layers, site, params, *, lam, steps, lr, weight_decay, clamp, stop_prob, preserve, preserve_weight
+    model,
+    items,
+    layers,
+    site,
+    params,
+    *,
+    lam,
+    steps,
+    lr,
+    weight_decay,
+    clamp,
+    stop_prob,
+    preserve,
+    preserve_weight,
+    warn,
 ) -> dict:
     last = layers[-1]
     deltas, v0s, probs = optimize_values(
         model, items, last, site, steps=steps, lr=lr, weight_decay=weight_decay, clamp=clamp, stop_prob=stop_prob
     )
-    _warn_weak(items, probs.tolist())
+    note = _weak_note(items, probs.tolist())
+    if note and warn:
+        warnings.warn(note, EditIneffectiveWarning, stacklevel=4)
     info = {
+        "notes": [note] if note else [],
         "delta_prob": probs.tolist(),
         "delta_norm_ratio": (deltas.norm(dim=-1) / v0s.norm(dim=-1).clamp_min(1e-30)).tolist(),
         "deltas": deltas,
@@ -154,6 +171,7 @@ def edit_many(
     preserve: Sequence[Probe] | None = None,
     preserve_weight: float = 1.0,
     key_token: str | None = None,
+    warn: bool = True,
     **baseline_options,
 ) -> Edit:
     """Apply several edits at once and return the reversible :class:`Edit` handle.
@@ -168,7 +186,8 @@ def edit_many(
     ``key_token``: ``"constraint"`` (paper) or ``"last"``, for every request (default: each
     request's own). ``preserve``: probes whose keys (every text token) the update should leave unchanged: their
     keys join the least squares with zero residual (weight ``preserve_weight``) -- MEMIT's
-    key-covariance term estimated from samples, solved in the same n × n form.
+    key-covariance term estimated from samples, solved in the same n × n form. ``warn=False``:
+    a weak MultEdit's note goes only to ``edit.info["notes"]``, not to :class:`EditIneffectiveWarning`.
     """
     if method not in METHODS:
         raise EditError(f"unknown editing method {method!r}; expected one of {METHODS}")
@@ -194,7 +213,7 @@ def edit_many(
             hyper = dict(lam=lam, steps=steps or DEFAULT_STEPS, lr=lr or DEFAULT_LR, clamp=clamp, stop_prob=stop_prob)
             hyper.update(preserve=preserve, preserve_weight=preserve_weight)
             hyper["weight_decay"] = 1e-3 if weight_decay is None else weight_decay
-            info = _multedit(model, items, layer_list, site, params, **hyper)
+            info = _multedit(model, items, layer_list, site, params, **hyper, warn=warn)
             hyper["preserve"] = len(preserve or ())  # the record keeps the count, not the probes
         else:
             from mllm_lens.editing.baselines import finetune

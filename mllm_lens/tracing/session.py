@@ -77,7 +77,11 @@ class TraceSession:
         *,
         batch_size: int | None = None,
         memory_budget: int | None = None,
+        warn: bool = True,
     ) -> None:
+        """``warn=False`` keeps an ineffective corruption's note in :attr:`notes` without
+        issuing :class:`CorruptionIneffectiveWarning` (for callers on other threads, where
+        capturing warnings is not safe)."""
         _check_sites(sites)
         self.model = model
         self.encoded, self.corruption, clean, corrupted = prepare(model, probe, corrupt)
@@ -96,7 +100,8 @@ class TraceSession:
                 f"the corruption did not lower the target's probability (clean {self.clean_prob:.4f}, "
                 f"corrupted {self.corrupted_prob:.4f}); this trace says little about where the fact is stored"
             )
-            warnings.warn(self.notes[-1], CorruptionIneffectiveWarning, stacklevel=3)
+            if warn:
+                warnings.warn(self.notes[-1], CorruptionIneffectiveWarning, stacklevel=3)
 
     @property
     def sites(self) -> tuple[str, ...]:

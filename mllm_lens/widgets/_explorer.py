@@ -23,7 +23,6 @@ panel shows the new answer.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -278,12 +277,9 @@ class Explorer(ipywidgets.VBox):
     # -- worker jobs ------------------------------------------------------------------------------
     def _session(self, probe: Probe, corruption: str, sites: Sequence[str], notes: list[str]) -> TraceSession:
         corrupt = image_noise() if corruption == IMAGE else noise(corruption.removeprefix("noise:"))
-        # Shown in the panel, never raised. catch_warnings swaps process-wide state; the widget
-        # lock keeps other widget jobs out meanwhile.
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            session = TraceSession(self.model, probe, corrupt, sites=sites)
-        notes += [str(w.message) for w in caught if str(w.message) not in notes]
+        # shown in the panel, never raised (this runs on the worker thread, where capturing warnings is unsafe)
+        session = TraceSession(self.model, probe, corrupt, sites=sites, warn=False)
+        notes += [note for note in session.notes if note not in notes]
         return session
 
     def _trace(self, job: _Job, notes: Sequence[str] = ()) -> None:
@@ -329,12 +325,10 @@ class Explorer(ipywidgets.VBox):
 
     def _edit(self, job: _Job, answer: str, layer: int) -> None:
         options = {"site": "mlp", "key_token": self.key_token, **self.edit_options}
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            handle = edit(self.model, job.probe, answer, layer=layer, **options)
+        handle = edit(self.model, job.probe, answer, layer=layer, warn=False, **options)
         self.edits.append(handle)
         self.controls.edits = [edit_state(h) for h in self.edits]
-        self._trace(job, [str(w.message) for w in caught])
+        self._trace(job, list(handle.info.get("notes", [])))
 
     def _undo(self, job: _Job) -> None:
         if not self.edits:
