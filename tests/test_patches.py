@@ -200,3 +200,32 @@ def test_region_curve_rejects_positions_outside_the_prompt(models, probe):
         session.region_curve("hidden", [10_000])
     with pytest.raises(TraceConfigError, match="non-empty subset"):
         session.region_curve("hidden", [])
+
+
+def test_a_last_layer_that_bypasses_the_cache_is_run_whole(models, probe, monkeypatch):
+    # Simulate an attention that never stores keys/values through the cache: the key-only call
+    # would then run the whole layer; the partial decoder must notice and fall back, exactly.
+    from mllm_lens.tracing import partial
+
+    model = models["llava"]
+    noise = ImageNoise(scale=SCALE)
+    split = patch_sweep(model, probe, noise=noise)
+    original = partial._BufferLayer.update
+
+    def update_ignoring_keys_only(self, key_states, value_states, *args, **kwargs):
+        keys_only, self.keys_only = self.keys_only, False
+        try:
+            return original(self, key_states, value_states, *args, **kwargs)
+        finally:
+            self.keys_only = keys_only
+
+    monkeypatch.setattr(partial._BufferLayer, "update", update_ignoring_keys_only)
+    seen = []
+    last_mlp = model.adapter.site_module("mlp", model.num_layers - 1)
+    handle = last_mlp.register_forward_hook(lambda _m, _args, out: seen.append(out.shape[1]))
+    try:
+        whole = patch_sweep(model, probe, noise=noise)
+    finally:
+        handle.remove()
+    assert min(seen) > 1  # no one-position call: the last layer ran whole
+    assert np.abs(whole.scores - split.scores).max() <= 1e-6

@@ -25,7 +25,8 @@ so a short run does not pay for the rows it does not use).
 
 The head reads only the last position, so the last layer computes only what that needs: the
 keys/values of positions ``[p, T-1)`` (a layer call whose cache update stops it before the
-attention, output projection and MLP) and then the whole layer at ``T-1`` alone.
+attention, output projection and MLP) and then the whole layer at ``T-1`` alone. A layer that
+does not store its keys/values through the cache is detected once and run whole.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ class PartialDecoder:
             self.position_embeddings = adapter.rotary_emb()(embeds, position_ids=positions)
         self.base_kv = [(layer.keys, layer.values) for layer in cache.layers]
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._keys_only: bool | None = None  # see _keys_only_calls_work
         self._dirty_from = [self.length] * max_batch  # per buffer row: first position a run overwrote
 
     def _keep_input(self, layer: int):
@@ -167,7 +169,7 @@ class PartialDecoder:
         adapter = self.model.adapter
         plan = plan or {}
         last = self.num_layers - 1
-        split_last = start_layer <= last and span > 1  # the last layer in two calls, see _last_layer
+        split_last = start_layer <= last and span > 1 and self._keys_only_calls_work()  # see _last_layer
         with ExitStack() as stack, torch.no_grad():
             for key, entry in plan.items():
                 if key[1] < start_layer:
@@ -198,6 +200,34 @@ class PartialDecoder:
                 if split_last:
                     hidden = self._last_layer(hidden, kwargs, cache.layers[last])
             return self.head(hidden[:, -1])
+
+    def _keys_only_calls_work(self) -> bool:
+        """Whether the last layer stores its keys/values through the cache before attending (every
+        transformers decoder layer does; one that does not gets the whole last layer instead).
+        Checked once, on the base run's last two positions, against a copy of its cache."""
+        if self._keys_only is None:
+            last = self.num_layers - 1
+            keys, values = (t[:, :, : self.length].clone() for t in self.base_kv[last])
+            probe = _BufferLayer(keys, values, 1, self.length - 2)
+            probe.keys_only = True
+            layers = [_BufferLayer(k, v, 1, self.length - 2) for k, v in self.base_kv[:last]] + [probe]
+            cos, sin = self.position_embeddings
+            mask = torch.zeros(1, 1, 2, self.length, dtype=self.inputs[last].dtype, device=keys.device)
+            try:
+                with torch.no_grad():
+                    self.model.adapter.layers[last](
+                        self.inputs[last][None, -2:],
+                        attention_mask=mask,
+                        position_ids=torch.arange(self.length - 2, self.length, device=keys.device)[None],
+                        cache=Cache(layers=layers),
+                        use_cache=True,
+                        position_embeddings=(cos[:, -2:], sin[:, -2:]),
+                    )
+            except _KeysWritten:
+                self._keys_only = True
+            else:
+                self._keys_only = False
+        return self._keys_only
 
     def _last_layer(self, hidden: torch.Tensor, kwargs: dict, cache_layer: _BufferLayer) -> torch.Tensor:
         """The last layer, computing only what the head reads: keys/values of positions
