@@ -7,7 +7,7 @@ efficacy (p(new answer) and exact match on the edited question), generalisation 
 paraphrases and other renderings of the flag), specificity (accuracy on other countries'
 questions of every template, before/after, drop in points) for single edits (mean over
 ``--singles`` requests) and batches of 10 and 50 edits; then MultEdit's efficacy by edited
-layer, and a sweep of the ‖δ‖ clamp. Ends with one JSON line.
+layer, a sweep of the ‖δ‖ clamp, and larger ridge λ on the batches. Ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--singles", type=int, default=10)
     parser.add_argument("--batches", type=int, nargs="*", default=[10, 50])
     parser.add_argument("--clamps", type=float, nargs="*", default=[1e-4, 0.1, 0.5, 1.0, 4.0, 6.0, 10.0])
+    parser.add_argument("--lams", type=float, nargs="*", default=[10.0, 100.0], help="ridge λ tried on the batches")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", EditIneffectiveWarning)  # the paper-key rows trigger it by design
     start = time.time()
@@ -133,6 +134,19 @@ def main(argv: list[str] | None = None) -> None:
             **key,
         )
         results[f"multedit_preserve/{size}"] = {k: report.as_dict()[k] for k in KEYS} | {"n_requests": size}
+    for lam in args.lams:
+        for size in args.batches:
+            report = evaluate_edit(
+                model,
+                requests[:size],
+                layers=layer,
+                specificity=specificity,
+                specificity_before=specificity.before,
+                trace=False,
+                lam=lam,
+                **key,
+            )
+            results[f"multedit_lambda_{lam:g}/{size}"] = {k: report.as_dict()[k] for k in KEYS} | {"n_requests": size}
     by_layer = {
         f"layer {lay}": run_singles(model, singles, specificity, layers=lay, **key) for lay in range(model.num_layers)
     }
