@@ -80,6 +80,14 @@ def run_singles(model, requests, specificity, **options) -> dict:
     return mean_reports(reports)
 
 
+def run_batch(model, requests, specificity, **options) -> dict:
+    """The metrics of writing all ``requests`` at once."""
+    report = evaluate_edit(
+        model, requests, specificity=specificity, specificity_before=specificity.before, trace=False, **options
+    )
+    return {k: report.as_dict()[k] for k in KEYS} | {"n_requests": len(requests)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="demo")
@@ -106,47 +114,22 @@ def main(argv: list[str] | None = None) -> None:
     for method, options in methods.items():
         results[f"{method}/1"] = run_singles(model, singles, specificity, layers=layer, method=method, **options)
         for size in args.batches:
-            report = evaluate_edit(
-                model,
-                requests[:size],
-                layers=layer,
-                method=method,
-                specificity=specificity,
-                specificity_before=specificity.before,
-                trace=False,
-                **options,
+            results[f"{method}/{size}"] = run_batch(
+                model, requests[:size], specificity, layers=layer, method=method, **options
             )
-            results[f"{method}/{size}"] = {k: report.as_dict()[k] for k in KEYS} | {"n_requests": size}
         print(f"{method} done ({time.time() - start:.0f} s)", file=sys.stderr)
     key = {"key_token": args.key_token}
     results["multedit_long_tail/1"] = run_singles(model, long_tail_requests(), specificity, layers=layer, **key)
     results["multedit_paper_key/1"] = run_singles(model, singles, specificity, layers=layer, key_token="constraint")
     results["multedit_paper_lr/1"] = run_singles(model, singles, specificity, layers=layer, lr=0.1, steps=10, **key)
     for size in args.batches:
-        report = evaluate_edit(
-            model,
-            requests[:size],
-            layers=layer,
-            specificity=specificity,
-            specificity_before=specificity.before,
-            trace=False,
-            preserve=preserve_probes(requests[:size]),
-            **key,
+        batch = requests[:size]
+        results[f"multedit_preserve/{size}"] = run_batch(
+            model, batch, specificity, layers=layer, preserve=preserve_probes(batch), **key
         )
-        results[f"multedit_preserve/{size}"] = {k: report.as_dict()[k] for k in KEYS} | {"n_requests": size}
-    for lam in args.lams:
-        for size in args.batches:
-            report = evaluate_edit(
-                model,
-                requests[:size],
-                layers=layer,
-                specificity=specificity,
-                specificity_before=specificity.before,
-                trace=False,
-                lam=lam,
-                **key,
-            )
-            results[f"multedit_lambda_{lam:g}/{size}"] = {k: report.as_dict()[k] for k in KEYS} | {"n_requests": size}
+        for lam in args.lams:
+            name = f"multedit_lambda_{lam:g}/{size}"
+            results[name] = run_batch(model, batch, specificity, layers=layer, lam=lam, **key)
     by_layer = {
         f"layer {lay}": run_singles(model, singles, specificity, layers=lay, **key) for lay in range(model.num_layers)
     }

@@ -18,9 +18,8 @@ KNOWN_HEADER = ",question,subject,main_entity,image_url\n"
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    """The folder of released CSVs; the tests that need it are skipped where it is absent."""
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"VQA-Constraints CSVs not found at {DATA_DIR} (a checkout without shared/data)")
+    """The folder of released CSVs (``../shared/data`` beside the checkout, as in CI): required."""
+    assert DATA_DIR.is_dir(), f"VQA-Constraints CSVs not found at {DATA_DIR}: check out ../shared beside the repo"
     return DATA_DIR
 
 
