@@ -27,9 +27,35 @@ class TraceConfigError(MllmLensError, ValueError):
     """Inconsistent trace settings (window larger than the model, unknown site, ...)."""
 
 
-class VQAConstraintsFormatError(MllmLensError, ValueError):
+class EditError(MllmLensError, ValueError):
+    """An edit cannot be made as asked (answer already given, no constraint, layer out of range, ...)."""
+
+
+class OptionError(MllmLensError, ValueError):
+    """An option's value is not accepted (an unknown dtype, a device this machine lacks, an unknown
+    demo country, a layer outside the model, ...); the message names what is accepted instead."""
+
+
+class MissingFileError(MllmLensError, FileNotFoundError):
+    """A file or folder given as input does not exist (an image, a result file, a CSV, a model)."""
+
+
+class FileFormatError(MllmLensError, ValueError):
+    """A file exists but does not hold what was expected (a truncated or foreign result file, a
+    binary file given as a CSV, a file that is no image); the message names the path."""
+
+
+class VQAConstraintsFormatError(FileFormatError):
     """A VQA-Constraints CSV is malformed (the message names the file, the line and the fault)."""
 
 
-class EditError(MllmLensError, ValueError):
-    """An edit cannot be made as asked (answer already given, no constraint, layer out of range, ...)."""
+class ModelLoadError(MllmLensError, OSError):
+    """A model cannot be loaded: an empty folder, missing processor files, an unreadable config."""
+
+
+class ModelNotFoundError(ModelLoadError, MissingFileError):
+    """No model folder at the path given, and no such model in the hub cache."""
+
+
+class MissingExtraError(MllmLensError, ImportError):
+    """An optional feature needs an extra that is not installed (the message gives the pip command)."""

@@ -18,10 +18,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from mllm_lens.errors import MissingFileError
 from mllm_lens.io import atomic_path
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ NAN_RGB = (220, 220, 220)
 def bundle_text() -> str:
     """The built widget bundle; a clear error when ``js/`` was never built."""
     if not BUNDLE.is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"the widget bundle {BUNDLE} is missing: build it with `npm ci && npm run build` in js/ "
             "(or `bash .ci/e2e_setup.sh`), or install the package with `pip install .` where npm is available"
         )
@@ -55,7 +56,10 @@ def bundle_text() -> str:
 
 def as_results(results: TraceResult | Sequence[TraceResult]) -> list[TraceResult]:
     """One or several traces of the same prompt (e.g. the hidden / MLP / attention sites)."""
-    out = [results] if hasattr(results, "scores") else list(results)
+    if hasattr(results, "scores"):
+        out = [cast("TraceResult", results)]
+    else:
+        out = list(results)
     if not out:
         raise ValueError("no trace results given")
     first = out[0]

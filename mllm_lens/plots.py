@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from bokeh.embed import file_html
-from bokeh.models import ColumnDataSource, HoverTool, Span
+from bokeh.models import ColumnDataSource, HoverTool, Span  # type: ignore[attr-defined]  # exported lazily
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
@@ -67,7 +68,7 @@ def aggregate(
     reduce: str = "last",
     effect: str = "indirect",
     spread: str = "std",
-) -> dict[str, dict[str, np.ndarray | int]]:
+) -> dict[str, dict[str, Any]]:
     """Per site: ``mean``, ``lo``, ``hi`` (``[layers]``; mean ± std / sem, or the 25-75 % band for
     "iqr") and ``n`` over the traces of that site. Traces of one site must share their layer count."""
     by_site: dict[str, list[np.ndarray]] = {}

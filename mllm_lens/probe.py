@@ -9,7 +9,7 @@ the phrase's characters onto tokens through the tokenizer's offsets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -31,59 +31,101 @@ GENERIC_TEMPLATE = "<image>\nUSER: {question}\nASSISTANT:"
 
 @dataclass(frozen=True)
 class Constraint:
-    """A phrase of the question, marked visual or textual."""
+    """A phrase of the question, marked visual or textual.
+
+    ``occurrence`` (0-based) picks one occurrence of a phrase that the question holds more than
+    once; without it such a phrase is refused, with its positions named.
+    """
 
     text: str
     kind: Kind = "visual"
+    occurrence: int | None = None
 
     def __post_init__(self) -> None:
-        if not self.text.strip():
-            raise ProbeError("a constraint phrase cannot be empty")
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise ProbeError(f"a constraint phrase must be a non-empty string, got {self.text!r}")
         if self.kind not in ("visual", "textual"):
             raise ProbeError(f"constraint kind must be 'visual' or 'textual', got {self.kind!r}")
+        if self.occurrence is not None and (
+            isinstance(self.occurrence, bool) or not isinstance(self.occurrence, int) or self.occurrence < 0
+        ):
+            raise ProbeError(
+                f"occurrence of constraint {self.text!r} must be None or an int >= 0 (0 = the first), "
+                f"got {self.occurrence!r}"
+            )
 
 
-def visual(text: str) -> Constraint:
+def visual(text: str, occurrence: int | None = None) -> Constraint:
     """A constraint that refers to the image, such as ``"this country"``."""
-    return Constraint(text, "visual")
+    return Constraint(text, "visual", occurrence)
 
 
-def textual(text: str) -> Constraint:
+def textual(text: str, occurrence: int | None = None) -> Constraint:
     """A constraint stated in words, such as ``"Golden Globe"``."""
-    return Constraint(text, "textual")
+    return Constraint(text, "textual", occurrence)
 
 
-def _as_constraint(item: Constraint | str | tuple[str, str]) -> Constraint:
+ConstraintLike = Constraint | str | tuple[str, str]
+
+
+def _as_constraint(item: ConstraintLike) -> Constraint:
     if isinstance(item, Constraint):
         return item
     if isinstance(item, str):
         return Constraint(item, "visual")
-    text, kind = item
-    return Constraint(text, kind)  # type: ignore[arg-type]
+    if isinstance(item, tuple) and len(item) == 2:
+        text, kind = item
+        return Constraint(text, kind)  # type: ignore[arg-type]  # kind is checked by Constraint
+    raise ProbeError(
+        f"a constraint must be a Constraint (ml.visual/ml.textual), a phrase or a (phrase, kind) pair, got {item!r}"
+    )
 
 
-@dataclass
+@dataclass(init=False)
 class Probe:
     """A visual question with its constraints and (optionally) the answer to trace.
 
-    ``template`` overrides the model's prompt template; it must contain ``{question}`` and the
-    processor's image token (``<image>``). Without ``answer`` the traced target is the clean
-    run's top-1 next token.
+    ``constraints`` may be given as :class:`Constraint` objects, phrases (visual) or
+    ``(phrase, kind)`` pairs; they are kept as :class:`Constraint` objects. ``template``
+    overrides the model's prompt template; it must contain ``{question}`` and the processor's
+    image token (``<image>``). Without ``answer`` the traced target is the clean run's top-1
+    next token.
     """
 
     image: Image.Image
     question: str
-    constraints: Sequence[Constraint | str | tuple[str, str]] = ()
-    answer: str | None = None
-    template: str | None = None
+    constraints: list[Constraint]
+    answer: str | None
+    template: str | None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.image, Image.Image):
-            raise ProbeError(f"image must be a PIL.Image, got {type(self.image).__name__}")
-        if not self.question.strip():
+    def __init__(
+        self,
+        image: Image.Image,
+        question: str,
+        constraints: Sequence[ConstraintLike] = (),
+        answer: str | None = None,
+        template: str | None = None,
+    ) -> None:
+        if not isinstance(image, Image.Image):
+            raise ProbeError(f"image must be a PIL.Image, got {type(image).__name__}")
+        if not isinstance(question, str):
+            raise ProbeError(f"the question must be a string, got {type(question).__name__} {question!r}")
+        if not question.strip():
             raise ProbeError("the question is empty")
-        self.constraints = [_as_constraint(c) for c in self.constraints]
-        if self.answer is not None and not self.answer.strip():
+        if isinstance(constraints, (str, Constraint)):
+            constraints = [constraints]
+        self.image, self.question, self.answer, self.template = image, question, answer, template
+        self.constraints = [_as_constraint(c) for c in constraints]
+        texts = [c.text for c in self.constraints]
+        repeated = sorted({t for t in texts if texts.count(t) > 1})
+        if repeated:
+            raise ProbeError(
+                f"constraint {repeated[0]!r} is given {texts.count(repeated[0])} times; a phrase can be only one "
+                "constraint of a probe (results are keyed by the phrase)"
+            )
+        if answer is not None and not isinstance(answer, str):
+            raise ProbeError(f"the answer must be a string or None, got {type(answer).__name__} {answer!r}")
+        if answer is not None and not answer.strip():
             raise ProbeError("the answer is empty: pass answer=None to trace the model's own top-1 token")
 
     def constraint(self, text: str | None = None) -> Constraint:
@@ -151,20 +193,74 @@ def _format_prompt(template: str, question: str, image_token: str) -> tuple[str,
     return template.format(question=q), len(head), q
 
 
-def find_phrase(phrase: str, question: str) -> int:
-    """Character offset of ``phrase`` in ``question``: exact, else case-insensitive if unique; -1 if absent."""
-    at = question.find(phrase)
-    if at >= 0:
-        return at
-    lowered = question.lower()
-    at = lowered.find(phrase.lower())
-    if at >= 0 and lowered.count(phrase.lower()) == 1:
-        return at
-    return -1
+def phrase_offsets(phrase: str, question: str) -> list[int]:
+    """Character offsets of every (non-overlapping) occurrence of ``phrase`` in ``question``:
+    the exact matches, else the case-insensitive ones."""
+    for haystack, needle in ((question, phrase), (question.lower(), phrase.lower())):
+        offsets, at = [], haystack.find(needle)
+        while at >= 0:
+            offsets.append(at)
+            at = haystack.find(needle, at + len(needle))
+        if offsets:
+            return offsets
+    return []
 
 
-def _tokenized_view(tokens: list[str]) -> str:
-    return " ".join(f"{i}:{t!r}" for i, t in enumerate(tokens))
+def find_phrase(phrase: str, question: str, occurrence: int | None = None) -> int:
+    """Character offset of ``phrase`` in ``question`` (see :func:`phrase_offsets`): its
+    ``occurrence`` (0-based), or without one its first exact match, else its case-insensitive
+    match if unique; -1 if there is none."""
+    offsets = phrase_offsets(phrase, question)
+    if occurrence is not None:
+        return offsets[occurrence] if occurrence < len(offsets) else -1
+    if not offsets or (len(offsets) > 1 and question.find(phrase) < 0):
+        return -1
+    return offsets[0]
+
+
+def locate_constraint(constraint: Constraint, question: str, where: Callable[[int], str] | None = None) -> int:
+    """Character offset of ``constraint`` in ``question``; a :class:`ProbeError` if it is absent,
+    occurs more than once without an ``occurrence``, or has no such occurrence. ``where(offset)``
+    may describe an occurrence further (its token positions) in that error."""
+    offsets = phrase_offsets(constraint.text, question)
+    name = f"constraint {constraint.text!r} ({constraint.kind})"
+    if not offsets:
+        raise ProbeError(f"{name} is not in the question {question!r}")
+    if constraint.occurrence is None:
+        if len(offsets) > 1:
+            found = " and ".join(_occurrence(question, at, len(constraint.text), where) for at in offsets)
+            raise ProbeError(
+                f"{name} occurs {len(offsets)} times in the question {question!r}, at {found}; pick one with "
+                f"occurrence=0..{len(offsets) - 1}, e.g. ml.{constraint.kind}({constraint.text!r}, occurrence=1)"
+            )
+        return offsets[0]
+    if constraint.occurrence >= len(offsets):
+        raise ProbeError(
+            f"{name} has occurrence={constraint.occurrence}, but the question {question!r} holds it "
+            f"{len(offsets)} time(s): use occurrence=0..{len(offsets) - 1}"
+        )
+    return offsets[constraint.occurrence]
+
+
+def _occurrence(text: str, at: int, length: int, where: Callable[[int], str] | None, margin: int = 8) -> str:
+    """``character 12 (…before[phrase]after…, tokens 40..41)``: where one occurrence sits."""
+    head = ("…" if at > margin else "") + text[max(0, at - margin) : at]
+    tail = text[at + length : at + length + margin] + ("…" if at + length + margin < len(text) else "")
+    extra = "" if where is None else f", {where(at)}"
+    return f"character {at} ({head}[{text[at : at + length]}]{tail}{extra})"
+
+
+def _tokenized_view(tokens: list[str], image_span: tuple[int, int] | None = None) -> str:
+    """``i:'token'`` for each token, the image's run of tokens collapsed to one ``<image>×n`` item."""
+    start, end = image_span if image_span is not None else (0, 0)
+    items = []
+    for i, token in enumerate(tokens):
+        if start <= i < end:
+            if i == start:
+                items.append(f"{start}-{end - 1}:{token}×{end - start}")
+            continue
+        items.append(f"{i}:{token!r}")
+    return " ".join(items)
 
 
 def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
@@ -207,21 +303,28 @@ def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
         return i if i <= start else i + n_img - 1
 
     tokens = tokenizer.convert_ids_to_tokens(ids.tolist())
+    view = _tokenized_view(tokens, (start, end))
+
+    def token_span(at: int, length: int) -> list[int]:
+        a, b = q_offset + at, q_offset + at + length
+        return [i for i, (s, e) in enumerate(plain["offset_mapping"]) if e > s and s < b and e > a]
+
+    def describe(length: int) -> Callable[[int], str]:
+        def where(at: int) -> str:
+            hit = token_span(at, length)
+            return f"tokens {expanded(hit[0])}..{expanded(hit[-1])}" if hit else "no token"
+
+        return where
+
     spans: dict[str, tuple[int, int]] = {}
     for constraint in probe.constraints:
-        at = find_phrase(constraint.text, question)
-        if at < 0:
-            raise ProbeError(
-                f"constraint {constraint.text!r} ({constraint.kind}) is not in the question {question!r}. "
-                f"Tokenized prompt: {_tokenized_view(tokens)}"
-            )
-        a, b = q_offset + at, q_offset + at + len(constraint.text)
-        hit = [i for i, (s, e) in enumerate(plain["offset_mapping"]) if e > s and s < b and e > a]
+        try:
+            at = locate_constraint(constraint, question, describe(len(constraint.text)))
+        except ProbeError as err:
+            raise ProbeError(f"{err}. Tokenized prompt: {view}") from None
+        hit = token_span(at, len(constraint.text))
         if not hit:
-            raise ProbeError(
-                f"constraint {constraint.text!r} maps to no token of the prompt. "
-                f"Tokenized prompt: {_tokenized_view(tokens)}"
-            )
+            raise ProbeError(f"constraint {constraint.text!r} maps to no token of the prompt. Tokenized prompt: {view}")
         if any(plain_ids[i] == image_id for i in hit):
             raise ProbeError(f"constraint {constraint.text!r} spans the image placeholder {image_token!r}")
         spans[constraint.text] = (expanded(hit[0]), expanded(hit[-1]) + 1)
@@ -244,24 +347,37 @@ def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
         patch_layout=layout,
     )
     if probe.answer is not None:
-        encoded.target_id = answer_token_id(model, prompt, probe.answer)
+        answer_ids = answer_token_ids(model, prompt, probe.answer)
+        encoded.target_id = answer_ids[0]
+        if len(answer_ids) > 1:
+            pieces = tokenizer.convert_ids_to_tokens(answer_ids)
+            encoded.meta["notes"] = [
+                f"the answer {probe.answer!r} is {len(answer_ids)} tokens {pieces}; the trace follows its first "
+                f"token {pieces[0]!r} only"
+            ]
     return encoded
+
+
+def answer_token_ids(model: LensModel, prompt: str, answer: str) -> list[int]:
+    """The tokens of ``answer`` as it would follow the prompt (at least one)."""
+    tokenizer = model.tokenizer
+    if not isinstance(answer, str) or not answer.strip():
+        raise ProbeError(f"the answer must be a non-empty string, got {answer!r}")
+    base = tokenizer(prompt)["input_ids"]
+    full = tokenizer(prompt + " " + answer.strip())["input_ids"]
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    tokens = [t for t in full[len(base) :] if t not in special]
+    if full[: len(base)] != base or not tokens:
+        tokens = tokenizer(answer.strip(), add_special_tokens=False)["input_ids"]
+        if not tokens:
+            raise ProbeError(f"the answer {answer!r} tokenizes to nothing")
+    if tokens[0] == tokenizer.unk_token_id:
+        raise ProbeError(
+            f"the answer {answer!r} starts with a token unknown to the tokenizer ({tokenizer.unk_token!r})"
+        )
+    return [int(t) for t in tokens]
 
 
 def answer_token_id(model: LensModel, prompt: str, answer: str) -> int:
     """The first token of ``answer`` as it would follow the prompt."""
-    tokenizer = model.tokenizer
-    base = tokenizer(prompt)["input_ids"]
-    full = tokenizer(prompt + " " + answer.strip())["input_ids"]
-    if full[: len(base)] == base and len(full) > len(base):
-        token = full[len(base)]
-    else:
-        alone = tokenizer(answer.strip(), add_special_tokens=False)["input_ids"]
-        if not alone:
-            raise ProbeError(f"the answer {answer!r} tokenizes to nothing")
-        token = alone[0]
-    if token == tokenizer.unk_token_id:
-        raise ProbeError(
-            f"the answer {answer!r} starts with a token unknown to the tokenizer ({tokenizer.unk_token!r})"
-        )
-    return int(token)
+    return answer_token_ids(model, prompt, answer)[0]

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
+from mllm_lens.errors import FileFormatError, MissingExtraError, MissingFileError
 from mllm_lens.io import atomic_path
+
+R = TypeVar("R")
 
 FORMAT_VERSION = 1
 
@@ -93,27 +99,27 @@ class TraceResult:
 
     @classmethod
     def load(cls, path: str | Path) -> TraceResult:
-        with zipfile.ZipFile(path) as zf:
-            meta = json.loads(zf.read("meta.json"))
-            with zf.open("scores.npy") as fh:
-                scores = np.load(fh)
-        if meta.get("type") != "TraceResult":
-            raise ValueError(f"{path} holds a {meta.get('type')!r}, not a TraceResult")
-        return cls(
-            scores=scores,
-            clean_prob=meta["clean_prob"],
-            corrupted_prob=meta["corrupted_prob"],
-            target_id=meta["target_id"],
-            target_token=meta["target_token"],
-            labels=meta["labels"],
-            tokens=meta["tokens"],
-            constraint_spans={k: tuple(v) for k, v in meta["constraint_spans"].items()},
-            constraint_kinds=meta["constraint_kinds"],
-            image_span=tuple(meta["image_span"]),
-            patch_grid=tuple(meta["patch_grid"]),
-            site=meta["site"],
-            settings=meta["settings"],
-            warnings=meta["warnings"],
+        """Read a trace written by :meth:`save`; :class:`~mllm_lens.errors.FileFormatError` if it is not one."""
+        arrays, meta = _load_arrays(path, "TraceResult", ("scores",))
+        return _build(
+            path,
+            "TraceResult",
+            lambda: cls(
+                scores=arrays["scores"],
+                clean_prob=meta["clean_prob"],
+                corrupted_prob=meta["corrupted_prob"],
+                target_id=meta["target_id"],
+                target_token=meta["target_token"],
+                labels=meta["labels"],
+                tokens=meta["tokens"],
+                constraint_spans={k: (v[0], v[1]) for k, v in meta["constraint_spans"].items()},
+                constraint_kinds=meta["constraint_kinds"],
+                image_span=(meta["image_span"][0], meta["image_span"][1]),
+                patch_grid=(meta["patch_grid"][0], meta["patch_grid"][1]),
+                site=meta["site"],
+                settings=meta["settings"],
+                warnings=meta["warnings"],
+            ),
         )
 
     def to_html(self, path: str | Path, **options) -> Path:
@@ -136,9 +142,7 @@ class TraceResult:
 
     def show(self, **options):
         """An interactive :class:`mllm_lens.widgets.TraceHeatmap` of this trace (needs the ``widgets`` extra)."""
-        from mllm_lens.widgets import TraceHeatmap
-
-        return TraceHeatmap(self, **options)
+        return _widgets("TraceResult.show()").TraceHeatmap(self, **options)
 
     def summary(self) -> str:
         layer, pos = self.peak()
@@ -165,15 +169,58 @@ def _save_arrays(path: str | Path, arrays: dict[str, np.ndarray], meta: dict) ->
 
 
 def _load_arrays(path: str | Path, kind: str, names: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict]:
-    with zipfile.ZipFile(path) as zf:
-        meta = json.loads(zf.read("meta.json"))
-        if meta.get("type") != kind:
-            raise ValueError(f"{path} holds a {meta.get('type')!r}, not a {kind}")
-        arrays = {}
-        for name in names:
-            with zf.open(f"{name}.npy") as fh:
-                arrays[name] = np.load(fh)
+    """The ``names`` arrays and the meta of a ``kind`` result file, or a clear error naming ``path``."""
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "missing"
+        raise (FileFormatError if path.is_dir() else MissingFileError)(f"no {kind} file at {path} ({what})")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = set(zf.namelist())
+            wanted = ["meta.json", *(f"{name}.npy" for name in names)]
+            missing = [m for m in wanted if m not in members]
+            if missing:
+                raise FileFormatError(
+                    f"{path} is not a {kind} file saved by mllm_lens: it has no member {missing[0]!r} "
+                    f"(members: {', '.join(sorted(members)[:6]) or 'none'})"
+                )
+            meta = json.loads(zf.read("meta.json"))
+            arrays = {}
+            for name in names:
+                with zf.open(f"{name}.npy") as fh:
+                    arrays[name] = np.load(fh)
+    except FileFormatError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as err:
+        raise FileFormatError(
+            f"cannot read {path} as a {kind} file (truncated or corrupt: {err}); save the result again"
+        ) from err
+    if not isinstance(meta, dict) or meta.get("type") != kind:
+        found = meta.get("type") if isinstance(meta, dict) else type(meta).__name__
+        raise FileFormatError(f"{path} holds a {found!r}, not a {kind}; load it with {found}.load")
     return arrays, meta
+
+
+def _build(path: str | Path, kind: str, make: Callable[[], R]) -> R:
+    """``make()``, with a missing or malformed meta field reported as a :class:`FileFormatError`."""
+    try:
+        return make()
+    except (KeyError, IndexError, TypeError) as err:
+        raise FileFormatError(f"{path} is a {kind} file with a missing or malformed field ({err!r})") from err
+
+
+def _widgets(feature: str):
+    """The :mod:`mllm_lens.widgets` package, or a :class:`MissingExtraError` naming the pip command."""
+    try:
+        import mllm_lens.widgets as widgets
+    except ImportError as err:
+        if (err.name or "").startswith("mllm_lens"):
+            raise
+        raise MissingExtraError(
+            f"{feature} needs the widgets extra, which is not installed (missing {err.name or err}): "
+            'pip install "mllm-lens[widgets]"'
+        ) from err
+    return widgets
 
 
 @dataclass
@@ -216,15 +263,22 @@ class ContributionResult:
 
     @classmethod
     def load(cls, path: str | Path) -> ContributionResult:
+        """Read a result written by :meth:`save`; :class:`~mllm_lens.errors.FileFormatError` if it is not one."""
         arrays, meta = _load_arrays(path, "ContributionResult", ("per_head", "total", "visual"))
-        return cls(
-            **arrays,
-            target=meta["target"],
-            labels=meta["labels"],
-            image_span=tuple(meta["image_span"]),
-            patch_grid=tuple(meta["patch_grid"]),
-            layers=meta["layers"],
-            settings=meta["settings"],
+        return _build(
+            path,
+            "ContributionResult",
+            lambda: cls(
+                per_head=arrays["per_head"],
+                total=arrays["total"],
+                visual=arrays["visual"],
+                target=meta["target"],
+                labels=meta["labels"],
+                image_span=(meta["image_span"][0], meta["image_span"][1]),
+                patch_grid=(meta["patch_grid"][0], meta["patch_grid"][1]),
+                layers=meta["layers"],
+                settings=meta["settings"],
+            ),
         )
 
     def __repr__(self) -> str:
@@ -291,12 +345,21 @@ class PatchResult:
 
     @classmethod
     def load(cls, path: str | Path) -> PatchResult:
+        """Read a result written by :meth:`save`; :class:`~mllm_lens.errors.FileFormatError` if it is not one."""
         arrays, meta = _load_arrays(path, "PatchResult", ("scores",))
-        meta.pop("format_version")
-        meta.pop("type")
-        meta["patch_grid"] = tuple(meta["patch_grid"])
-        meta["image_span"] = tuple(meta["image_span"])
-        return cls(scores=arrays["scores"], **meta)
+        fields = {k: v for k, v in meta.items() if k not in ("format_version", "type")}
+        return _build(
+            path,
+            "PatchResult",
+            lambda: cls(
+                scores=arrays["scores"],
+                **{
+                    **fields,
+                    "patch_grid": (fields["patch_grid"][0], fields["patch_grid"][1]),
+                    "image_span": (fields["image_span"][0], fields["image_span"][1]),
+                },
+            ),
+        )
 
     def __repr__(self) -> str:
         return (

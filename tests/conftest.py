@@ -10,6 +10,15 @@ from mllm_lens.testing import tiny_llava, tiny_llava_next, tiny_llava_phi
 BUILDERS = {"llava": tiny_llava, "llava_phi": tiny_llava_phi, "llava_next": tiny_llava_next}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def key_stats_cache(tmp_path_factory):
+    """Key statistics (batch edits) are cached in a temporary folder, never in the user's home."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MLLM_LENS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def saved_models(tmp_path_factory) -> dict[str, str]:
     """Each tiny architecture saved with save_pretrained into its own folder."""

@@ -142,12 +142,17 @@ def test_bad_spans_show_an_error_and_leave_the_marks(explorer, spans, message):
     assert not explorer.error and explorer.controls.constraints == [{"text": "country", "kind": "visual"}]
 
 
-def test_a_repeated_phrase_must_be_marked_at_its_first_occurrence(explorer):
+def test_a_repeated_phrase_is_marked_with_its_occurrence(explorer):
     explorer.set_question("Name the capital city of the country of this flag.")
     texts = [t["text"] for t in explorer.controls.tokens]
     second = texts.index("the", texts.index("the") + 1)
     explorer.mark([(second, second + 1, "textual")])
-    assert "occurs earlier in the question" in explorer.error
+    assert not explorer.error
+    assert explorer.controls.constraints == [{"text": "the", "kind": "textual", "occurrence": 1}]
+    assert explorer.controls.marks == [{"start": second, "end": second + 1, "kind": "textual"}]
+    encoded = explorer.probe().encode(explorer.model)
+    start = encoded.spans["the"][0]
+    assert encoded.tokens[start - 2 : start] == ["city", "of"]  # the second "the"
 
 
 def test_a_new_question_keeps_the_constraints_it_still_contains(explorer):
@@ -254,13 +259,13 @@ def test_malformed_messages_show_an_error_and_the_widget_still_works(explorer, c
 
 
 def test_a_cancelled_run_keeps_its_partial_heatmap_and_shows_no_overlay(explorer, monkeypatch):
-    trace_job = TraceHeatmap._trace_job
+    trace_now = TraceHeatmap.trace_now
 
     def cancelled_at_once(heatmap):  # as if Cancel were pressed before the first batch finished
         heatmap.cancel()
-        trace_job(heatmap)
+        trace_now(heatmap)
 
-    monkeypatch.setattr(TraceHeatmap, "_trace_job", cancelled_at_once)
+    monkeypatch.setattr(TraceHeatmap, "trace_now", cancelled_at_once)
     run(explorer)
     assert explorer.heatmap.status == "cancelled" and explorer.overlay is None
     assert explorer.children == (explorer.controls, explorer.heatmap)

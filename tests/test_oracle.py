@@ -17,6 +17,8 @@ CORRUPTIONS = {
     "image": ml.image_noise(),
     "patches": ml.image_noise(patches=[(0, 1), (1, 1)]),
     "replace": ml.replace("this country", "the city"),
+    "replace_shorter": ml.replace("this country", "Paris"),
+    "replace_longer": ml.replace("this country", "the famous city"),
 }
 SETTINGS = [
     ("hidden", 1, "paper"),
@@ -42,9 +44,10 @@ def test_fast_trace_equals_reference(models, arch, probe, corruption, site, wind
     assert fast.target_id == target
     assert abs(fast.clean_prob - clean_p) <= 1e-5
     assert abs(fast.corrupted_prob - corrupted_p) <= 1e-5
-    assert np.abs(fast.scores - ref).max() <= 1e-5
+    assert np.array_equal(np.isnan(fast.scores), np.isnan(ref))
+    assert np.nanmax(np.abs(fast.scores - ref)) <= 1e-5
     # the comparison is not vacuous: restorations move the probability
-    assert np.ptp(ref) > 1e-3
+    assert np.nanmax(ref) - np.nanmin(ref) > 1e-3
 
 
 def test_batch_size_does_not_change_scores(models, probe):

@@ -104,9 +104,40 @@ def test_ineffective_corruption_warns_and_is_recorded(models, probe):
     pytest.fail("no seed gave a non-lowering corruption")
 
 
-def test_replacement_with_other_token_count_is_refused(models, probe):
-    with pytest.raises(ml.CorruptionError, match=r"'this country' \(2 tokens\) by 'Paris' \(1 tokens\)"):
-        ml.trace(models["llava"], probe, ml.replace("this country", "Paris"), progress=False)
+def _quiet_trace(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ml.tracing.CorruptionIneffectiveWarning)
+        return ml.trace(*args, **kwargs)
+
+
+def test_shorter_replacement_aligns_positions_and_labels(models, probe):
+    model = models["llava"]
+    result = _quiet_trace(model, probe, ml.replace("this country", "Paris"), site="mlp", progress=False)
+    start, end = result.constraint_spans["this country"]
+    assert result.scores.shape[1] == len(probe.encode(model).tokens)
+    # "this" has no counterpart in the one-token replacement; "country" is restored onto "Paris"
+    assert np.isnan(result.scores[:, start]).all() and not np.isnan(result.scores[:, end - 1]).any()
+    assert result.labels[start] == "this→∅" and result.labels[end - 1] == "country→Paris"
+    assert result.settings["position_map"][end] == end - 1
+    assert result.settings["corrupted_tokens"][start] == "Paris"
+    assert not np.isnan(result.scores[:, end:]).any()
+    # the corrupted run is the model on the replaced question
+    replaced = ml.Probe(probe.image, "which continent is Paris in?", []).encode(model)
+    with torch.no_grad():
+        direct = torch.softmax(model.hf_model(**replaced.model_inputs).logits[0, -1], -1)
+    assert abs(result.corrupted_prob - float(direct[result.target_id])) <= 1e-5
+    session = ml.TraceSession(model, probe, ml.replace("this country", "Paris"), sites=("mlp",), warn=False)
+    with pytest.raises(ml.TraceConfigError, match="no counterpart"):
+        session.cell("mlp", 0, start)
+
+
+def test_longer_replacement_restores_onto_the_last_tokens(models, probe):
+    model = models["llava"]
+    result = _quiet_trace(model, probe, ml.replace("this country", "the famous city"), site="mlp", progress=False)
+    start, end = result.constraint_spans["this country"]
+    assert result.labels[start:end] == ["this→famous", "country→city"]
+    assert result.settings["position_map"][start : end + 1] == [start + 1, start + 2, end + 1]
+    assert not np.isnan(result.scores).any()
 
 
 def test_identical_replacement_is_refused(models, probe):

@@ -81,13 +81,26 @@ def test_live_trace_fills_every_cell_like_session_trace(session, results):
     assert set(hm.results) == {"hidden", "mlp", "attn"}
 
 
-def test_cancel_stops_a_trace_after_its_current_batch(session):
-    hm = TraceHeatmap(session, sites=["mlp"])
-    hm._on_message(hm, {"type": "cancel"}, [])
-    hm._cancel.set()
-    hm._worker.submit(hm._trace_job)  # run() would clear the flag; submit the job as it stands
+def test_cancel_stops_a_trace_after_its_current_batch(planted, monkeypatch):
+    session = ml.TraceSession(planted.model, planted.probe("e0"), ml.noise("e0"), sites=("mlp",), batch_size=3)
+    hm = TraceHeatmap(session)
+    forward = session.executor._suffix_logits
+    batches = []
+
+    def press_cancel_during_the_second_batch(suffix):
+        batches.append(len(suffix))
+        if len(batches) == 2:
+            hm._on_message(hm, {"type": "cancel"}, [])  # what the Cancel button sends, mid-trace
+        return forward(suffix)
+
+    monkeypatch.setattr(session.executor, "_suffix_logits", press_cancel_during_the_second_batch)
+    hm.run()
     assert hm.wait(60) and hm.status == "cancelled"
-    assert np.isnan(hm.scores).all()
+    assert len(batches) == 2  # the batch that was running finished; no further batch started
+    filled = int(np.isfinite(hm.scores).sum())
+    assert filled == 3  # the first batch's cells (its second was not yet sent to the page)
+    full = session.trace("mlp", progress=False).scores
+    assert np.isfinite(full).sum() > filled
 
 
 def test_cell_click_runs_the_restoration(session, results):

@@ -8,6 +8,7 @@ layout and colours, so every flag here is distinguishable from every other.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from PIL import Image, ImageDraw
 
@@ -198,7 +199,7 @@ def _star_points(cx: float, cy: float, r_out: float, r_in: float) -> list[tuple[
     return points
 
 
-def draw_flag(name: str, width: int, height: int, colors: dict[str, tuple[int, int, int]] | None = None) -> Image.Image:
+def draw_flag(name: str, width: int, height: int, colors: Mapping[str, tuple[int, ...]] | None = None) -> Image.Image:
     """Render ``name``'s flag at ``width`` x ``height`` pixels (``colors`` may jitter the palette)."""
     palette = colors or COLORS
     image = Image.new("RGB", (width, height), palette["white"])

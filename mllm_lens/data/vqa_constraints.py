@@ -9,6 +9,7 @@ column is the row index. Images are not part of the release: pass ``image_dir`` 
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import NamedTuple
 from PIL import Image
 
 from mllm_lens.data.records import VQARecord
-from mllm_lens.errors import VQAConstraintsFormatError
+from mllm_lens.errors import MissingFileError, VQAConstraintsFormatError
 from mllm_lens.probe import Probe, find_phrase
 
 #: Known headers (after the unnamed index column) and the column holding the subject, if any.
@@ -37,7 +38,7 @@ class MissingImagesWarning(UserWarning):
 class Unlocatable(NamedTuple):
     """A row whose ``main_entity`` cannot be located in its question (so no probe is made)."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index; the public field name of a row
     main_entity: str
     question: str
 
@@ -118,6 +119,27 @@ def _locatable(main_entity: str, question: str) -> bool:
     return bool(main_entity) and find_phrase(main_entity, question.strip().rstrip("?").rstrip()) >= 0
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, or a clear error if it is missing, a folder, binary or not UTF-8."""
+    if not path.exists():
+        raise MissingFileError(f"no VQA-Constraints CSV at {path}")
+    if not path.is_file():
+        raise VQAConstraintsFormatError(f"{path} is a folder; pass one of its CSV files (e.g. okvqa.csv)")
+    data = path.read_bytes()
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise VQAConstraintsFormatError(
+            f"{path} is a binary file (NUL byte at offset {nul}), not a VQA-Constraints CSV (UTF-8 text)"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise VQAConstraintsFormatError(
+            f"{path} is not UTF-8 text (byte {data[err.start : err.start + 1]!r} at offset {err.start} cannot be "
+            "decoded); a VQA-Constraints CSV is a UTF-8 text file"
+        ) from None
+
+
 def load_vqa_constraints(csv_path: str | Path, image_dir: str | Path | None = None) -> VQAConstraintsDataset:
     """Read one VQA-Constraints CSV into :class:`VQARecord` objects.
 
@@ -128,10 +150,14 @@ def load_vqa_constraints(csv_path: str | Path, image_dir: str | Path | None = No
     """
     path = Path(csv_path)
     images = Path(image_dir) if image_dir is not None else None
+    if images is not None and not images.is_dir():
+        raise MissingFileError(
+            f"image_dir {images} is not a folder; pass the folder the image_url paths are relative to"
+        )
     records: list[VQARecord] = []
     missing: list[tuple[int, str]] = []
     unlocatable: list[Unlocatable] = []
-    with path.open(newline="", encoding="utf-8") as fh:
+    with io.StringIO(_read_text(path), newline="") as fh:
         reader = csv.reader(fh)
         header = next(reader, None)
         expected = " or ".join(repr(",".join(("", *cols))) for cols in HEADERS)

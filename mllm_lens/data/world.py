@@ -240,6 +240,16 @@ def _question(template: Template, paraphrase: int, country: str, rng: random.Ran
     return text.format(textual=value), "yes" if truth else "no", [value]
 
 
+def named_question(template: Template, paraphrase: int, country: str, rng: random.Random) -> tuple[str, str, list[str]]:
+    """The question with its visual phrase replaced by ``country``'s name ("What is the capital of
+    Germany?"): the text, not the image, then names the entity. Not defined for the ``country``
+    template (its answer would be the name just given)."""
+    if template.relation == "country":
+        raise ValueError("the 'country' template has no named form")
+    text, answer, textual = _question(template, paraphrase, country, rng)
+    return text.replace(visual_phrase(text), country, 1), answer, textual
+
+
 def make_record(
     country: str, template: Template, paraphrase: int, rng: random.Random, *, size: int = 64, render: bool = True
 ) -> VQARecord:

@@ -1,8 +1,15 @@
 """Re-measure the demo model: ``python -m mllm_lens.demo.evaluate``.
 
 Exact-match accuracy (greedy first answer token; every answer is one token) on held-out
-renderings of the training countries, for every template and paraphrase. Ends with one JSON
-line: ``accuracy``, ``accuracy_by_template``, ``accuracy_by_paraphrase``, ``n``, ``size_mb``.
+renderings of the training countries, for every template and paraphrase; then whether the
+model routes facts through the visual constraint, with the library's defaults
+(:mod:`mllm_lens.demo.mechanism`): noise on the constraint, replacement by another country's
+name, the MLP trace per token role, MultEdit with the paper's key on requests held out from
+tuning (single edits, batches of 10 and 50), top-k vs random patch knock-out, and constraint
+flow vs confidence as an error signal. Ends with one JSON line (``accuracy``, ``size_mb``,
+``constraint_noise_ratio``, ``replace_switch_rate``, ``edit_efficacy``, ``edit_generalisation``,
+``edit_specificity_drop``, ``batch50_specificity_drop``, ``topk_knockout_drop``,
+``random_knockout_drop``, ... ). ``--accuracy-only`` stops after the accuracy.
 """
 
 from __future__ import annotations
@@ -10,12 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from mllm_lens.data import world
+from mllm_lens.demo import mechanism
 from mllm_lens.demo.build import MODEL_DIR
 from mllm_lens.demo.train import make_batch, question_forms, render_pool
 from mllm_lens.models.lens_model import LensModel
@@ -37,7 +47,7 @@ def evaluate(
     hits: dict[str, list[bool]] = defaultdict(list)
     for template, paraphrase in question_forms():
         for r in range(renderings):
-            ids, answers = make_batch(tokenizer, n_image, countries, (template, paraphrase), rng, False)
+            ids, answers, _, _ = make_batch(tokenizer, n_image, countries, (template, paraphrase), rng, False)
             with torch.no_grad():
                 logits = hf(input_ids=ids.to(model.device), pixel_values=pool[:, r]).logits[:, -1]
             predicted = tokenizer.convert_ids_to_tokens(logits.argmax(-1).tolist())
@@ -60,18 +70,58 @@ def model_size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file()) / 2**20
 
 
+def mechanism_report(model: LensModel, *, n: int = 140, traced: int = 42, knocked: int = 42) -> dict:
+    """The routing measures of the model card (see :mod:`mllm_lens.demo.mechanism`)."""
+    from mllm_lens.tracing.flow import flow_auroc
+
+    report: dict = {}
+    records = mechanism.mechanism_records(n)
+    report.update(mechanism.constraint_noise_ratio(model, records))
+    report.update(mechanism.replace_switch_rate(model, records))
+    roles = mechanism.role_profile(model, records[:traced])
+    report.update(mlp_trace_by_role=roles["profile"], trace_peak_layer=roles["peak_layer"])
+    report["trace_peak_role"] = roles["peak_role"]
+    knock = mechanism.knockout_figures(model, records[:knocked])
+    report.update({k if k != "n" else "knockout_n": v for k, v in knock.items()})
+    _, held_out = mechanism.split_countries()
+    report.update(mechanism.edit_figures(model, mechanism.flipped_requests(held_out, seed=100)))
+    known = world.generate(renderings=1, seed=7)
+    unknown = world.generate(list(world.HELD_OUT), renderings=1, seed=8)
+    flows = random.Random(0).sample(known, 300) + random.Random(1).sample(unknown, 100)
+    flow = flow_auroc(model, flows)
+    report["flow_auroc_best_layer"] = float(np.max(flow.layer_auroc))
+    report["confidence_auroc"] = float(flow.confidence_auroc)
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=MODEL_DIR)
-    parser.add_argument("--renderings", type=int, default=2)
+    parser.add_argument("--model", type=Path, default=MODEL_DIR, help="model folder (default: the shipped demo)")
+    parser.add_argument("--renderings", type=int, default=2, help="renderings per question for the accuracy")
+    parser.add_argument("--accuracy-only", action="store_true", help="skip the routing and editing measures")
     args = parser.parse_args(argv)
+    start = time.time()
     model = load(args.model)
     report = evaluate(model, renderings=args.renderings)
     for name, acc in report["accuracy_by_template"].items():
         print(f"{name:>14}: {acc:.3f}")
-    report["accuracy"] = round(report["accuracy"], 4)
     report["size_mb"] = round(model_size_mb(args.model), 2)
-    print(json.dumps(report))
+    if not args.accuracy_only:
+        report.update(mechanism_report(model))
+        for key in mechanism.REPORTED:
+            print(f"{key:>28}: {report[key]:.4f}")
+    report["seconds"] = round(time.time() - start, 1)
+    print(json.dumps(_rounded(report)))
+
+
+def _rounded(x):
+    if isinstance(x, float):
+        return round(x, 4)
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    return x
 
 
 if __name__ == "__main__":

@@ -2,13 +2,25 @@
 
 Deterministic for a seed. Flags are pre-rendered (``--renderings`` per country) and
 preprocessed once by the model's own image processor; each step draws one question form
-(template x paraphrase, so sequences in a batch have one length), a batch of countries and
-renderings, and minimises the cross-entropy of the answer token and the EOS after it. Like
-LLaVA's feature-alignment stage, the first ``--identity-steps`` steps ask only "which country
-is this flag?": without it the decoder settles on text-only priors (yes/no, the most common
-continent) and never learns to read the image. After it, half of the batches ask the
-two-constraint yes/no questions, which need the most training (the visual fact must be compared
-with the textual constraint).
+(template x paraphrase, so sequences in a batch have one length) and a batch of countries,
+and minimises the cross-entropy of the answer token and the EOS after it.
+
+The recipe makes the model retrieve facts *at the visual-constraint tokens*, as the paper
+found for LLaVA-1.5 (which inherits that route from its text-only decoder):
+
+1. **Text first** (``--text-steps``, no image, cheap): questions naming a country ("What is
+   the capital of Peru?") and questions referring back to a mention ("Peru is shown. What is
+   the capital of this country?") in which only "this country" may attend to the name. The
+   decoder learns the facts of named countries and to resolve "this country" at its own tokens.
+2. **Then the flags**: ``--identity-steps`` of "which country is this flag?" (LLaVA's
+   feature alignment: without it the decoder settles on text priors), then every question
+   form. In image batches the image is cut out of the attention of every text position but
+   the visual phrase (the *route mask*, training only), so the image has to take the
+   mention's place; the last ``--unmasked-tail`` steps run unmasked, as the model is used.
+   A share of batches name a country while showing a random flag (the named entity wins),
+   and a share repeat the mention questions.
+
+``benchmarks/RESULTS.md`` ("Demo model recipes") lists what each recipe tried gave.
 """
 
 from __future__ import annotations
@@ -27,6 +39,9 @@ from mllm_lens.data import world
 from mllm_lens.demo.build import MODEL_DIR, build_demo_model, prompt_ids
 from mllm_lens.io import atomic_path
 
+#: The sentence that names the country before a question in the text-first stage.
+MENTION = "is shown."
+
 
 def render_pool(processor, countries: list[str], renderings: int, seed: int) -> torch.Tensor:
     """``[countries, renderings, 3, H, W]`` pixel values from the model's image processor."""
@@ -40,15 +55,70 @@ def question_forms() -> list[tuple[world.Template, int]]:
     return [(t, p) for t in world.TEMPLATES for p in range(len(t.paraphrases))]
 
 
-def make_batch(tokenizer, n_image: int, countries: list[str], form, rng: random.Random, with_answer: bool):
-    """input ids ``[B, T]`` and answers for one question form over ``countries``."""
+def make_batch(
+    tokenizer,
+    n_image: int,
+    countries: list[str],
+    form,
+    rng: random.Random,
+    with_answer: bool,
+    named: bool = False,
+    mention: bool = False,
+):
+    """input ids ``[B, T]``, answers and the entity phrase's token span for one question form.
+
+    ``named`` asks the question with the country's name in place of the visual phrase;
+    ``mention`` names the country in a sentence before the question ("Peru is shown. What is
+    the capital of this country?"); then the name's span is returned too (else None).
+    """
     template, paraphrase = form
-    ids, answers = [], []
+    ids, answers, spans, sources = [], [], [], []
     for country in countries:
-        record = world.make_record(country, template, paraphrase, rng, render=False)
-        answers.append(record.answer)
-        ids.append(prompt_ids(tokenizer, record.question, n_image, record.answer if with_answer else None))
-    return torch.tensor(ids), answers
+        if named:
+            question, answer, _ = world.named_question(template, paraphrase, country, rng)
+            phrase = country
+        else:
+            record = world.make_record(country, template, paraphrase, rng, render=False)
+            question, answer, phrase = record.question, record.answer or "", record.main_entity
+            if mention:
+                question = f"{country} {MENTION} {question}"
+        answers.append(answer)
+        row = prompt_ids(tokenizer, question, n_image, answer if with_answer else None)
+        ids.append(row)
+        spans.append(phrase_span(tokenizer, row, phrase))
+        if mention:
+            sources.append(phrase_span(tokenizer, row, country, last=False))
+    if len(set(spans)) != 1 or len(set(sources)) > 1:
+        raise ValueError(f"question form {template.name}/{paraphrase} puts its entity phrase at different positions")
+    return torch.tensor(ids), answers, spans[0], (sources[0] if mention else None)
+
+
+def phrase_span(tokenizer, ids: list[int], phrase: str, last: bool = True) -> tuple[int, int]:
+    """``(start, end)`` of the last (or first) occurrence of ``phrase``'s tokens in ``ids``."""
+    needle = tokenizer(phrase, add_special_tokens=False)["input_ids"]
+    starts = range(len(ids) - len(needle), -1, -1) if last else range(len(ids) - len(needle) + 1)
+    for start in starts:
+        if ids[start : start + len(needle)] == needle:
+            return start, start + len(needle)
+    raise ValueError(f"{phrase!r} not in the prompt")
+
+
+def route_mask(length: int, image: tuple[int, int], entity: tuple[int, int], batch: int) -> torch.Tensor:
+    """Additive causal mask ``[B, 1, T, T]`` in which the positions after the ``image`` span (the
+    image tokens, or a country's name mentioned in the text) see it only through the entity
+    phrase: every other later position's attention to it is cut.
+
+    Used in training only (the shipped model runs unmasked): it makes the route image -> entity
+    tokens -> answer the only one that works in those batches, as in LLaVA, where the answer's
+    fact is retrieved at the visual-constraint tokens.
+    """
+    blocked = torch.ones(length, length, dtype=torch.bool).triu(1)
+    later = torch.zeros(length, dtype=torch.bool)
+    later[image[1] :] = True
+    later[entity[0] : entity[1]] = False
+    blocked[later.nonzero().flatten()[:, None], torch.arange(image[0], image[1])] = True
+    mask = torch.zeros(length, length).masked_fill(blocked, torch.finfo(torch.float32).min)
+    return mask.expand(batch, 1, length, length)
 
 
 def train(
@@ -61,37 +131,80 @@ def train(
     log_every: int = 100,
     identity_steps: int = 400,
     two_constraint_share: float = 0.5,
+    route_mask_share: float = 0.75,
+    named_share: float = 0.2,
+    unmasked_tail: int = 0,
+    text_steps: int = 800,
+    mention_share: float = 0.1,
 ):
-    """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``."""
+    """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
+
+    Text first (``text_steps``, cheap: no image): questions that name the country ("What is the
+    capital of Peru?") and questions that refer back to a mention ("Peru is shown. What is the
+    capital of this country?", the mention visible only from "this country": :func:`route_mask`),
+    so the decoder learns facts about named countries and to resolve "this country" at its own
+    tokens. Then ``steps`` steps with flags: ``identity_steps`` of "which country is this
+    flag?", then every question form; ``route_mask_share`` of the image batches cut the image
+    out of the attention of every text position but the visual phrase, so the image must take
+    the mention's place (the last ``unmasked_tail`` steps use no mask); ``named_share`` of the
+    batches name a country with a random flag shown (the named entity wins), ``mention_share``
+    repeat the text-only mention questions.
+    """
     torch.manual_seed(seed)
     model, processor = build_demo_model(seed)
     tokenizer = processor.tokenizer
     n_image = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    image = (1, 1 + n_image)  # BOS, then the image tokens
     countries = world.training_countries()
     pool = render_pool(processor, countries, renderings, seed)
     forms = question_forms()
     identity_forms = [f for f in forms if f[0].relation == "country"]
     two_constraint_forms = [f for f in forms if "{textual}" in f[0].paraphrases[0]]
     one_constraint_forms = [f for f in forms if f not in two_constraint_forms]
+    named_forms = [f for f in forms if f[0].relation != "country"]
     rng = random.Random(seed)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    warmup = max(1, steps // 20)
+    total = text_steps + steps
+    warmup = max(1, total // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
     )
     model.train()
     curve, start, running = [], time.time(), 0.0
-    bar = tqdm(range(steps), desc="training demo model", unit="step")
+    bar = tqdm(range(total), desc="training demo model", unit="step")
     for step in bar:
         picks = [rng.randrange(len(countries)) for _ in range(batch)]
-        if step < identity_steps:
-            form = rng.choice(identity_forms)
+        names = [countries[i] for i in picks]
+        image_step = step - text_steps  # < 0 in the text-first stage
+        draw = rng.random()
+        if image_step < 0:
+            kind = "mention" if draw < 0.5 else "named_text"
+        elif image_step < identity_steps:
+            kind = "image"
         else:
+            kind = "named_image" if draw < named_share else "mention" if draw < named_share + mention_share else "image"
+        if kind == "image" and image_step < identity_steps:
+            form = rng.choice(identity_forms)
+        elif kind == "image":
             form = rng.choice(two_constraint_forms if rng.random() < two_constraint_share else one_constraint_forms)
-        ids, _ = make_batch(tokenizer, n_image, [countries[i] for i in picks], form, rng, True)
-        pixels = torch.stack([pool[i, rng.randrange(renderings)] for i in picks])
-        logits = model(input_ids=ids[:, :-1], pixel_values=pixels).logits[:, -2:]
+        else:
+            form = rng.choice(named_forms if kind.startswith("named") else forms)
+        with_image = kind in ("image", "named_image")
+        ids, _, entity, mentioned = make_batch(
+            tokenizer, n_image if with_image else 0, names, form, rng, True, kind.startswith("named"), kind == "mention"
+        )
+        length = ids.shape[1] - 1
+        inputs = {"input_ids": ids[:, :-1]}
+        if with_image:
+            shown = [rng.randrange(len(countries)) for _ in picks] if kind == "named_image" else picks
+            inputs["pixel_values"] = torch.stack([pool[i, rng.randrange(renderings)] for i in shown])
+        masked = image_step < steps - unmasked_tail and rng.random() < route_mask_share
+        if kind == "mention":
+            inputs["attention_mask"] = route_mask(length, mentioned, entity, batch)
+        elif kind == "image" and masked:
+            inputs["attention_mask"] = route_mask(length, image, entity, batch)
+        logits = model(**inputs).logits[:, -2:]
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
         optimizer.zero_grad()
         loss.backward()
@@ -103,32 +216,62 @@ def train(
             curve.append({"step": step + 1, "loss": round(running, 4), "seconds": round(time.time() - start, 1)})
             bar.set_postfix(loss=f"{running:.3f}")
     model.eval()
+    recipe = {
+        "text_steps": text_steps,
+        "mention_share": mention_share,
+        "steps": steps,
+        "batch": batch,
+        "renderings": renderings,
+        "seed": seed,
+        "lr": lr,
+        "identity_steps": identity_steps,
+        "two_constraint_share": two_constraint_share,
+        "route_mask_share": route_mask_share,
+        "named_share": named_share,
+        "unmasked_tail": unmasked_tail,
+    }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out)
         processor.save_pretrained(out)
         with atomic_path(out / "training_curve.json") as tmp:
-            tmp.write_text(
-                json.dumps(
-                    {"steps": steps, "batch": batch, "renderings": renderings, "seed": seed, "lr": lr, "curve": curve},
-                    indent=1,
-                )
-            )
+            tmp.write_text(json.dumps({**recipe, "curve": curve}, indent=1))
     return model, processor, curve
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=3600)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--renderings", type=int, default=48)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--identity-steps", type=int, default=400)
-    parser.add_argument("--out", type=Path, default=MODEL_DIR)
+    parser.add_argument("--steps", type=int, default=2000, help="steps with flags (after the text-only ones)")
+    parser.add_argument("--batch", type=int, default=64, help="questions per step")
+    parser.add_argument("--renderings", type=int, default=48, help="pre-rendered images per country")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, renderings and question draws")
+    parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (5%% warm-up, cosine decay)")
+    parser.add_argument(
+        "--identity-steps", type=int, default=400, help="first flag steps that ask only for the country"
+    )
+    parser.add_argument("--text-steps", type=int, default=800, help="text-only steps before the flags")
+    parser.add_argument("--route-mask-share", type=float, default=0.75, help="share of image batches with the mask")
+    parser.add_argument("--named-share", type=float, default=0.2, help="share of batches naming a country")
+    parser.add_argument("--mention-share", type=float, default=0.1, help="share of text-only mention batches")
+    parser.add_argument("--unmasked-tail", type=int, default=0, help="last steps without the mask")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     _, _, curve = train(
-        args.steps, args.batch, args.renderings, args.seed, args.lr, args.out, identity_steps=args.identity_steps
+        args.steps,
+        args.batch,
+        args.renderings,
+        args.seed,
+        args.lr,
+        args.out,
+        identity_steps=args.identity_steps,
+        route_mask_share=args.route_mask_share,
+        named_share=args.named_share,
+        unmasked_tail=args.unmasked_tail,
+        text_steps=args.text_steps,
+        mention_share=args.mention_share,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

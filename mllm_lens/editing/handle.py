@@ -76,10 +76,9 @@ class Edit:
     def __enter__(self) -> Edit:
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, *exc) -> None:  # exceptions propagate
         if self.applied:
             self.undo()
-        return False
 
     def _write(self, tensors: list[torch.Tensor], expect: list[torch.Tensor], what: str) -> None:
         for name, param, before in zip(self.names, self.params, expect, strict=True):

@@ -33,10 +33,12 @@ def check_layers(model: LensModel, layers: int | Sequence[int]) -> list[int]:
     if not items:
         raise EditError("no layer to edit")
     n = model.num_layers
+    checked: set[int] = set()
     for layer in items:
         if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
             raise EditError(f"layer {layer!r} is out of range: the model has {n} decoder layers (0..{n - 1})")
-    return sorted(set(items))
+        checked.add(layer)
+    return sorted(checked)
 
 
 def projection(model: LensModel, layer: int, site: str) -> nn.Linear:

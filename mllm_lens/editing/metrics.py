@@ -18,7 +18,6 @@ as exact match of the greedy first token:
 from __future__ import annotations
 
 import random
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -85,7 +84,7 @@ def specificity_set(exclude: Sequence[str] = (), *, n: int | None = None, seed: 
     records = [world.make_record(c, t, 0, rng) for c in countries for t in world.TEMPLATES]
     if n is not None and n < len(records):
         records = random.Random(seed + 1).sample(records, n)
-    return ProbeSet((r.probe(with_answer=False), r.answer) for r in records)
+    return ProbeSet((r.probe(with_answer=False), r.answer or "") for r in records)
 
 
 def _generalisation_sets(requests: Sequence[EditRequest], renderings: int, seed: int) -> tuple[ProbeSet, ProbeSet]:
@@ -106,7 +105,7 @@ def _generalisation_sets(requests: Sequence[EditRequest], renderings: int, seed:
 def _locality_set(requests: Sequence[EditRequest], seed: int) -> ProbeSet:
     rng = random.Random(seed + 2)
     return ProbeSet(
-        (record.probe(with_answer=False), record.answer)
+        (record.probe(with_answer=False), record.answer or "")
         for req in requests
         if req.subject is not None and req.subject in world.FACTS
         for t in world.TEMPLATES
@@ -186,16 +185,14 @@ class EditReport:
 
 
 def _trace_summary(model: LensModel, request: EditRequest) -> dict:
-    from mllm_lens.tracing.trace import trace
+    from mllm_lens.tracing.session import TraceSession
 
     probe = Probe(
         request.probe.image, request.probe.question, request.probe.constraints, template=request.probe.template
     )
     encoded = probe.encode(model)
     position = key_position(encoded, request.constraint)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        result = trace(model, encoded, site="mlp", progress=False)
+    result = TraceSession(model, encoded, sites=("mlp",), warn=False).trace("mlp", progress=False)
     layer, pos = result.peak()
     return {
         "peak": [int(layer), result.labels[int(pos)]],
@@ -227,10 +224,10 @@ def evaluate_edit(
     model, if already known (saves a pass when many edits share one set).
     """
     owned = not isinstance(edit_or_requests, Edit)
-    if owned:
-        handle = edit_many(model, as_requests(edit_or_requests), layers, site, method=method, **hyperparameters)
-    else:
+    if isinstance(edit_or_requests, Edit):
         handle = edit_or_requests
+    else:
+        handle = edit_many(model, as_requests(edit_or_requests), layers, site, method=method, **hyperparameters)
     try:
         requests = handle.requests
         edited = ProbeSet((r.probe, r.new_answer) for r in requests)
@@ -256,20 +253,23 @@ def evaluate_edit(
     def mean(x) -> float | None:
         return None if x is None else float(np.mean(x))
 
+    def mean_of(x) -> float:
+        return float(np.mean(x))
+
     return EditReport(
         method=handle.method,
         site=handle.site,
         layers=list(handle.layers),
         n_edits=len(requests),
-        efficacy=mean(eff_p),
-        efficacy_exact=mean(eff_x),
-        efficacy_before=mean(eff_before),
+        efficacy=mean_of(eff_p),
+        efficacy_exact=mean_of(eff_x),
+        efficacy_before=mean_of(eff_before),
         paraphrase=mean(par[0]) if par else None,
         paraphrase_exact=mean(par[1]) if par else None,
         rendering=mean(ren[0]) if ren else None,
         rendering_exact=mean(ren[1]) if ren else None,
-        specificity_before=mean(spec_before),
-        specificity_after=mean(spec_after),
+        specificity_before=mean_of(spec_before),
+        specificity_after=mean_of(spec_after),
         n_specificity=len(specificity),
         locality_before=mean(loc_before),
         locality_after=mean(loc_after),

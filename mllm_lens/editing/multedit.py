@@ -17,10 +17,15 @@ layer's keys and the current h_L are re-measured and the layer takes (z − h_L)
 Multi-layer edits are MLP-only (an attention output feeds its own layer's MLP, so the sum
 argument does not hold).
 
-Options beyond the paper: ``key_token="last"`` reads the key at the prompt's last token (the
-demo model reads the flag straight from the answer position, so its constraint token carries
-nothing to edit); ``preserve=[probes]`` adds those prompts' keys with zero residual to the least
-squares (MEMIT's key covariance, sampled), which stops the update leaking onto correlated keys.
+Batches use MEMIT's key statistics by default: ΔW = R Kᵀ (w·C + K Kᵀ)⁻¹ with C = E[k kᵀ] of the
+edited projection's input over a corpus of prompts (:mod:`mllm_lens.editing.key_stats`, cached on
+disk), so that directions other inputs use are expensive to change and the edits do not spill
+onto other questions. Single edits keep the paper's rank-one update unless ``cov_weight`` is
+given.
+
+Options beyond the paper: ``key_token="last"`` reads the key at the prompt's last token;
+``preserve=[probes]`` adds those prompts' keys with zero residual to the least squares (the
+key statistics, sampled from chosen prompts).
 
 Everything is solved in float32 and cast back to the weight's dtype.
 """
@@ -30,10 +35,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 
 from mllm_lens.editing.handle import Edit, guarded
+from mllm_lens.editing.key_stats import covariance_update, key_second_moment
 from mllm_lens.editing.keys import EDIT_SITES, capture, check_layers, optimize_values, preservation_keys, projection
 from mllm_lens.editing.requests import EditRequest, as_requests, encode_requests, key_position
 from mllm_lens.errors import EditError
@@ -51,6 +58,8 @@ DEFAULT_CLAMP = 6.0
 DEFAULT_LR = 0.5
 DEFAULT_STEPS = 30
 DEFAULT_LAMBDA = 0.01
+#: w in ΔW = R Kᵀ (w·C + K Kᵀ)⁻¹ for batch edits (see benchmarks/RESULTS.md, "MultEdit batches").
+DEFAULT_COV_WEIGHT = 1.0
 
 
 class EditIneffectiveWarning(UserWarning):
@@ -89,8 +98,13 @@ def multi_key_update(keys: torch.Tensor, residuals: torch.Tensor, lam: float) ->
     return torch.linalg.solve(gram, keys @ residuals.T).T  # gram is symmetric
 
 
-def _update(keys: torch.Tensor, residuals: torch.Tensor, lam: float) -> torch.Tensor:
-    """keys ``[n, d_in]``, residuals ``[n, d_out]`` -> ΔW ``[d_out, d_in]``."""
+def _update(
+    keys: torch.Tensor, residuals: torch.Tensor, lam: float, moment: torch.Tensor | None = None, weight: float = 0.0
+) -> torch.Tensor:
+    """keys ``[n, d_in]``, residuals ``[n, d_out]`` -> ΔW ``[d_out, d_in]`` (with key statistics
+    ``moment`` when given)."""
+    if moment is not None:
+        return covariance_update(keys, residuals, moment, weight)
     if keys.shape[0] == 1:
         return rank_one_update(keys[0], residuals[0], lam)
     return multi_key_update(keys.T, residuals.T, lam)
@@ -124,9 +138,16 @@ def _multedit(
     stop_prob,
     preserve,
     preserve_weight,
+    cov_weight,
+    stats_probes,
     warn,
 ) -> dict:
     last = layers[-1]
+    # key statistics of the unedited model, for every layer before any of them changes
+    moments = {
+        layer: None if cov_weight is None else key_second_moment(model, layer, site, stats_probes) for layer in layers
+    }
+
     deltas, v0s, probs = optimize_values(
         model, items, last, site, steps=steps, lr=lr, weight_decay=weight_decay, clamp=clamp, stop_prob=stop_prob
     )
@@ -143,15 +164,17 @@ def _multedit(
         keys, _, _ = capture(model, items, last, site)
         info["keys"] = keys
         keys, residuals = _with_preserved(model, keys, deltas, last, site, preserve, preserve_weight)
-        _add(params[0], _update(keys, residuals, lam))
+        _add(params[0], _update(keys, residuals, lam, moments[last], cov_weight or 0.0))
         return info
     _, _, h_clean = capture(model, items, last, site, hidden_layer=last)
+    assert h_clean is not None  # asked for with hidden_layer
     z = h_clean + deltas
     for i, (layer, param) in enumerate(zip(layers, params, strict=True)):
         keys, _, h_now = capture(model, items, layer, site, hidden_layer=last)
+        assert h_now is not None
         residuals = (z - h_now) / (len(layers) - i)
         keys, residuals = _with_preserved(model, keys, residuals, layer, site, preserve, preserve_weight)
-        _add(param, _update(keys, residuals, lam))
+        _add(param, _update(keys, residuals, lam, moments[layer], cov_weight or 0.0))
     return info
 
 
@@ -170,6 +193,8 @@ def edit_many(
     stop_prob: float | None = None,
     preserve: Sequence[Probe] | None = None,
     preserve_weight: float = 1.0,
+    cov_weight: float | str | None = "auto",
+    stats_probes: Sequence[Probe] | None = None,
     key_token: str | None = None,
     warn: bool = True,
     **baseline_options,
@@ -186,7 +211,10 @@ def edit_many(
     ``key_token``: ``"constraint"`` (paper) or ``"last"``, for every request (default: each
     request's own). ``preserve``: probes whose keys (every text token) the update should leave unchanged: their
     keys join the least squares with zero residual (weight ``preserve_weight``) -- MEMIT's
-    key-covariance term estimated from samples, solved in the same n × n form. ``warn=False``:
+    key-covariance term estimated from samples, solved in the same n × n form. ``cov_weight``: w of
+    the key statistics C (:mod:`mllm_lens.editing.key_stats`, over ``stats_probes``, default the
+    demo world's questions); ``"auto"`` uses :data:`DEFAULT_COV_WEIGHT` for batches and the
+    paper's plain update for a single edit, ``None`` never uses C. ``warn=False``:
     a weak MultEdit's note goes only to ``edit.info["notes"]``, not to :class:`EditIneffectiveWarning`.
     """
     if method not in METHODS:
@@ -205,16 +233,24 @@ def edit_many(
         raise EditError("multi-layer MultEdit spreads the residual over MLP outputs only; use site='mlp'")
     items = encode_requests(model, reqs)
     modules = [projection(model, layer, site) for layer in layer_list]
-    params = [module.weight for module in modules]
+    params = [cast(torch.nn.Parameter, module.weight) for module in modules]
     with guarded(params) as originals:
         if method == "multedit":
             if baseline_options:
                 raise EditError(f"unknown MultEdit options {sorted(baseline_options)}")
-            hyper = dict(lam=lam, steps=steps or DEFAULT_STEPS, lr=lr or DEFAULT_LR, clamp=clamp, stop_prob=stop_prob)
-            hyper.update(preserve=preserve, preserve_weight=preserve_weight)
+            hyper: dict[str, Any] = dict(
+                lam=lam, steps=steps or DEFAULT_STEPS, lr=lr or DEFAULT_LR, clamp=clamp, stop_prob=stop_prob
+            )
+            if cov_weight == "auto":
+                cov_weight = DEFAULT_COV_WEIGHT if len(reqs) > 1 else None
+            if cov_weight is not None and (isinstance(cov_weight, str) or cov_weight <= 0):
+                raise EditError(f"cov_weight must be a positive number, 'auto' or None, got {cov_weight!r}")
+            hyper.update(preserve=preserve, preserve_weight=preserve_weight, cov_weight=cov_weight)
+            hyper["stats_probes"] = stats_probes
             hyper["weight_decay"] = 1e-3 if weight_decay is None else weight_decay
             info = _multedit(model, items, layer_list, site, params, **hyper, warn=warn)
-            hyper["preserve"] = len(preserve or ())  # the record keeps the count, not the probes
+            hyper["preserve"] = len(preserve or ())  # the record keeps the counts, not the probes
+            hyper["stats_probes"] = None if stats_probes is None else len(stats_probes)
         else:
             from mllm_lens.editing.baselines import finetune
 
@@ -261,7 +297,7 @@ def causal_layer(
     a one-position causal trace, with the visual constraint noised (``key_token="constraint"``)
     or the image's visual tokens noised (``key_token="last"``) unless ``corrupt`` is given."""
     from mllm_lens.tracing.corruption import image_noise, noise
-    from mllm_lens.tracing.trace import trace
+    from mllm_lens.tracing.session import TraceSession
 
     encoded = probe.encode(model)
     position = key_position(encoded, constraint)
@@ -271,7 +307,8 @@ def causal_layer(
         corrupt = image_noise()
     elif corrupt is None:
         corrupt = noise(constraint or next(c.text for c in probe.constraints if c.kind == "visual"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # an ineffective corruption still yields a (flat) answer
-        result = trace(model, encoded, corrupt, site=site, positions=[position], progress=False)
+    # warn=False: an ineffective corruption still yields a (flat) answer, and this runs on the
+    # Explorer's worker thread, where swapping the process-wide warning filters is not safe
+    session = TraceSession(model, encoded, corrupt, sites=(site,), warn=False)
+    result = session.trace(site, positions=[position], progress=False)
     return int(result.scores[:, position].argmax())

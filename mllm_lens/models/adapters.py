@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
 
 from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
 from mllm_lens.models.layouts import PatchLayout, llava_next_layout, square_grid_layout
@@ -43,7 +45,7 @@ class WrapperSpec:
 
     language_model: str
     lm_head: str
-    patch_layout: Callable[[nn.Module, dict, int], PatchLayout]
+    patch_layout: Callable[[PreTrainedModel, dict, int], PatchLayout]
     paper_template: bool = False
 
 
@@ -105,7 +107,7 @@ def _introspect_backbone(layer: nn.Module, hidden: int) -> tuple[BackboneSpec | 
         missing.append(f"attention output projection (a Linear to width {hidden} inside '{attention}')")
     if mlp and mlp_out is None:
         missing.append(f"MLP output projection (a Linear to width {hidden} inside '{mlp}')")
-    if missing:
+    if missing or attention is None or mlp is None or attn_out is None or mlp_out is None:
         return None, missing
     return BackboneSpec(attention=attention, mlp=mlp, mlp_out=mlp_out, attn_out=attn_out), []
 
@@ -119,16 +121,21 @@ class Adapter:
     language_model: nn.Module
     layers: nn.ModuleList
     lm_head: nn.Module
-    embed_tokens: nn.Module
+    embed_tokens: nn.Embedding
     spec: BackboneSpec
     image_token_id: int
-    patch_layout_fn: Callable[[nn.Module, dict, int], PatchLayout]
+    patch_layout_fn: Callable[[PreTrainedModel, dict, int], PatchLayout]
     hidden_size: int
     paper_template: bool
 
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    @property
+    def decoder_config(self) -> PretrainedConfig:
+        """The decoder stack's config (the wrapper's ``text_config``)."""
+        return cast(PretrainedConfig, self.language_model.config)
 
     def attention(self, layer: int) -> nn.Module:
         return getattr(self.layers[layer], self.spec.attention)
@@ -177,11 +184,11 @@ class Adapter:
             return self.attention(layer)
         raise ValueError(f"unknown site {site!r}; expected one of {SITES}")
 
-    def patch_layout(self, model: nn.Module, model_inputs: dict, n_image_tokens: int) -> PatchLayout:
+    def patch_layout(self, model: PreTrainedModel, model_inputs: dict, n_image_tokens: int) -> PatchLayout:
         return self.patch_layout_fn(model, model_inputs, n_image_tokens)
 
 
-def resolve_adapter(model: nn.Module) -> Adapter:
+def resolve_adapter(model: PreTrainedModel) -> Adapter:
     """Map a loaded transformers model onto an :class:`Adapter`, or say what is missing."""
     config = model.config
     architecture = getattr(config, "model_type", "?")
@@ -209,7 +216,7 @@ def resolve_adapter(model: nn.Module) -> Adapter:
     layers = getattr(language_model, "layers", None) if language_model is not None else None
     if language_model is not None and not isinstance(layers, nn.ModuleList):
         missing.append(f"decoder layers (a ModuleList 'layers' under '{wrapper.language_model}')")
-    if missing:
+    if missing or language_model is None or lm_head is None or not isinstance(layers, nn.ModuleList):
         raise UnsupportedModelError(f"{type(model).__name__}: cannot find " + "; ".join(missing))
     hidden = text_config.hidden_size
     backbone = text_config.model_type
@@ -226,7 +233,7 @@ def resolve_adapter(model: nn.Module) -> Adapter:
     if not isinstance(getattr(getattr(layers[0], spec.mlp), spec.mlp_out, None), nn.Linear):
         raise UnsupportedModelError(f"{backbone!r} MLP has no output projection '{spec.mlp_out}'")
     embed = _get(language_model, spec.embed)
-    if embed is None:
+    if not isinstance(embed, nn.Embedding):
         raise UnsupportedModelError(f"{backbone!r} decoder has no token embeddings '{spec.embed}'")
     image_token_id = getattr(config, "image_token_id", None)
     if image_token_id is None:

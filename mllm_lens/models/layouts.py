@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from torch import nn
+from transformers import PreTrainedModel
 
 from mllm_lens.errors import UnsupportedModelError
 
@@ -37,12 +38,12 @@ class PatchLayout:
         return self.grid_index.index(row * self.cols + col)
 
 
-def _vision_grid(model: nn.Module) -> int:
+def _vision_grid(model: PreTrainedModel) -> int:
     vision = model.config.vision_config
     return int(vision.image_size) // int(vision.patch_size)
 
 
-def square_grid_layout(model: nn.Module, model_inputs: dict, n_tokens: int) -> PatchLayout:
+def square_grid_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
     """LLaVA-1.5: a square grid, row-major; a leading CLS token when the strategy keeps it."""
     side = _vision_grid(model)
     if n_tokens == side * side + 1:
@@ -62,7 +63,7 @@ def square_grid_layout(model: nn.Module, model_inputs: dict, n_tokens: int) -> P
     return PatchLayout(labels=labels, rows=side, cols=side, grid_index=grid_index)
 
 
-def llava_next_layout(model: nn.Module, model_inputs: dict, n_tokens: int) -> PatchLayout:
+def llava_next_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
     """LLaVA-NeXT: base grid, then unpadded high-res tiles with a newline token per row.
 
     The layout is computed by running the model's own ``pack_image_features`` on features that
@@ -72,7 +73,7 @@ def llava_next_layout(model: nn.Module, model_inputs: dict, n_tokens: int) -> Pa
     if image_sizes is None:
         raise UnsupportedModelError("LLaVA-NeXT layout needs the processor's 'image_sizes' input")
     side = _vision_grid(model)
-    inner = model.model
+    inner: Any = model.model  # the wrapper's LlavaNextModel (pack_image_features)
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
     tiles_h, tiles_w = get_anyres_image_grid_shape(

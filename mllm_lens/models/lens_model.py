@@ -4,10 +4,10 @@ tracer needs (decoder inputs, decoder logits on a cached prefix, target probabil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import nn
-from transformers import DynamicCache
+from transformers import DynamicCache, PreTrainedModel
 
 from mllm_lens.models.adapters import Adapter, model_dtype, resolve_adapter
 
@@ -21,19 +21,19 @@ class LensModel:
     """What mllm_lens works on: ``hf_model`` (a transformers image-text-to-text model),
     ``processor`` and the resolved :class:`~mllm_lens.models.adapters.Adapter`."""
 
-    hf_model: nn.Module
-    processor: object
+    hf_model: PreTrainedModel
+    processor: Any  # a transformers ProcessorMixin: tokenizer + image processor
     adapter: Adapter
     name: str = ""
 
     @classmethod
-    def wrap(cls, hf_model: nn.Module, processor: object, name: str = "") -> LensModel:
+    def wrap(cls, hf_model: PreTrainedModel, processor: Any, name: str = "") -> LensModel:
         """Wrap an in-memory model (the adapter raises if it cannot map it)."""
         hf_model.eval()
         return cls(hf_model=hf_model, processor=processor, adapter=resolve_adapter(hf_model), name=name)
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> Any:
         return self.processor.tokenizer
 
     @property
@@ -76,6 +76,6 @@ class LensModel:
 
     def prefix_cache(self, embeds: torch.Tensor) -> DynamicCache:
         """The KV cache of ``embeds`` ``[1, p0, d]``, shared by every restoration run."""
-        cache = DynamicCache(config=self.adapter.language_model.config)
+        cache = DynamicCache(config=self.adapter.decoder_config)
         self.adapter.language_model(inputs_embeds=embeds, cache=cache, use_cache=True)
         return cache

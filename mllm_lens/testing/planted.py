@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mllm_lens.errors import OptionError
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import Probe
 from mllm_lens.testing.tiny import tiny_llava
 
 TEMPLATE = "<image>\n{question}"
+NUM_LAYERS = 5  # decoder layers of the default planted model
 
 
 @dataclass
@@ -47,12 +49,16 @@ def planted_fact_model(
     *,
     n_facts: int = 12,
     n_answers: int = 6,
-    num_layers: int = 5,
+    num_layers: int = NUM_LAYERS,
     steps: int = 300,
     seed: int = 0,
     frozen_scale: float = 0.1,
 ) -> PlantedFacts:
     """Train only ``layer``'s MLP of a tiny LLaVA to store ``n_facts`` entity -> answer facts."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < num_layers:
+        raise OptionError(
+            f"the planted layer must be an int in 0..{num_layers - 1} ({num_layers} layers), got {layer!r}"
+        )
     entities = [f"e{i}" for i in range(n_facts)]
     answers = [f"a{i}" for i in range(n_answers)]
     rng = np.random.default_rng(seed)

@@ -77,7 +77,7 @@ def planted_patch_model(
     vision = hf_model.config.vision_config
     grid, patch = vision.image_size // vision.patch_size, vision.patch_size
     planted = PlantedPatch(lens, key, grid, patch, float("nan"), float("nan"))
-    frozen = set()
+    frozen: set[int] = set()
     for name, module in hf_model.named_modules():
         if "vision" in name and name.endswith("self_attn.out_proj"):
             with torch.no_grad():

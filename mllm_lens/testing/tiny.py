@@ -9,6 +9,7 @@ tests load them back through :func:`mllm_lens.load`, the same path as a real che
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from transformers import (
@@ -21,6 +22,7 @@ from transformers import (
     LlavaNextProcessor,
     LlavaProcessor,
     PhiConfig,
+    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -55,8 +57,8 @@ def _vision_config(image_size: int, patch_size: int) -> CLIPVisionConfig:
     )
 
 
-def _llama_text_config(vocab_size: int, **overrides) -> LlamaConfig:
-    kwargs = dict(
+def _llama_text_config(vocab_size: int, **overrides: Any) -> LlamaConfig:
+    kwargs: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
@@ -80,7 +82,7 @@ def _clip_processor(image_size: int) -> CLIPImageProcessorPil:
     )
 
 
-def _save(model: torch.nn.Module, processor, path: str | Path | None):
+def _save(model: PreTrainedModel, processor: Any, path: str | Path | None):
     model.eval()
     if path is not None:
         model.save_pretrained(path)
@@ -90,7 +92,7 @@ def _save(model: torch.nn.Module, processor, path: str | Path | None):
 
 def random_llava(text_config, vision_config: CLIPVisionConfig, tokenizer: PreTrainedTokenizerFast):
     """A random ``LlavaForConditionalGeneration`` (CLS dropped) and its ``LlavaProcessor``."""
-    config = LlavaConfig(
+    config = LlavaConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -99,7 +101,7 @@ def random_llava(text_config, vision_config: CLIPVisionConfig, tokenizer: PreTra
     )
     model = LlavaForConditionalGeneration(config)
     processor = LlavaProcessor(
-        image_processor=_clip_processor(vision_config.image_size),
+        image_processor=_clip_processor(cast(int, vision_config.image_size)),
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
         vision_feature_select_strategy="default",
@@ -129,7 +131,7 @@ def tiny_llava_phi(path: str | Path | None = None, *, seed: int = 0, image_size:
     """A random LLaVA with a Phi-2-style backbone (parallel attention + MLP, fc1/fc2, dense)."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
-    text = PhiConfig(
+    text = PhiConfig(  # type: ignore[call-arg]  # partial_rotary_factor: taken by the config's **kwargs
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
@@ -151,7 +153,7 @@ def tiny_llava_next(path: str | Path | None = None, *, seed: int = 0, image_size
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
-    config = LlavaNextConfig(
+    config = LlavaNextConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
         vision_config=_vision_config(image_size, patch_size),
         text_config=_llama_text_config(len(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
 @contextmanager
 def eager_attention(module: nn.Module) -> Iterator[None]:
     """Temporarily switch the module's config to eager attention (which returns its weights)."""
-    config = module.config
+    config: Any = module.config
     old = config._attn_implementation
     config._attn_implementation = "eager"
     try:
@@ -200,7 +201,7 @@ def attention_contributions(
         target=t,
         labels=list(encoded.labels),
         visual=visual_grid(encoded, total_arr),
-        image_span=tuple(encoded.image_span),
+        image_span=encoded.image_span,
         patch_grid=(layout.rows, layout.cols),
         layers=chosen,
         settings={"target": target if isinstance(target, str) else int(target), "model": model.name},

@@ -1,11 +1,14 @@
 """Corruptions: how a constraint (or the image) is taken away from the model.
 
-Every corruption maps the clean decoder inputs ``[1, T, d]`` to corrupted ones of the same
-shape, so the clean and corrupted runs share every position before the first changed one.
+Every corruption maps the clean decoder inputs ``[1, T, d]`` to corrupted ones; the clean and
+corrupted runs share every position before the first changed one. Noise keeps the shape; a
+replacement of another token count gives ``[1, T', d]``, and :func:`position_map` says which
+corrupted position each clean position is restored onto.
 
 * :class:`Replace` -- the paper's: the constraint phrase replaced by another phrase
-  (``"this place"`` -> ``"Paris city"``). The token count must stay the same, else positions
-  would shift between the runs; a differing count is refused with the counts named.
+  (``"this place"`` -> ``"Paris city"``, ``"this country"`` -> ``"Germany"``). The replacement
+  may have another token count; the corrupted run then has its own length (see
+  :meth:`Replace.position_map` for how its positions line up with the clean run's).
 * :class:`ConstraintNoise` -- ROME's: Gaussian noise of scale ``nu * sigma`` added to the
   constraint's token embeddings, ``sigma`` = std of the model's token-embedding matrix,
   ``nu = 3`` by default.
@@ -17,6 +20,8 @@ Noise is drawn once from a seeded generator, so a trace is reproducible.
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -24,10 +29,20 @@ from typing import TYPE_CHECKING
 import torch
 
 from mllm_lens.errors import CorruptionError
-from mllm_lens.probe import EncodedProbe, Probe, encode_probe, find_phrase
+from mllm_lens.probe import EncodedProbe, Probe, encode_probe, locate_constraint
 
 if TYPE_CHECKING:
     from mllm_lens.models.lens_model import LensModel
+
+
+def _check_noise(kind: str, scale: float, seed: int) -> None:
+    """Refuse a noise scale that is not a finite number > 0, or a seed that is not an int."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+        raise CorruptionError(
+            f"{kind} scale must be a finite number > 0 (times the embeddings' std; 3 is ROME's), got {scale!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise CorruptionError(f"{kind} seed must be an int, got {seed!r}")
 
 
 def _gaussian(n: int, d: int, seed: int, like: torch.Tensor) -> torch.Tensor:
@@ -42,6 +57,9 @@ class ConstraintNoise:
     constraint: str | None = None
     scale: float = 3.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_noise("noise()", self.scale, self.seed)
 
     def positions(self, encoded: EncodedProbe) -> list[int]:
         text = encoded.probe.constraint(self.constraint).text
@@ -75,6 +93,9 @@ class ImageNoise:
     scale: float = 3.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        _check_noise("image_noise()", self.scale, self.seed)
+
     def positions(self, encoded: EncodedProbe) -> list[int]:
         start, end = encoded.image_span
         if self.patches is None:
@@ -107,53 +128,81 @@ class ImageNoise:
 
 @dataclass(frozen=True)
 class Replace:
-    """Replace a constraint phrase by another phrase of the same token count (the paper's)."""
+    """Replace a constraint phrase by another phrase (the paper's corruption).
+
+    The replacement may have another token count than the phrase. Positions before the phrase
+    are shared by both runs; positions after it are aligned by the length difference; inside
+    the phrase, tokens are aligned from the phrase's end (the last clean token is restored
+    onto the last replacement token, the one before onto the one before, ...). A clean phrase
+    token with no counterpart (the replacement is shorter) has no restoration cell: its
+    heatmap cells are NaN. Replacement tokens with no clean counterpart are never written.
+    """
 
     constraint: str | None = None
     by: str = ""
 
     def corrupted_ids(self, model: LensModel, encoded: EncodedProbe) -> torch.Tensor:
+        """Token ids ``[T']`` of the prompt with the phrase replaced."""
         probe = encoded.probe
         original = probe.constraint(self.constraint)
         if not self.by.strip():
             raise CorruptionError("Replace needs a non-empty replacement phrase (by=...)")
         if self.by.strip() == original.text.strip():
             raise CorruptionError(f"the replacement {self.by!r} is identical to the constraint {original.text!r}")
-        at = find_phrase(original.text, probe.question)
+        at = locate_constraint(original, probe.question)  # the occurrence encode_probe located
         new_question = probe.question[:at] + self.by + probe.question[at + len(original.text) :]
         replaced = encode_probe(Probe(probe.image, new_question, [], template=probe.template), model)
         old_ids, new_ids = encoded.input_ids, replaced.input_ids
         start, end = encoded.spans[original.text]
-        if new_ids.shape[0] != old_ids.shape[0]:
-            n_new = new_ids.shape[0] - old_ids.shape[0] + (end - start)
-            raise CorruptionError(
-                f"replacing {original.text!r} ({end - start} tokens) by {self.by!r} ({n_new} tokens) changes the "
-                f"prompt length ({old_ids.shape[0]} -> {new_ids.shape[0]} tokens), which would shift positions "
-                "between the clean and corrupted runs. Use a replacement with the same token count, or noise()."
-            )
-        changed = (new_ids != old_ids).nonzero().flatten().tolist()
-        if not changed:
-            raise CorruptionError(f"replacing {original.text!r} by {self.by!r} leaves the prompt's tokens unchanged")
-        if changed[0] < start or changed[-1] >= end:
+        shift = new_ids.shape[0] - old_ids.shape[0]
+        n_new = end - start + shift
+        outside_same = (
+            n_new > 0
+            and torch.equal(new_ids[:start], old_ids[:start])
+            and torch.equal(new_ids[end + shift :], old_ids[end:])
+        )
+        if not outside_same:
             raise CorruptionError(
                 f"replacing {original.text!r} by {self.by!r} changes tokens outside the constraint span "
-                f"{start}..{end - 1} (positions {changed}) in prompt {encoded.prompt!r}"
+                f"{start}..{end - 1} of prompt {encoded.prompt!r} (the tokenizer merges the replacement with "
+                "its neighbours); choose a replacement that tokenizes on its own"
             )
+        if torch.equal(new_ids, old_ids):
+            raise CorruptionError(f"replacing {original.text!r} by {self.by!r} leaves the prompt's tokens unchanged")
         return new_ids
 
+    def position_map(self, model: LensModel, encoded: EncodedProbe) -> list[int | None]:
+        """For each clean position, the corrupted position it is restored onto (None: none)."""
+        start, end = encoded.spans[encoded.probe.constraint(self.constraint).text]
+        shift = self.corrupted_ids(model, encoded).shape[0] - encoded.length
+        n_new = end - start + shift
+        mapped: list[int | None] = list(range(start))
+        mapped += [start + n_new - (end - t) if end - t <= n_new else None for t in range(start, end)]
+        mapped += [t + shift for t in range(end, encoded.length)]
+        return mapped
+
     def apply(self, model: LensModel, encoded: EncodedProbe, clean: torch.Tensor) -> torch.Tensor:
+        """Clean decoder inputs with the phrase's embeddings swapped for the replacement's."""
         new_ids = self.corrupted_ids(model, encoded)
-        changed = (new_ids != encoded.input_ids).nonzero().flatten()
-        out = clean.clone()
+        start, end = encoded.spans[encoded.probe.constraint(self.constraint).text]
+        stop = end + new_ids.shape[0] - encoded.length
         with torch.no_grad():
-            out[0, changed] = model.adapter.embed_tokens(new_ids[changed].to(clean.device)).to(clean.dtype)
-        return out
+            phrase = model.adapter.embed_tokens(new_ids[start:stop].to(clean.device)).to(clean.dtype)
+        return torch.cat([clean[:, :start], phrase[None], clean[:, end:]], dim=1)
 
     def describe(self, encoded: EncodedProbe) -> dict:
         return {"kind": "replace", "constraint": encoded.probe.constraint(self.constraint).text, "by": self.by}
 
 
 Corruption = ConstraintNoise | ImageNoise | Replace
+
+
+def position_map(corruption: Corruption, model: LensModel, encoded: EncodedProbe) -> list[int | None] | None:
+    """Clean -> corrupted positions when a replacement changes the prompt's length, else None."""
+    if not isinstance(corruption, Replace):
+        return None
+    mapped = corruption.position_map(model, encoded)
+    return None if mapped == list(range(encoded.length)) else mapped
 
 
 def noise(constraint: str | None = None, scale: float = 3.0, seed: int = 0) -> ConstraintNoise:
@@ -169,7 +218,7 @@ def image_noise(
 
 
 def replace(constraint: str | None = None, by: str = "") -> Replace:
-    """Replace a constraint phrase by another phrase of the same token count."""
+    """Replace a constraint phrase by another phrase (any token count; see :class:`Replace`)."""
     return Replace(constraint, by)
 
 

@@ -9,6 +9,9 @@ from the clean ones, is identical in both runs. So
 2. many cells share one forward: batch row ``i`` carries cell ``i``'s restore mask, applied
    by forward hooks that write clean activations with one ``index_put`` per (site, layer);
 3. the batch size comes from a memory budget, so a 7B model does not run out of memory.
+
+A replacement of another token count gives a corrupted run of another length; then
+``position_map`` says onto which corrupted position each clean position is restored.
 """
 
 from __future__ import annotations
@@ -86,23 +89,36 @@ class RestorationExecutor:
         batch_size: int | None = None,
         memory_budget: int | None = None,
         max_batch: int = 64,
+        position_map: Sequence[int | None] | None = None,
     ) -> None:
         self.model = model
-        changed = (clean != corrupted).any(dim=-1)[0].nonzero().flatten()
-        if changed.numel() == 0:
-            raise ValueError("the corrupted inputs equal the clean inputs")
-        self.p0 = int(changed[0])
         self.length = clean.shape[1]
+        shared = min(self.length, corrupted.shape[1])
+        changed = (clean[:, :shared] != corrupted[:, :shared]).any(dim=-1)[0].nonzero().flatten()
+        if changed.numel() == 0 and corrupted.shape[1] == self.length:
+            raise ValueError("the corrupted inputs equal the clean inputs")
+        self.p0 = int(changed[0]) if changed.numel() else shared
+        if position_map is None and corrupted.shape[1] != self.length:
+            raise ValueError("clean and corrupted inputs differ in length: pass position_map")
+        self.position_map = list(range(self.length)) if position_map is None else list(position_map)
+        if len(self.position_map) != self.length:
+            raise ValueError(f"position_map has {len(self.position_map)} entries for {self.length} clean positions")
         self.sites = tuple(sites)
-        self._config = model.adapter.language_model.config
-        self.batch_size = batch_size or self._batch_size_from_budget(memory_budget, max_batch)
+        self._config = model.adapter.decoder_config
+        longest = max(self.length, corrupted.shape[1])
+        self.batch_size = batch_size or self._batch_size_from_budget(memory_budget, max_batch, longest)
         with torch.no_grad():
             prefix = model.prefix_cache(clean[:, : self.p0]) if self.p0 > 0 else None
-            self.shared = None if prefix is None else SharedPrefixCache(prefix, self.batch_size, self.length - self.p0)
+            self.shared = None if prefix is None else SharedPrefixCache(prefix, self.batch_size, longest - self.p0)
             self.clean_suffix = clean[:, self.p0 :]
             self.corrupted_suffix = corrupted[:, self.p0 :]
             self.clean_logits, self.activations = self._record_clean()
             self.corrupted_logits = self._suffix_logits(self.corrupted_suffix)
+
+    def restorable(self, position: int) -> bool:
+        """Whether restoring clean ``position`` changes the corrupted run: it lies after the
+        shared prefix and has a counterpart in the corrupted run."""
+        return position >= self.p0 and self.position_map[position] is not None
 
     def _cache(self, batch: int):
         return None if self.shared is None else self.shared.for_batch(batch)
@@ -129,34 +145,40 @@ class RestorationExecutor:
             logits = self._suffix_logits(self.clean_suffix)
         return logits, store
 
-    def _batch_size_from_budget(self, budget: int | None, max_batch: int) -> int:
+    def _batch_size_from_budget(self, budget: int | None, max_batch: int, length: int) -> int:
         adapter = self.model.adapter
         cfg = self._config
         item = torch.finfo(self.model.dtype).bits // 8
-        suffix = self.length - self.p0
+        suffix = length - self.p0
         heads = cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or adapter.hidden_size // heads
         kv_dim = getattr(cfg, "num_key_value_heads", None) or heads
-        cache = 2 * adapter.num_layers * self.length * kv_dim * head_dim * item
+        cache = 2 * adapter.num_layers * length * kv_dim * head_dim * item
         ffn = getattr(cfg, "intermediate_size", 4 * adapter.hidden_size)
-        acts = suffix * (8 * adapter.hidden_size + 3 * ffn) * item + heads * suffix * self.length * 4
+        acts = suffix * (8 * adapter.hidden_size + 3 * ffn) * item + heads * suffix * length * 4
         per_row = cache + acts
         budget = budget or default_memory_budget(self.model.device)
         return int(max(1, min(max_batch, budget // max(per_row, 1))))
 
     def _plan(self, cells: Sequence[Cell]) -> dict[tuple[str, int], PlanEntry]:
-        rows: dict[tuple[str, int], list[tuple[int, int]]] = {}
+        rows: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
         for row, cell in enumerate(cells):
             if min(cell.positions) < self.p0:
                 raise ValueError(f"cell position {min(cell.positions)} lies in the unchanged prefix (< {self.p0})")
+            unmapped = [pos for pos in cell.positions if self.position_map[pos] is None]
+            if unmapped:
+                raise ValueError(f"clean positions {unmapped} have no counterpart in the corrupted run")
             for layer in cell.layers:
-                rows.setdefault((cell.site, layer), []).extend((row, pos - self.p0) for pos in cell.positions)
+                rows.setdefault((cell.site, layer), []).extend(
+                    (row, self.position_map[pos] - self.p0, pos - self.p0)  # type: ignore[operator]
+                    for pos in cell.positions
+                )
         device = self.model.device
         plan = {}
-        for key, pairs in rows.items():
-            index = torch.tensor(pairs, dtype=torch.long, device=device)
-            r, p = index[:, 0], index[:, 1]
-            plan[key] = (r, p, self.activations[key][p])
+        for key, triples in rows.items():
+            index = torch.tensor(triples, dtype=torch.long, device=device)
+            r, written, read = index[:, 0], index[:, 1], index[:, 2]
+            plan[key] = (r, written, self.activations[key][read])
         return plan
 
     def run(

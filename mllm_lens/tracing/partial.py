@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import ExitStack
+from typing import cast
 
 import torch
 from transformers import DynamicCache
@@ -40,6 +41,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing.executor import PlanEntry, _site_tensor, _with_site_tensor
+from mllm_lens.tracing.prefix_cache import cache_of, layer_kv
 
 
 class _KeysWritten(Exception):
@@ -51,6 +53,9 @@ class _BufferLayer(DynamicLayer):
 
     With ``keys_only`` set, :meth:`update` stores the keys/values and raises :class:`_KeysWritten`,
     which ends the layer call before its attention, output projection and MLP."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
 
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, rows: int, start: int) -> None:
         super().__init__()
@@ -98,11 +103,11 @@ class PartialDecoder:
                 for site in sites:
                     hook = self._keep_site((site, layer))
                     stack.callback(adapter.site_module(site, layer).register_forward_hook(hook).remove)
-            cache = DynamicCache(config=adapter.language_model.config)
+            cache = DynamicCache(config=adapter.decoder_config)
             self.logits = model.decoder_logits(embeds, cache)[0]
             positions = torch.arange(self.length, device=embeds.device)[None]
             self.position_embeddings = adapter.rotary_emb()(embeds, position_ids=positions)
-        self.base_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self.base_kv = [layer_kv(layer) for layer in cache.layers]
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._keys_only: bool | None = None  # see _keys_only_calls_work
         self._dirty_from = [self.length] * max_batch  # per buffer row: first position a run overwrote
@@ -144,7 +149,7 @@ class PartialDecoder:
                     values[row:end, :, dirty:start] = v0[:, :, dirty:start]
             row = end
         self._dirty_from[:rows] = [start] * rows
-        return Cache(layers=[_BufferLayer(k, v, rows, start) for k, v in self._buffers])
+        return cache_of([_BufferLayer(k, v, rows, start) for k, v in self._buffers])
 
     def head(self, hidden_last: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, vocab]`` (float32) of last-position hidden states ``[B, d]``."""
@@ -175,9 +180,10 @@ class PartialDecoder:
                 if key[1] < start_layer:
                     raise ValueError(f"plan entry {key} lies below the start layer {start_layer}")
                 if split_last and key[1] == last:
-                    entry = _at_last_position(entry, span)
-                    if entry is None:
+                    at_last = _at_last_position(entry, span)
+                    if at_last is None:
                         continue
+                    entry = at_last
                 module = adapter.site_module(*key)
                 stack.callback(module.register_forward_hook(_restorer(entry)).remove)
             if start_layer <= last:
@@ -198,7 +204,7 @@ class PartialDecoder:
                 for layer in range(start_layer, last if split_last else last + 1):
                     hidden = _site_tensor(adapter.layers[layer](hidden, **kwargs))
                 if split_last:
-                    hidden = self._last_layer(hidden, kwargs, cache.layers[last])
+                    hidden = self._last_layer(hidden, kwargs, cast(_BufferLayer, cache.layers[last]))
             return self.head(hidden[:, -1])
 
     def _keys_only_calls_work(self) -> bool:
@@ -219,7 +225,7 @@ class PartialDecoder:
                         self.inputs[last][None, -2:],
                         attention_mask=mask,
                         position_ids=torch.arange(self.length - 2, self.length, device=keys.device)[None],
-                        cache=Cache(layers=layers),
+                        cache=cache_of(layers),
                         use_cache=True,
                         position_embeddings=(cos[:, -2:], sin[:, -2:]),
                     )

@@ -39,6 +39,7 @@ from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import PatchResult
 from mllm_lens.tracing.corruption import ImageNoise
 from mllm_lens.tracing.partial import PartialDecoder
+from mllm_lens.tracing.session import check_batch_size
 from mllm_lens.tracing.windows import window_layers
 
 MODES = ("restore", "corrupt")
@@ -87,7 +88,7 @@ def _check(mode: str, site: str, noise: ImageNoise) -> None:
 
 
 def _batch_size(model: LensModel, length: int, budget: int = 1 << 30, max_batch: int = 32) -> int:
-    cfg = model.adapter.language_model.config
+    cfg = model.adapter.decoder_config
     d, item = model.adapter.hidden_size, torch.finfo(model.dtype).bits // 8
     ffn = getattr(cfg, "intermediate_size", 4 * d)
     per_row = length * (8 * d + 3 * ffn) * item + cfg.num_attention_heads * length * length * 4
@@ -139,6 +140,7 @@ def patch_sweep(
     """
     noise = ImageNoise() if noise is None else noise
     _check(mode, site, noise)
+    check_batch_size(batch_size)
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     cells = patch_blocks(encoded, block, stride)
     rows, cols = _grid_shape(cells)
@@ -160,7 +162,8 @@ def patch_sweep(
     clean_probs = torch.softmax(base_clean.logits, -1)
     target = encoded.target_id if target_id is None else target_id
     target = int(clean_probs.argmax()) if target is None else int(target)
-    # work items: (first position, start layer, result index, builder of (hidden row, plan rows))
+    # work items: (first position, start layer, result index, token positions, restored layers)
+    items: list[tuple[int, int, tuple[int, ...], list[int], tuple[int, ...]]]
     if mode == "restore":
         corrupted = noise.apply(model, encoded, clean)
         base = PartialDecoder(model, corrupted, max_batch=size)
@@ -215,7 +218,7 @@ def patch_sweep(
         block=block,
         stride=block if stride is None else stride,
         patch_grid=(encoded.patch_layout.rows, encoded.patch_layout.cols),
-        image_span=tuple(encoded.image_span),
+        image_span=encoded.image_span,
         settings={
             "window": window,
             "window_mode": window_mode,

@@ -10,12 +10,40 @@ overwritten by the next one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
+
+from mllm_lens.errors import UnsupportedModelError
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import DummyLayer, LinearAttentionCacheLayerMixin
+
+
+def layer_kv(layer: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[B, kv, T, hd]`` of one cache layer, refused if it holds none."""
+    keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+    if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+        raise UnsupportedModelError(
+            f"the decoder's cache layer {type(layer).__name__} holds no key/value tensors; "
+            "prefix caching needs a key/value cache"
+        )
+    return keys, values
+
+
+def cache_of(layers: Sequence[CacheLayerMixin]) -> Cache:
+    """A transformers :class:`Cache` over ``layers``."""
+    stack: list[CacheLayerMixin | LinearAttentionCacheLayerMixin | DummyLayer] = list(layers)
+    return Cache(layers=stack)
 
 
 class _SharedPrefixLayer(DynamicLayer):
+    keys: torch.Tensor
+    values: torch.Tensor
+
     def __init__(self, keys: torch.Tensor, values: torch.Tensor, prefix_length: int) -> None:
         super().__init__()
         self.keys, self.values = keys, values
@@ -42,12 +70,13 @@ class SharedPrefixCache:
         self.prefix_length = prefix.get_seq_length()
         self.buffers = []
         for layer in prefix.layers:
-            shape = list(layer.keys.shape)
+            prefix_keys, prefix_values = layer_kv(layer)
+            shape = list(prefix_keys.shape)
             shape[0], shape[-2] = max_batch, self.prefix_length + suffix_length
-            keys = layer.keys.new_empty(shape)
-            values = layer.values.new_empty(shape[:-1] + [layer.values.shape[-1]])
-            keys[:, :, : self.prefix_length] = layer.keys
-            values[:, :, : self.prefix_length] = layer.values
+            keys = prefix_keys.new_empty(shape)
+            values = prefix_values.new_empty(shape[:-1] + [prefix_values.shape[-1]])
+            keys[:, :, : self.prefix_length] = prefix_keys
+            values[:, :, : self.prefix_length] = prefix_values
             self.buffers.append((keys, values))
         self.max_batch = max_batch
 
@@ -55,4 +84,4 @@ class SharedPrefixCache:
         """A cache object for one forward of ``rows <= max_batch`` rows."""
         if rows > self.max_batch:
             raise ValueError(f"batch of {rows} rows exceeds the cache's {self.max_batch}")
-        return Cache(layers=[_SharedPrefixLayer(k, v, self.prefix_length) for k, v in self.buffers])
+        return cache_of([_SharedPrefixLayer(k, v, self.prefix_length) for k, v in self.buffers])

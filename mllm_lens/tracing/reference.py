@@ -1,9 +1,12 @@
 """The test oracle: causal tracing done the plain way.
 
 One full forward of the whole multimodal model (vision tower included) per cell, batch 1,
-no KV cache, no batching, no skipped positions. Corruptions enter the way a user would
-apply them by hand: a replaced phrase as new ``input_ids``; noise added to the decoder's
-``inputs_embeds``. Slow on purpose and short enough to check by eye; every fast path in
+no KV cache, no batching, no skipped positions. The oracle shares no code with what it checks
+beyond the model and the probe's encoding: it applies every corruption by its own code from
+the documented rules (a replaced phrase as new ``input_ids``; noise of ``scale`` x sigma drawn
+from ``torch.randn`` with a generator seeded by ``seed``, added to the decoder's
+``inputs_embeds``), and it computes windows and the alignment of a replacement of another
+length itself. Slow on purpose and short enough to check by eye; every fast path in
 :mod:`mllm_lens.tracing` must match it (float32, max abs difference <= 1e-5).
 """
 
@@ -13,13 +16,62 @@ import numpy as np
 import torch
 
 from mllm_lens.models.lens_model import LensModel
-from mllm_lens.probe import EncodedProbe
-from mllm_lens.tracing.corruption import Corruption, ImageNoise, Replace
-from mllm_lens.tracing.windows import window_layers
+from mllm_lens.probe import EncodedProbe, Probe
+from mllm_lens.tracing.corruption import ConstraintNoise, Corruption, ImageNoise, Replace
 
 
 def _site_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
+
+
+def oracle_window(layer: int, window: int, mode: str, num_layers: int) -> list[int]:
+    """The layers one cell restores, written out from the two conventions' definitions."""
+    if mode == "paper":
+        wanted = [layer] if window == 1 else list(range(layer - window, layer + window + 1))
+    else:  # rome: w consecutive layers, the centre at index w // 2
+        wanted = [layer - window // 2 + i for i in range(window)]
+    return [i for i in wanted if 0 <= i < num_layers]
+
+
+def _replaced(model: LensModel, encoded: EncodedProbe, corruption: Replace) -> tuple[torch.Tensor, list[int | None]]:
+    """Corrupted ``input_ids`` and, for each clean position, the corrupted one it maps to."""
+    phrase = encoded.probe.constraint(corruption.constraint).text
+    question = encoded.probe.question
+    at = question.find(phrase)
+    if at < 0:
+        at = question.lower().find(phrase.lower())
+    new_question = question[:at] + corruption.by + question[at + len(phrase) :]
+    new = Probe(encoded.probe.image, new_question, [], template=encoded.probe.template).encode(model)
+    start, end = encoded.spans[phrase]
+    shift = new.length - encoded.length
+    mapping: list[int | None] = []
+    for t in range(encoded.length):
+        if t < start:
+            mapping.append(t)
+        elif t >= end:
+            mapping.append(t + shift)
+        else:  # inside the phrase: aligned from its last token; no counterpart past the replacement's start
+            target = t + shift
+            mapping.append(target if target >= start else None)
+    return new.input_ids, mapping
+
+
+def _noise_positions_and_sigma(model: LensModel, encoded: EncodedProbe, corruption, embeds: torch.Tensor):
+    if isinstance(corruption, ConstraintNoise):
+        start, end = encoded.spans[encoded.probe.constraint(corruption.constraint).text]
+        sigma = model.adapter.embed_tokens.weight.detach().float().std().item()
+        return list(range(start, end)), sigma
+    start, end = encoded.image_span
+    if corruption.patches is None:
+        positions = list(range(start, end))
+    else:
+        positions = sorted(
+            {
+                start + (encoded.patch_layout.token_of_patch(*p) if isinstance(p, tuple) else int(p))
+                for p in corruption.patches
+            }
+        )
+    return positions, embeds[0, start:end].float().std().item()
 
 
 def _full_forward(model: LensModel, encoded: EncodedProbe, corruption: Corruption | None, hooks) -> torch.Tensor:
@@ -27,11 +79,19 @@ def _full_forward(model: LensModel, encoded: EncodedProbe, corruption: Corruptio
     inputs = dict(encoded.model_inputs)
     handles = [module.register_forward_hook(fn) for module, fn in hooks]
     if isinstance(corruption, Replace):
-        inputs["input_ids"] = corruption.corrupted_ids(model, encoded).unsqueeze(0).to(model.device)
+        ids, _ = _replaced(model, encoded, corruption)
+        inputs["input_ids"] = ids.unsqueeze(0).to(model.device)
+        if "attention_mask" in inputs:
+            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     elif corruption is not None:
 
         def add_noise(_module, args, kwargs):
-            kwargs["inputs_embeds"] = corruption.apply(model, encoded, kwargs["inputs_embeds"])
+            embeds = kwargs["inputs_embeds"].clone()
+            positions, sigma = _noise_positions_and_sigma(model, encoded, corruption, embeds)
+            gen = torch.Generator().manual_seed(corruption.seed)
+            draw = torch.randn(len(positions), embeds.shape[-1], generator=gen)
+            embeds[0, positions] += (corruption.scale * sigma * draw).to(embeds.device, embeds.dtype)
+            kwargs["inputs_embeds"] = embeds
             return args, kwargs
 
         handles.append(model.adapter.language_model.register_forward_pre_hook(add_noise, with_kwargs=True))
@@ -53,7 +113,9 @@ def reference_trace(
     window_mode: str = "paper",
     target_id: int | None = None,
 ) -> tuple[np.ndarray, float, float, int]:
-    """``(scores [layers, positions], clean_prob, corrupted_prob, target_id)``, cell by cell."""
+    """``(scores [layers, positions], clean_prob, corrupted_prob, target_id)``, cell by cell.
+
+    A clean position with no counterpart in a replaced run scores NaN."""
     adapter = model.adapter
     n_layers = adapter.num_layers
     clean_outputs: dict[int, torch.Tensor] = {}
@@ -67,16 +129,22 @@ def reference_trace(
     clean = _full_forward(model, encoded, None, [(adapter.site_module(site, i), record(i)) for i in range(n_layers)])
     target = int(clean.argmax()) if target_id is None else target_id
     corrupted = _full_forward(model, encoded, corruption, [])
+    mapping = (
+        _replaced(model, encoded, corruption)[1] if isinstance(corruption, Replace) else list(range(encoded.length))
+    )
 
-    scores = np.zeros((n_layers, encoded.length))
+    scores = np.full((n_layers, encoded.length), np.nan)
     for layer in range(n_layers):
         for pos in range(encoded.length):
+            into = mapping[pos]
+            if into is None:
+                continue
             hooks = []
-            for restored in window_layers(layer, window, window_mode, n_layers):
+            for restored in oracle_window(layer, window, window_mode, n_layers):
 
-                def restore(_module, _args, output, restored=restored, pos=pos):
+                def restore(_module, _args, output, restored=restored, pos=pos, into=into):
                     tensor = _site_output(output).clone()
-                    tensor[0, pos] = clean_outputs[restored][0, pos]
+                    tensor[0, into] = clean_outputs[restored][0, pos]
                     return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
 
                 hooks.append((adapter.site_module(site, restored), restore))
@@ -158,8 +226,8 @@ def reference_patch_sweep(
     corrupted = _full_forward(model, encoded, noise, [])
     scores = np.zeros((n_layers, rows, cols))
     for layer in range(n_layers):
-        layers = window_layers(layer, window, window_mode, n_layers)
+        layers = tuple(oracle_window(layer, window, window_mode, n_layers))
         for cell, idx in cells:
             probs = reference_patch_cell(model, encoded, noise, clean_outputs, site, layers, [start + i for i in idx])
-            scores[(layer, *cell)] = float(probs[target])
+            scores[layer, cell[0], cell[1]] = float(probs[target])
     return scores, float(clean[target]), float(corrupted[target]), target

@@ -21,7 +21,7 @@ from mllm_lens.models.adapters import SITES
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import TraceResult
-from mllm_lens.tracing.corruption import Corruption, as_corruption
+from mllm_lens.tracing.corruption import Corruption, Replace, as_corruption, position_map
 from mllm_lens.tracing.executor import Cell, RestorationExecutor
 from mllm_lens.tracing.windows import window_layers
 
@@ -38,7 +38,7 @@ def prepare(
     corruption = as_corruption(corrupt)
     clean = model.decoder_inputs(encoded.model_inputs)
     corrupted = corruption.apply(model, encoded, clean)
-    if torch.equal(clean, corrupted):
+    if clean.shape == corrupted.shape and torch.equal(clean, corrupted):
         raise CorruptionError(f"the corruption {corruption} leaves the decoder inputs unchanged")
     return encoded, corruption, clean, corrupted
 
@@ -65,6 +65,13 @@ def _check_sites(sites: Sequence[str]) -> None:
         raise TraceConfigError(f"unknown site {unknown[0] if unknown else None!r}; expected one of {SITES}")
 
 
+def check_batch_size(batch_size: int | None, memory_budget: int | None = None) -> None:
+    """Refuse a batch size or memory budget (bytes) that is not a positive integer."""
+    for name, value in (("batch_size", batch_size), ("memory_budget", memory_budget)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TraceConfigError(f"{name} must be an int >= 1 (or None for the default), got {value!r}")
+
+
 class TraceSession:
     """``model`` + ``probe`` + ``corrupt``, prepared once (see the module docstring)."""
 
@@ -83,10 +90,18 @@ class TraceSession:
         issuing :class:`CorruptionIneffectiveWarning` (for callers on other threads, where
         capturing warnings is not safe)."""
         _check_sites(sites)
+        check_batch_size(batch_size, memory_budget)
         self.model = model
         self.encoded, self.corruption, clean, corrupted = prepare(model, probe, corrupt)
+        self.position_map = position_map(self.corruption, model, self.encoded)
         self.executor = RestorationExecutor(
-            model, clean, corrupted, sites, batch_size=batch_size, memory_budget=memory_budget
+            model,
+            clean,
+            corrupted,
+            sites,
+            batch_size=batch_size,
+            memory_budget=memory_budget,
+            position_map=self.position_map,
         )
         target = self.encoded.target_id
         self.clean_probs = torch.softmax(self.executor.clean_logits[0], -1)
@@ -94,7 +109,7 @@ class TraceSession:
         self.target = int(self.clean_probs.argmax()) if target is None else target
         self.clean_prob = float(self.clean_probs[self.target])
         self.corrupted_prob = float(self.corrupted_probs[self.target])
-        self.notes: list[str] = []
+        self.notes: list[str] = list(self.encoded.meta.get("notes", []))
         if self.corrupted_prob >= self.clean_prob:
             self.notes.append(
                 f"the corruption did not lower the target's probability (clean {self.clean_prob:.4f}, "
@@ -131,18 +146,23 @@ class TraceSession:
         self._check(site, window, window_mode)
         n_layers, length = self.num_layers, self.encoded.length
         swept = list(range(length)) if positions is None else sorted(set(int(p) for p in positions))
+        if not swept:
+            raise TraceConfigError(
+                f"positions is empty: pass positions in [0, {length}) to sweep, or positions=None for all of them"
+            )
         if swept and not (0 <= swept[0] and swept[-1] < length):
             raise TraceConfigError(f"positions must lie in [0, {length}), got {swept[0]}..{swept[-1]}")
-        p0 = self.executor.p0
-        grid = [(layer, pos) for layer in range(n_layers) for pos in swept if pos >= p0]
+        executor = self.executor
+        grid = [(layer, pos) for layer in range(n_layers) for pos in swept if executor.restorable(pos)]
         cells = [Cell(site, window_layers(layer, window, window_mode, n_layers), pos) for layer, pos in grid]
         on_batch = (
             None if on_cells is None else (lambda start, probs: on_cells(grid[start : start + len(probs)], probs))
         )
         probs = self.executor.run(cells, self.target, progress=progress, desc=f"{site} trace", on_batch=on_batch)
         scores = np.full((n_layers, length), self.corrupted_prob, dtype=np.float64)
-        if positions is not None:
-            scores[:, sorted(set(range(length)) - set(swept))] = np.nan
+        unswept = set(range(length)) - set(swept)
+        unmapped = {pos for pos in range(length) if self.executor.position_map[pos] is None}
+        scores[:, sorted(unswept | unmapped)] = np.nan
         for (layer, pos), prob in zip(grid, probs, strict=True):
             scores[layer, pos] = prob
         return self._result(site, scores, window, window_mode)
@@ -157,7 +177,7 @@ class TraceSession:
         picked = sorted({int(p) for p in positions})
         if not picked or picked[0] < 0 or picked[-1] >= self.encoded.length:
             raise TraceConfigError(f"positions must be a non-empty subset of [0, {self.encoded.length}), got {picked}")
-        live = tuple(p for p in picked if p >= self.executor.p0)  # prefix positions: restoring is a no-op
+        live = tuple(p for p in picked if self.executor.restorable(p))  # prefix: restoring is a no-op
         if not live:
             return np.full(self.num_layers, self.corrupted_prob)
         n = self.num_layers
@@ -172,6 +192,11 @@ class TraceSession:
         if not 0 <= position < self.encoded.length:
             raise TraceConfigError(f"position {position} outside the prompt's {self.encoded.length} tokens")
         layers = window_layers(layer, window, window_mode, self.num_layers)
+        if self.executor.position_map[position] is None:
+            raise TraceConfigError(
+                f"position {position} ({self.encoded.labels[position]!r}) has no counterpart in the corrupted run "
+                "(the replacement is shorter than the phrase); see mllm_lens.tracing.corruption.Replace"
+            )
         if position < self.executor.p0:  # unchanged prefix: restoring is a no-op
             restored = self.corrupted_probs
         else:
@@ -195,15 +220,39 @@ class TraceSession:
             restored_top=top(restored),
         )
 
+    def corrupted_tokens(self) -> list[str]:
+        """The corrupted run's tokens (the clean ones unless a replacement changed them)."""
+        if not isinstance(self.corruption, Replace):
+            return list(self.encoded.tokens)
+        ids = self.corruption.corrupted_ids(self.model, self.encoded)
+        return self.model.tokenizer.convert_ids_to_tokens(ids.tolist())
+
+    def _labels(self) -> list[str]:
+        """Clean labels; a replaced phrase's positions read ``clean→corrupted`` (``→∅``: no counterpart)."""
+        labels = list(self.encoded.labels)
+        if not isinstance(self.corruption, Replace):
+            return labels
+        corrupted = self.corrupted_tokens()
+        mapped = self.position_map or list(range(len(labels)))
+        for pos, target in enumerate(mapped):
+            if target is None:
+                labels[pos] = f"{labels[pos]}→∅"
+            elif corrupted[target] != self.encoded.tokens[pos]:
+                labels[pos] = f"{labels[pos]}→{corrupted[target]}"
+        return labels
+
     def _result(self, site: str, scores: np.ndarray, window: int, window_mode: str) -> TraceResult:
         encoded, probe = self.encoded, self.encoded.probe
+        extra = {}
+        if self.position_map is not None:
+            extra = {"corrupted_tokens": self.corrupted_tokens(), "position_map": list(self.position_map)}
         return TraceResult(
             scores=scores,
             clean_prob=self.clean_prob,
             corrupted_prob=self.corrupted_prob,
             target_id=self.target,
             target_token=self.model.tokenizer.convert_ids_to_tokens(self.target),
-            labels=list(encoded.labels),
+            labels=self._labels(),
             tokens=list(encoded.tokens),
             constraint_spans=dict(encoded.spans),
             constraint_kinds={c.text: c.kind for c in probe.constraints},
@@ -221,6 +270,7 @@ class TraceSession:
                 "answer": probe.answer,
                 "model": self.model.name,
                 "dtype": str(self.model.dtype).replace("torch.", ""),
+                **extra,
             },
             warnings=list(self.notes),
         )

@@ -10,6 +10,8 @@ Two conventions exist and both are supported, by name:
 
 from __future__ import annotations
 
+import numpy as np
+
 from mllm_lens.errors import TraceConfigError
 
 WINDOW_MODES = ("paper", "rome")
@@ -19,8 +21,8 @@ def window_layers(layer: int, window: int, mode: str, num_layers: int) -> tuple[
     """The layers restored for the cell at ``layer`` (sorted, within ``[0, num_layers)``)."""
     if mode not in WINDOW_MODES:
         raise TraceConfigError(f"window_mode must be one of {WINDOW_MODES}, got {mode!r}")
-    if window < 1:
-        raise TraceConfigError(f"window must be >= 1, got {window}")
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+        raise TraceConfigError(f"window must be >= 1 and an int (1 = one layer; see window_mode), got {window!r}")
     span = window if mode == "rome" else (1 if window == 1 else 2 * window + 1)
     if span > num_layers:
         raise TraceConfigError(

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mllm_lens.errors import MllmLensError
 from mllm_lens.export import BUNDLE, bundle_text
 
 MAX_MESSAGE_BYTES = 16_384  # browser -> kernel requests are indices, never arrays
@@ -37,7 +38,7 @@ def bundle() -> Path:
     return BUNDLE
 
 
-class MessageError(ValueError):
+class MessageError(MllmLensError, ValueError):
     """A message from the browser that the widget refuses (shown in its ``error`` trait)."""
 
 

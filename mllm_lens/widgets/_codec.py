@@ -22,7 +22,7 @@ def array_to_json(value: np.ndarray | None, _widget: Any = None) -> dict | None:
     if array.dtype.kind == "f" or array.dtype.name not in DTYPES:
         array = array.astype(np.float32)
     array = np.ascontiguousarray(array)
-    return {"view": memoryview(array.reshape(-1)).cast("B"), "dtype": array.dtype.name, "shape": list(array.shape)}
+    return {"view": array.reshape(-1).data.cast("B"), "dtype": array.dtype.name, "shape": list(array.shape)}
 
 
 def array_from_json(payload: dict | None, _widget: Any = None) -> np.ndarray | None:
@@ -33,6 +33,8 @@ def array_from_json(payload: dict | None, _widget: Any = None) -> np.ndarray | N
     if dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {dtype!r}")
     raw = payload.get("view", payload.get("buffer"))
+    if raw is None:
+        raise ValueError("the array payload has no 'view' (or 'buffer') bytes")
     shape = tuple(int(n) for n in payload["shape"])
     return np.frombuffer(bytes(raw), dtype=dtype).reshape(shape).copy()
 

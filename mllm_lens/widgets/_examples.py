@@ -14,11 +14,12 @@ import random
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from PIL import Image
 
 from mllm_lens.data.records import VQARecord
-from mllm_lens.probe import Constraint, Probe, find_phrase
+from mllm_lens.probe import Constraint, Probe, find_phrase, phrase_offsets
 from mllm_lens.widgets._base import MessageError
 
 KINDS = ("visual", "textual")
@@ -103,16 +104,21 @@ def question_tokens(tokenizer, question: str) -> list[dict]:
     return chips
 
 
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_marks(raw: object, n_tokens: int) -> list[dict]:
     """Validate ``[{"start", "end", "kind"}]`` token spans from the browser (end exclusive, disjoint)."""
     if not isinstance(raw, list) or len(raw) > n_tokens:
         raise MessageError(f"spans must be a list of at most {n_tokens} {{start, end, kind}} objects")
-    marks, taken = [], set()
+    marks: list[dict] = []
+    taken: set[int] = set()
     for item in raw:
         if not isinstance(item, dict):
             raise MessageError(f"a span must be an object {{start, end, kind}}, got {item!r}")
         start, end, kind = item.get("start"), item.get("end"), item.get("kind")
-        if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, end)):
+        if not (_is_int(start) and _is_int(end)):
             raise MessageError(f"span start and end must be integers, got {start!r}, {end!r}")
         if not 0 <= start < end <= n_tokens:
             raise MessageError(f"span [{start}, {end}) out of range for {n_tokens} tokens")
@@ -128,27 +134,27 @@ def check_marks(raw: object, n_tokens: int) -> list[dict]:
 def marks_to_constraints(question: str, tokens: Sequence[dict], marks: Sequence[dict]) -> list[Constraint]:
     """The phrase under each marked token span, as a constraint of its kind.
 
-    A probe locates a phrase by its first occurrence in the question, so a span over a later
-    repeat of an earlier phrase is refused rather than silently moved.
+    A phrase the question holds more than once gets the ``occurrence`` of the marked span, so
+    the probe corrupts and traces the marked one.
     """
     constraints = []
     for mark in marks:
         start, end = tokens[mark["start"]]["start"], tokens[mark["end"] - 1]["end"]
         phrase = question[start:end]
-        if find_phrase(phrase, question) != start:
-            raise MessageError(
-                f"{phrase!r} also occurs earlier in the question; a constraint is located by its first "
-                "occurrence, so mark that one"
-            )
-        constraints.append(Constraint(phrase, mark["kind"]))
+        offsets = phrase_offsets(phrase, question)
+        if start not in offsets:
+            raise MessageError(f"{phrase!r} cannot be located at character {start} of the question")
+        occurrence = offsets.index(start) if len(offsets) > 1 else None
+        constraints.append(Constraint(phrase, mark["kind"], occurrence))
     return constraints
 
 
 def constraint_marks(question: str, tokens: Sequence[dict], constraints: Sequence[Constraint]) -> list[dict]:
     """Token spans of ``constraints`` in ``question`` (phrases not found, or overlapping, are left out)."""
-    marks, taken = [], set()
+    marks: list[dict] = []
+    taken: set[int] = set()
     for constraint in constraints:
-        at = find_phrase(constraint.text, question)
+        at = find_phrase(constraint.text, question, constraint.occurrence)
         if at < 0:
             continue
         stop = at + len(constraint.text)

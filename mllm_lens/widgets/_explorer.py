@@ -205,7 +205,7 @@ class Explorer(ipywidgets.VBox):
         value = request.get("value")
         if value not in [option["value"] for option in self.controls.corruptions]:
             raise MessageError(f"unknown corruption {value!r}")
-        self.controls.corruption = value
+        self.controls.corruption = str(value)
 
     def _on_run(self, _request: dict, _buffers: Any) -> None:
         job = self._job()
@@ -251,7 +251,7 @@ class Explorer(ipywidgets.VBox):
             current = values[1] if textual_only else IMAGE
         with self.controls.hold_sync():
             self.controls.marks = marks
-            self.controls.constraints = [{"text": c.text, "kind": c.kind} for c in constraints]
+            self.controls.constraints = [_constraint_state(c) for c in constraints]
             self.controls.corruptions = [{"value": v, "label": corruption_label(v)} for v in values]
             self.controls.corruption = current
 
@@ -291,7 +291,7 @@ class Explorer(ipywidgets.VBox):
             heatmap = TraceHeatmap(session)
             self.session = session
             self._show(heatmap)
-            heatmap._trace_job()  # on this worker, so nothing else touches the model meanwhile
+            heatmap.trace_now()  # on this worker, so nothing else touches the model meanwhile
             if heatmap.status != "cancelled" and job.source == self._sources:
                 self._show(heatmap, self._overlay(job, heatmap, notes))
         c = self.controls
@@ -306,7 +306,7 @@ class Explorer(ipywidgets.VBox):
     def _overlay(self, job: _Job, heatmap: TraceHeatmap, notes: list[str]) -> PatchOverlay:
         """Per-patch effects of restoring each visual token's hidden state, with the image noised."""
         if job.corruption == IMAGE and "hidden" in heatmap.results:
-            session, result = heatmap.session, heatmap.results["hidden"]
+            session, result = heatmap.require_session(), heatmap.results["hidden"]
         else:
             session = self._session(job.probe, IMAGE, ("hidden",), notes)
             result = session.trace("hidden", progress=False)
@@ -337,3 +337,11 @@ class Explorer(ipywidgets.VBox):
         self.edits.pop()
         self.controls.edits = [edit_state(h) for h in self.edits]
         self._trace(job)
+
+
+def _constraint_state(constraint: Constraint) -> dict:
+    """``{"text", "kind"}`` for the panel, plus ``"occurrence"`` for a phrase the question repeats."""
+    state: dict = {"text": constraint.text, "kind": constraint.kind}
+    if constraint.occurrence is not None:
+        state["occurrence"] = constraint.occurrence
+    return state

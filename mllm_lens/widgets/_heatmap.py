@@ -44,7 +44,7 @@ class TraceHeatmap(anywidget.AnyWidget):
     _esm = bundle()
     _widget = t.Unicode("heatmap").tag(sync=True)
     scores = t.Any(None).tag(sync=True, **ARRAY)  # float32 [panels, layers, positions], NaN = not yet traced
-    panels = t.List().tag(sync=True)  # [{"site", "title"}]
+    panels: t.List[Any] = t.List().tag(sync=True)  # [{"site", "title"}]
     labels = t.List(t.Unicode()).tag(sync=True)
     image_span = t.List([0, 0]).tag(sync=True)
     patch_grid = t.List([0, 0]).tag(sync=True)
@@ -115,6 +115,12 @@ class TraceHeatmap(anywidget.AnyWidget):
         }
 
     # -- kernel-side API -------------------------------------------------------------------------
+    def require_session(self) -> TraceSession:
+        """The heatmap's :class:`TraceSession`; a :class:`MessageError` if it was made from results only."""
+        if self.session is None:
+            raise MessageError("this heatmap has no TraceSession: pass session=... to re-run cells")
+        return self.session
+
     def run(self, window: int | None = None, window_mode: str | None = None) -> TraceHeatmap:
         """Trace every panel's site in the background, filling cells live; returns at once."""
         if self.session is None:
@@ -124,7 +130,7 @@ class TraceHeatmap(anywidget.AnyWidget):
         if window_mode is not None:
             self.window_mode = window_mode
         self._cancel.clear()
-        self._worker.submit(self._trace_job)
+        self._worker.submit(self.trace_now)
         return self
 
     def wait(self, timeout: float | None = 120.0) -> bool:
@@ -187,7 +193,7 @@ class TraceHeatmap(anywidget.AnyWidget):
 
     def _cell_job(self, panel: int, layer: int, position: int) -> None:
         site = self.panels[panel]["site"]
-        out = self.session.cell(site, layer, position, self.window, self.window_mode, top_k=self.top_k)
+        out = self.require_session().cell(site, layer, position, self.window, self.window_mode, top_k=self.top_k)
         self.outcomes.append(out)
         for overlay in self._overlays:
             patch = next((rc for rc, pos in self.patch_positions().items() if pos == position), None)
@@ -204,11 +210,13 @@ class TraceHeatmap(anywidget.AnyWidget):
             if self._worker.pending <= 1:
                 self.status = "idle"
 
-    def _trace_job(self) -> None:
-        session = self.session
+    def trace_now(self) -> None:
+        """Trace every panel on the calling thread, filling cells live (:meth:`run` queues this
+        on the widget's worker; a caller that already owns the model's worker calls it directly)."""
+        session = self.require_session()
         live = np.array(self.scores, dtype=np.float32)
         n_layers, length = live.shape[1:]
-        todo = n_layers * (length - session.executor.p0)
+        todo = n_layers * sum(session.executor.restorable(p) for p in range(length))
         total, done, last = todo * len(self.panels), 0, 0.0
         self.status, self.progress = "tracing", 0.0
         try:

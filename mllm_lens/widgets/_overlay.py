@@ -49,7 +49,7 @@ class PatchOverlay(anywidget.AnyWidget):
     colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
     vmin = t.Float(None, allow_none=True).tag(sync=True)
     vmax = t.Float(None, allow_none=True).tag(sync=True)
-    selected = t.List().tag(sync=True)  # [[row, col], ...] of the last request
+    selected: t.List[Any] = t.List().tag(sync=True)  # [[row, col], ...] of the last request
     curve = t.Any(None).tag(sync=True, **ARRAY)  # float32 [layers] returned by on_patch
     curve_label = t.Unicode("").tag(sync=True)
     status = t.Unicode("idle").tag(sync=True)
@@ -128,6 +128,8 @@ class PatchOverlay(anywidget.AnyWidget):
             self.status = "idle"
 
     def _patch_job(self, patches: list[tuple[int, int]]) -> None:
+        if self.on_patch is None:
+            raise MessageError("this overlay has no on_patch callback: clicks only select patches")
         curve = np.asarray(self.on_patch(patches), dtype=np.float32).reshape(-1)
         if curve.size == 0:
             raise ValueError("on_patch returned an empty curve")
@@ -150,7 +152,7 @@ def patch_curve(
     positions = patch_positions(session.encoded.labels)
 
     def on_patch(patches: list[tuple[int, int]]) -> np.ndarray:
-        picked = sorted({positions[tuple(p)] for p in patches if tuple(p) in positions})
+        picked = sorted({positions[(r, c)] for r, c in patches if (r, c) in positions})
         if not picked:
             raise ValueError(f"no visual token for patches {patches}")
         return session.region_curve(site, picked, window, window_mode)

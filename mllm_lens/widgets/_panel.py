@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anywidget
 import traitlets as t
 
@@ -24,17 +26,17 @@ class ExplorerControls(anywidget.AnyWidget):
     source = t.Unicode("").tag(sync=True)
     image = t.Bytes(b"").tag(sync=True)  # PNG preview
     question = t.Unicode("").tag(sync=True)
-    tokens = t.List().tag(sync=True)  # [{"text", "start", "end"}] chips
-    marks = t.List().tag(sync=True)  # [{"start", "end", "kind"}] token spans, end exclusive
-    constraints = t.List().tag(sync=True)  # [{"text", "kind"}]
-    corruptions = t.List().tag(sync=True)  # [{"value", "label"}]
+    tokens: t.List[Any] = t.List().tag(sync=True)  # [{"text", "start", "end"}] chips
+    marks: t.List[Any] = t.List().tag(sync=True)  # [{"start", "end", "kind"}] token spans, end exclusive
+    constraints: t.List[Any] = t.List().tag(sync=True)  # [{"text", "kind"}]
+    corruptions: t.List[Any] = t.List().tag(sync=True)  # [{"value", "label"}]
     corruption = t.Unicode(IMAGE).tag(sync=True)
     answer = t.Dict().tag(sync=True)  # the last run: see answer_state
     notes = t.List(t.Unicode()).tag(sync=True)  # warnings of the last run or edit
     num_layers = t.Int(1).tag(sync=True)
     edit_layer = t.Int(0).tag(sync=True)  # suggested layer (causal_layer of the last run's probe)
     key_token = t.Unicode("last").tag(sync=True)
-    edits = t.List().tag(sync=True)  # active edits, oldest first: see edit_state
+    edits: t.List[Any] = t.List().tag(sync=True)  # active edits, oldest first: see edit_state
     upload_limit = t.Int(MAX_UPLOAD_BYTES).tag(sync=True)
     status = t.Unicode("idle").tag(sync=True)
     error = t.Unicode("").tag(sync=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from mllm_lens.testing.patience import patient
+
 CHROMIUM = os.environ.get("MLLM_LENS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -95,14 +97,17 @@ def jupyter(tmp_path_factory) -> Server:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(root, f"http://127.0.0.1:{port}", token, proc, log)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + patient(90_000) / 1000
         while True:
             try:
                 server.get("/api/status")
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"JupyterLab did not start:\n{log.read_text()[-3000:]}") from None
+                    raise RuntimeError(
+                        f"JupyterLab did not answer /api/status within {patient(90_000) / 1000:.0f} s:\n"
+                        f"{log.read_text()[-3000:]}"
+                    ) from None
                 time.sleep(0.5)
         yield server
     finally:
@@ -135,6 +140,6 @@ def page(browser):
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda err: page.errors.append(f"{err}\n{err.stack or ''}"))
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(patient(60_000))
     yield page
     context.close()

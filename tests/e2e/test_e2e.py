@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import mllm_lens as ml
+from mllm_lens.testing.patience import patient
 
 SCREENSHOTS = Path(__file__).parent / "screenshots"
 
@@ -76,7 +77,7 @@ def notebook(*sources: str) -> str:
 def run_all(page, server, name: str) -> None:
     """Wait for the notebook's kernel to be idle (accepting a kernel dialog if one shows), then Run > Run All Cells."""
     page.locator(".jp-Notebook .jp-Cell").first.wait_for()
-    deadline, idle_since = time.monotonic() + 90, None
+    deadline, idle_since = time.monotonic() + patient(90_000) / 1000, None
     while time.monotonic() < deadline:
         dialog = page.locator(".jp-Dialog button.jp-mod-accept")
         if dialog.count():
@@ -89,7 +90,7 @@ def run_all(page, server, name: str) -> None:
             break
         page.wait_for_timeout(250)
     else:
-        raise TimeoutError(f"the kernel of {name} never became idle")
+        raise TimeoutError(f"the kernel of {name} did not become idle within {patient(90_000) / 1000:.0f} s")
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
 
@@ -107,12 +108,14 @@ def rerun_cell(page, index: int) -> None:
 def exercise(page, name: str) -> dict:
     """Click a heatmap cell, Enter on its neighbour, click a patch; return timings."""
     heatmap = page.locator("[data-testid=trace-heatmap]").first
-    heatmap.wait_for(timeout=120_000)
+    heatmap.wait_for(timeout=patient(120_000))
     canvas = heatmap.locator("[data-testid=heatmap-canvas]")
     page.wait_for_function(
-        "el => el.mllCellBox && el.mllCellBox(1, 2, 19)", arg=canvas.element_handle(), timeout=60_000
+        "el => el.mllCellBox && el.mllCellBox(1, 2, 19)", arg=canvas.element_handle(), timeout=patient(60_000)
     )
-    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="COUNTS").wait_for(timeout=60_000)
+    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="COUNTS").wait_for(
+        timeout=patient(60_000)
+    )
     assert "COUNTS cells=0 patches=0 runs=0" in output_of(page, 2)
     bokeh = page.locator(".jp-Notebook .jp-Cell").nth(4).locator(".bk-Canvas, .bk-Figure, canvas").first
     bokeh.wait_for()  # BokehJS inlined: renders with no network; also: every cell has run
@@ -216,7 +219,7 @@ def explore(page, ui: str) -> None:
 
     cell = page.locator(".jp-Notebook .jp-Cell").first
     root = cell.locator("[data-testid=explorer]")
-    root.wait_for(timeout=120_000)
+    root.wait_for(timeout=patient(120_000))
     question = root.get_by_test_id("question-input")
     constraints = root.get_by_test_id("constraints")
     answer = root.get_by_test_id("answer")
