@@ -64,10 +64,11 @@ def test_contributions_equal_eager_direct(models, saved_models, arch, probe, tar
     assert on_eager.per_head.shape == per_head.shape
     assert np.abs(on_eager.per_head - per_head).max() <= 1e-5
     assert np.abs(on_eager.total - total).max() <= 1e-5
-    # the default (sdpa) model: its residual stream differs from eager's by float32 rounding only
+    # the default (sdpa) model: its residual stream differs from eager's by float32 rounding only,
+    # which grows through the layers (relative 1.5e-5 seen; the reduction order depends on threads)
     result = attention_contributions(model, encoded, target=target)
-    assert np.abs(result.per_head - per_head).max() <= 1e-5 * max(1.0, np.abs(per_head).max())
-    assert np.abs(result.total - total).max() <= 1e-5 * max(1.0, np.abs(total).max())
+    assert np.abs(result.per_head - per_head).max() <= 1e-4 * max(1.0, np.abs(per_head).max())
+    assert np.abs(result.total - total).max() <= 1e-4 * max(1.0, np.abs(total).max())
     assert not result.total[:, t + 1 :].any()  # causal: nothing from the future
     assert result.total.max() > 1e-2
     if arch == "llava":  # GQA: 4 heads over 2 kv heads

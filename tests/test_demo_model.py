@@ -20,7 +20,7 @@ def demo() -> ml.LensModel:
 
 
 def test_shipped_model_accuracy_and_size(capsys):
-    evaluate_main(["--renderings", "1"])
+    evaluate_main(["--renderings", "1", "--accuracy-only"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["accuracy"] >= 0.95
     assert min(report["accuracy_by_template"].values()) >= 0.9
@@ -55,3 +55,21 @@ def test_held_out_countries_are_unknown_to_the_demo_model(demo):
 def test_short_training_run_lowers_the_loss():
     _, _, curve = train(steps=40, batch=16, renderings=2, seed=0, lr=2e-3, out=None, log_every=5)
     assert curve[-1]["loss"] < curve[0]["loss"] - 0.5
+
+
+def test_mechanism_measures_on_the_demo_model(demo):
+    from mllm_lens.demo import mechanism
+
+    records = mechanism.mechanism_records(7)
+    assert sorted(r.meta["template"] for r in records) == sorted(t.name for t in world.TEMPLATES)
+    noise = mechanism.constraint_noise_ratio(demo, records)
+    assert noise["n"] == 7 and 0 < noise["noised_p"] and noise["clean_p"] > 0.5
+    switch = mechanism.replace_switch_rate(demo, records)
+    assert switch["n"] == 6 and 0 <= switch["replace_switch_rate"] <= 1  # the country template has no named form
+    other, expected = mechanism.switched_question(records[1], random.Random(0))
+    relation = world.template(records[1].meta["template"]).relation
+    assert expected == world.fact(other, relation) != records[1].answer
+    roles = mechanism.role_profile(demo, records[:2])
+    assert set(roles["profile"]) == set(mechanism.ROLES) and len(roles["profile"]["last"]) == demo.num_layers
+    tune, report = mechanism.split_countries()
+    assert not set(tune) & set(report) and len(tune) + len(report) == len(world.training_countries())

@@ -31,7 +31,7 @@ def test_route_mask_lets_only_the_entity_phrase_see_the_image():
     assert not sees.triu(1).any()  # causal
     for query in range(12):
         image_visible = bool(sees[query, 1:5].any())
-        assert image_visible == (query < 5 or query in (8, 9)), query
+        assert image_visible == (1 <= query < 5 or query in (8, 9)), query
         assert sees[query, : min(query, 1)].all() and sees[query, 5 : query + 1].all()  # text stays visible
 
 
@@ -39,9 +39,15 @@ def test_batches_locate_the_entity_phrase():
     _, processor = build_demo_model(0)
     rng = random.Random(1)
     form = next(f for f in question_forms() if f[0].name == "capital" and f[1] == 2)
-    ids, answers, (start, end) = make_batch(processor.tokenizer, 64, ["Peru", "Chile"], form, rng, True)
-    tokens = processor.tokenizer.convert_ids_to_tokens(ids[0, start:end].tolist())
-    assert tokens == ["the", "country", "of", "this", "flag"] and answers == ["Lima", "Santiago"]
-    ids, _, (start, end) = make_batch(processor.tokenizer, 64, ["Peru"], form, rng, True, named=True)
-    assert processor.tokenizer.convert_ids_to_tokens(ids[0, start:end].tolist()) == ["Peru"]
-    assert torch.all(ids[0, 1:65] == processor.tokenizer.convert_tokens_to_ids("<image>"))
+    tokenizer = processor.tokenizer
+    ids, answers, (start, end), mentioned = make_batch(tokenizer, 64, ["Peru", "Chile"], form, rng, True)
+    tokens = tokenizer.convert_ids_to_tokens(ids[0, start:end].tolist())
+    assert tokens == ["the", "country", "of", "this", "flag"] and answers == ["Lima", "Santiago"] and mentioned is None
+    assert torch.all(ids[0, 1:65] == tokenizer.convert_tokens_to_ids("<image>"))
+    ids, _, (start, end), _ = make_batch(tokenizer, 64, ["Peru"], form, rng, True, named=True)
+    assert tokenizer.convert_ids_to_tokens(ids[0, start:end].tolist()) == ["Peru"]
+    # text only, the country mentioned first: "Peru is shown. Name the capital city of the country of this flag."
+    ids, _, (start, end), (m0, m1) = make_batch(tokenizer, 0, ["Peru"], form, rng, True, mention=True)
+    assert tokenizer.convert_ids_to_tokens(ids[0, m0:m1].tolist()) == ["Peru"] and m1 <= start
+    assert tokenizer.convert_ids_to_tokens(ids[0, start:end].tolist())[-1] == "flag"
+    assert tokenizer.convert_tokens_to_ids("<image>") not in ids[0].tolist()

@@ -127,7 +127,7 @@ def test_edit_many_is_the_multi_key_least_squares_and_flips_all(planted):
     entities = ["e0", "e5", "e9"]
     requests = [EditRequest(bare(planted, e), new_answer(planted, e)) for e in entities]
     w0 = planted.model.adapter.mlp_out(LAYER).weight.detach().double().clone()
-    with edit_many(planted.model, requests, layers=LAYER, **PLANTED) as handle:
+    with edit_many(planted.model, requests, layers=LAYER, cov_weight=None, **PLANTED) as handle:
         keys, deltas = handle.info["keys"].double().T, handle.info["deltas"].double().T
         lam = handle.hyperparameters["lam"]
         explicit = w0 + deltas @ keys.T @ torch.linalg.inv(lam * torch.eye(keys.shape[0]) + keys @ keys.T)
@@ -135,6 +135,26 @@ def test_edit_many_is_the_multi_key_least_squares_and_flips_all(planted):
         assert float((got - explicit).abs().max() / explicit.abs().max()) < 1e-5
         after = answers(planted)
         assert all(after[e] == r.new_answer for e, r in zip(entities, requests, strict=True))
+
+
+def test_batch_edits_with_key_statistics_solve_memits_least_squares(planted):
+    from mllm_lens.editing.key_stats import key_second_moment
+
+    entities = ["e0", "e5", "e9"]
+    requests = [EditRequest(bare(planted, e), new_answer(planted, e)) for e in entities]
+    corpus = [bare(planted, e) for e in ("e1", "e2", "e3")]
+    w0 = planted.model.adapter.mlp_out(LAYER).weight.detach().double().clone()
+    moment = key_second_moment(planted.model, LAYER, "mlp", corpus, progress=False).double()
+    with edit_many(planted.model, requests, layers=LAYER, stats_probes=corpus, cov_weight=2.0, **PLANTED) as handle:
+        keys, deltas = handle.info["keys"].double().T, handle.info["deltas"].double().T
+        system = 2.0 * moment + keys @ keys.T  # + the documented tiny ridge, as C is rank-deficient here
+        system = system + 1e-6 * system.diagonal().mean() * torch.eye(system.shape[0], dtype=torch.float64)
+        explicit = w0 + deltas @ keys.T @ torch.linalg.inv(system)
+        got = planted.model.adapter.mlp_out(LAYER).weight.detach().double()
+        assert float((got - explicit).abs().max() / explicit.abs().max()) < 1e-4
+        after = answers(planted)
+        assert all(after[e] == r.new_answer for e, r in zip(entities, requests, strict=True))
+    assert torch.equal(planted.model.adapter.mlp_out(LAYER).weight.detach().double(), w0)
 
 
 def test_multi_layer_spreading_and_attention_site(planted):

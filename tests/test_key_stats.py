@@ -20,6 +20,7 @@ def test_covariance_update_solves_memits_least_squares():
     k, r, c = keys.double().numpy().T, residuals.double().numpy().T, moment.double().numpy()
     expected = r @ k.T @ np.linalg.inv(3.0 * c + k @ k.T)
     np.testing.assert_allclose(delta.double().numpy(), expected, atol=1e-4)
+
     # it minimises w·E‖ΔW k_corpus‖² + Σ‖ΔW k_i − r_i‖²: any other ΔW does worse
     def cost(dw):
         return 3.0 * np.trace(dw @ c @ dw.T) + np.sum((dw @ k - r) ** 2)

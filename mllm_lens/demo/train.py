@@ -136,6 +136,7 @@ def train(
     unmasked_tail: int = 0,
     text_steps: int = 800,
     mention_share: float = 0.1,
+    init: Path | None = None,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -152,6 +153,8 @@ def train(
     """
     torch.manual_seed(seed)
     model, processor = build_demo_model(seed)
+    if init is not None:  # continue from a saved demo model (same architecture and vocabulary)
+        model.load_state_dict(type(model).from_pretrained(init).state_dict())
     tokenizer = processor.tokenizer
     n_image = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
     image = (1, 1 + n_image)  # BOS, then the image tokens
@@ -217,6 +220,7 @@ def train(
             bar.set_postfix(loss=f"{running:.3f}")
     model.eval()
     recipe = {
+        "init": None if init is None else str(init),
         "text_steps": text_steps,
         "mention_share": mention_share,
         "steps": steps,
@@ -254,6 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--named-share", type=float, default=0.2, help="share of batches naming a country")
     parser.add_argument("--mention-share", type=float, default=0.1, help="share of text-only mention batches")
     parser.add_argument("--unmasked-tail", type=int, default=0, help="last steps without the mask")
+    parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
     args = parser.parse_args(argv)
@@ -272,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         unmasked_tail=args.unmasked_tail,
         text_steps=args.text_steps,
         mention_share=args.mention_share,
+        init=args.init,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

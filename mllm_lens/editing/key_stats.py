@@ -113,8 +113,10 @@ def key_second_moment(
 
 
 def covariance_update(keys: torch.Tensor, residuals: torch.Tensor, moment: torch.Tensor, weight: float) -> torch.Tensor:
-    """ΔW = R Kᵀ (w·C + K Kᵀ)⁻¹ for keys ``[n, d_in]`` and residuals ``[n, d_out]`` (float32)."""
-    keys, residuals = keys.float(), residuals.float()
-    system = weight * moment.float().to(keys.device) + keys.T @ keys
-    system = system + 1e-6 * system.diagonal().mean() * torch.eye(system.shape[0], device=keys.device)
-    return torch.linalg.solve(system, keys.T @ residuals).T  # system is symmetric
+    """ΔW = R Kᵀ (w·C + K Kᵀ + εI)⁻¹ for keys ``[n, d_in]`` and residuals ``[n, d_out]``, solved
+    in float64 and returned in float32; ε = 1e-6 × the mean diagonal keeps a rank-deficient C
+    (a small corpus) solvable."""
+    keys, residuals = keys.double(), residuals.double()
+    system = weight * moment.double().to(keys.device) + keys.T @ keys
+    system = system + 1e-6 * system.diagonal().mean() * torch.eye(system.shape[0], device=keys.device, dtype=keys.dtype)
+    return torch.linalg.solve(system, keys.T @ residuals).T.float()  # system is symmetric

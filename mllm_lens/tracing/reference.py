@@ -35,11 +35,12 @@ def oracle_window(layer: int, window: int, mode: str, num_layers: int) -> list[i
 
 def _replaced(model: LensModel, encoded: EncodedProbe, corruption: Replace) -> tuple[torch.Tensor, list[int | None]]:
     """Corrupted ``input_ids`` and, for each clean position, the corrupted one it maps to."""
-    phrase = encoded.probe.constraint(corruption.constraint).text
-    question = encoded.probe.question
-    at = question.find(phrase)
-    if at < 0:
-        at = question.lower().find(phrase.lower())
+    constraint = encoded.probe.constraint(corruption.constraint)
+    phrase, question = constraint.text, encoded.probe.question
+    haystack, needle = (question, phrase) if phrase in question else (question.lower(), phrase.lower())
+    at = -len(needle)
+    for _ in range((constraint.occurrence or 0) + 1):  # the chosen (non-overlapping) occurrence
+        at = haystack.find(needle, at + len(needle))
     new_question = question[:at] + corruption.by + question[at + len(phrase) :]
     new = Probe(encoded.probe.image, new_question, [], template=encoded.probe.template).encode(model)
     start, end = encoded.spans[phrase]
