@@ -63,9 +63,9 @@ def test_mechanism_measures_on_the_demo_model(demo):
     records = mechanism.mechanism_records(7)
     assert sorted(r.meta["template"] for r in records) == sorted(t.name for t in world.TEMPLATES)
     noise = mechanism.constraint_noise_ratio(demo, records)
-    assert noise["n"] == 7 and 0 < noise["noised_p"] and noise["clean_p"] > 0.5
+    assert noise["noise_n"] == 7 and 0 < noise["noised_p"] and noise["clean_p"] > 0.5
     switch = mechanism.replace_switch_rate(demo, records)
-    assert switch["n"] == 6 and 0 <= switch["replace_switch_rate"] <= 1  # the country template has no named form
+    assert switch["switch_n"] == 6 and 0 <= switch["replace_switch_rate"] <= 1  # the country template has no named form
     other, expected = mechanism.switched_question(records[1], random.Random(0))
     relation = world.template(records[1].meta["template"]).relation
     assert expected == world.fact(other, relation) != records[1].answer

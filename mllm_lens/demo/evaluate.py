@@ -82,7 +82,7 @@ def mechanism_report(model: LensModel, *, n: int = 140, traced: int = 42, knocke
     report.update(mlp_trace_by_role=roles["profile"], trace_peak_layer=roles["peak_layer"])
     report["trace_peak_role"] = roles["peak_role"]
     knock = mechanism.knockout_figures(model, records[:knocked])
-    report.update({k if k != "n" else "knockout_n": v for k, v in knock.items()})
+    report.update(knock)
     _, held_out = mechanism.split_countries()
     report.update(mechanism.edit_figures(model, mechanism.flipped_requests(held_out, seed=100)))
     known = world.generate(renderings=1, seed=7)

@@ -74,7 +74,7 @@ def constraint_noise_ratio(model: LensModel, records: Sequence[VQARecord]) -> di
         "constraint_noise_ratio": float(np.sum(corrupted) / np.sum(clean)),
         "clean_p": float(np.mean(clean)),
         "noised_p": float(np.mean(corrupted)),
-        "n": len(records),
+        "noise_n": len(records),
     }
 
 
@@ -101,7 +101,7 @@ def replace_switch_rate(model: LensModel, records: Sequence[VQARecord], seed: in
         session = _session(model, record.probe(), replace(record.main_entity, other))
         top = model.tokenizer.convert_ids_to_tokens(int(session.corrupted_probs.argmax()))
         hits.append(top == expected)
-    return {"replace_switch_rate": float(np.mean(hits)), "n": len(hits)}
+    return {"replace_switch_rate": float(np.mean(hits)), "switch_n": len(hits)}
 
 
 def token_roles(result) -> list[str]:
@@ -156,7 +156,7 @@ def knockout_figures(model: LensModel, records: Sequence[VQARecord], k: int = 8,
         "random_knockout_drop": float(np.mean(random_means)),
         "random_knockout_sd": float(np.concatenate(draws).std()),
         "topk_beats_random_share": float(np.mean(np.array(top) > np.array(random_means))),
-        "n": len(records),
+        "knockout_n": len(records),
     }
 
 

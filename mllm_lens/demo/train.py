@@ -5,8 +5,8 @@ preprocessed once by the model's own image processor; each step draws one questi
 (template x paraphrase, so sequences in a batch have one length) and a batch of countries,
 and minimises the cross-entropy of the answer token and the EOS after it.
 
-The recipe makes the model retrieve facts *at the visual-constraint tokens*, as the paper
-found for LLaVA-1.5 (which inherits that route from its text-only decoder):
+The routing options aim at a model that retrieves facts *at the visual-constraint tokens*, as
+the paper found for LLaVA-1.5 (which inherits that route from its text-only decoder):
 
 1. **Text first** (``--text-steps``, no image, cheap): questions naming a country ("What is
    the capital of Peru?") and questions referring back to a mention ("Peru is shown. What is
@@ -20,7 +20,13 @@ found for LLaVA-1.5 (which inherits that route from its text-only decoder):
    A share of batches name a country while showing a random flag (the named entity wins),
    and a share repeat the mention questions.
 
-``benchmarks/RESULTS.md`` ("Demo model recipes") lists what each recipe tried gave.
+The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
+every question form, no mask, no named or mention questions; the shipped weights came from the
+same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
+The routing options (``--text-steps``, ``--route-mask-share``, ``--named-share``,
+``--mention-share``, ``--unmasked-tail``, ``--init``) are the recipes tried for issue 11;
+``benchmarks/RESULTS.md`` ("Demo model recipes") lists what each gave. None has yet reached the
+accuracy target within the training budget, so none is the default.
 """
 
 from __future__ import annotations
@@ -131,16 +137,17 @@ def train(
     log_every: int = 100,
     identity_steps: int = 400,
     two_constraint_share: float = 0.5,
-    route_mask_share: float = 0.75,
-    named_share: float = 0.2,
+    route_mask_share: float = 0.0,
+    named_share: float = 0.0,
     unmasked_tail: int = 0,
-    text_steps: int = 800,
-    mention_share: float = 0.1,
+    text_steps: int = 0,
+    mention_share: float = 0.0,
     init: Path | None = None,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
-    Text first (``text_steps``, cheap: no image): questions that name the country ("What is the
+    With the routing options (all off by default; see the module docstring): text first
+    (``text_steps``, cheap: no image): questions that name the country ("What is the
     capital of Peru?") and questions that refer back to a mention ("Peru is shown. What is the
     capital of this country?", the mention visible only from "this country": :func:`route_mask`),
     so the decoder learns facts about named countries and to resolve "this country" at its own
@@ -245,7 +252,7 @@ def train(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2000, help="steps with flags (after the text-only ones)")
+    parser.add_argument("--steps", type=int, default=3600, help="steps with flags (after the text-only ones)")
     parser.add_argument("--batch", type=int, default=64, help="questions per step")
     parser.add_argument("--renderings", type=int, default=48, help="pre-rendered images per country")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, renderings and question draws")
@@ -253,10 +260,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--identity-steps", type=int, default=400, help="first flag steps that ask only for the country"
     )
-    parser.add_argument("--text-steps", type=int, default=800, help="text-only steps before the flags")
-    parser.add_argument("--route-mask-share", type=float, default=0.75, help="share of image batches with the mask")
-    parser.add_argument("--named-share", type=float, default=0.2, help="share of batches naming a country")
-    parser.add_argument("--mention-share", type=float, default=0.1, help="share of text-only mention batches")
+    parser.add_argument("--text-steps", type=int, default=0, help="text-only steps before the flags")
+    parser.add_argument("--route-mask-share", type=float, default=0.0, help="share of image batches with the mask")
+    parser.add_argument("--named-share", type=float, default=0.0, help="share of batches naming a country")
+    parser.add_argument("--mention-share", type=float, default=0.0, help="share of text-only mention batches")
     parser.add_argument("--unmasked-tail", type=int, default=0, help="last steps without the mask")
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
