@@ -217,6 +217,8 @@ def explore(page, ui: str) -> None:
     """Pick, mark (mouse and keyboard), run, edit, undo, upload, and send malformed requests."""
     from playwright.sync_api import expect  # imported here: MLLM_LENS_SKIP_E2E=1 runs need no playwright
 
+    expect.set_options(timeout=patient(20_000))  # expect's own default is 5 s: too short on a loaded machine
+
     cell = page.locator(".jp-Notebook .jp-Cell").first
     root = cell.locator("[data-testid=explorer]")
     root.wait_for(timeout=patient(120_000))
