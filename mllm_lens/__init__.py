@@ -21,6 +21,7 @@ from mllm_lens.errors import (
     TraceConfigError,
     UnsupportedModelError,
 )
+from mllm_lens.experiments import RunSettings, open_run, run
 from mllm_lens.models import LensModel, load
 from mllm_lens.probe import Constraint, Probe, textual, visual
 from mllm_lens.results import ContributionResult, PatchResult, TraceResult
@@ -77,6 +78,9 @@ __all__ = [
     "load",
     "noise",
     "replace",
+    "run",
+    "open_run",
+    "RunSettings",
     "textual",
     "trace",
     "trace_sites",

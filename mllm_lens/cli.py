@@ -198,7 +198,7 @@ def _trace(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mllm-lens", description="Causal tracing of multimodal LLMs.")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,trace}", help="what to run")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,trace,run,summarize}", help="what to run")
     debug: dict[str, Any] = {
         "action": "store_true",
         "default": argparse.SUPPRESS,
@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", help="save the TraceResult here (.npz)")
     tr.add_argument("--debug", **debug)
     tr.set_defaults(run=_trace)
+    from mllm_lens.experiments.cli import add_parsers
+
+    add_parsers(sub, debug)
     return parser
 
 

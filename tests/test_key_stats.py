@@ -8,6 +8,7 @@ import torch
 import mllm_lens as ml
 from mllm_lens.editing import key_stats
 from mllm_lens.editing.keys import projection
+from mllm_lens.models.fingerprint import weights_fingerprint
 
 
 def test_covariance_update_solves_memits_least_squares():
@@ -59,11 +60,11 @@ def test_statistics_are_cached_and_invalidated_by_the_weights(models, probe, tmp
     with torch.no_grad():
         weight[0, 0] += 1.0
     try:
-        assert key_stats.weights_fingerprint(model) not in files[0].name
+        assert weights_fingerprint(model) not in files[0].name
     finally:
         with torch.no_grad():
             weight[0, 0] -= 1.0
-    assert files[0].name.startswith(key_stats.weights_fingerprint(model))
+    assert files[0].name.startswith(weights_fingerprint(model))
 
 
 def test_batch_edits_use_the_statistics_by_default(models, probe, monkeypatch):

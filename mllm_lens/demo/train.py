@@ -127,6 +127,23 @@ def route_mask(length: int, image: tuple[int, int], entity: tuple[int, int], bat
     return mask.expand(batch, 1, length, length)
 
 
+def image_attention_mass(attentions, image: tuple[int, int], entity: tuple[int, int], named: bool) -> torch.Tensor:
+    """Mean share of attention that text positions other than the entity phrase (every text
+    position when the phrase is a name) give to the image tokens, over layers, heads and batch.
+
+    The *route penalty* minimises it while the model runs unmasked, as it is used: unlike the
+    route mask, it leaves no attention the model never trained (a fully masked model attends to
+    the image from every position once the mask is gone; recipe C in RESULTS.md).
+    """
+    length = attentions[0].shape[-1]
+    queries = torch.zeros(length, dtype=torch.bool)
+    queries[image[1] :] = True
+    if not named:
+        queries[entity[0] : entity[1]] = False
+    masses = [a[:, :, queries, image[0] : image[1]].sum(-1).mean() for a in attentions]
+    return torch.stack(masses).mean()
+
+
 def train(
     steps: int,
     batch: int,
@@ -143,6 +160,8 @@ def train(
     text_steps: int = 0,
     mention_share: float = 0.0,
     init: Path | None = None,
+    route_penalty: float = 0.0,
+    name_at_phrase: float = 0.0,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -162,6 +181,8 @@ def train(
     model, processor = build_demo_model(seed)
     if init is not None:  # continue from a saved demo model (same architecture and vocabulary)
         model.load_state_dict(type(model).from_pretrained(init).state_dict())
+    if route_penalty:
+        model.set_attn_implementation("eager")  # the penalty needs the attention weights
     tokenizer = processor.tokenizer
     n_image = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
     image = (1, 1 + n_image)  # BOS, then the image tokens
@@ -214,19 +235,35 @@ def train(
             inputs["attention_mask"] = route_mask(length, mentioned, entity, batch)
         elif kind == "image" and masked:
             inputs["attention_mask"] = route_mask(length, image, entity, batch)
-        logits = model(**inputs).logits[:, -2:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
+        penalised = route_penalty > 0 and with_image
+        forward = model(**inputs, output_attentions=penalised)
+        logits = forward.logits[:, -2:]
+        answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
+        loss, extras = answer_loss, {}
+        if penalised:
+            extras["image_mass"] = image_attention_mass(forward.attentions, image, entity, kind == "named_image")
+            loss = loss + route_penalty * extras["image_mass"]
+        if name_at_phrase:
+            # the entity phrase's last token ("this country", or a name) predicts the country it
+            # stands for: the phrase is resolved to an entity at its own tokens, as a text decoder does
+            targets = torch.tensor(tokenizer.convert_tokens_to_ids(names))
+            extras["name_loss"] = torch.nn.functional.cross_entropy(forward.logits[:, entity[1] - 1], targets)
+            loss = loss + name_at_phrase * extras["name_loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
+        running = 0.98 * running + 0.02 * answer_loss.item() if step else answer_loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
-            curve.append({"step": step + 1, "loss": round(running, 4), "seconds": round(time.time() - start, 1)})
+            point = {"step": step + 1, "loss": round(running, 4), "seconds": round(time.time() - start, 1)}
+            curve.append(point | {k: round(v.item(), 4) for k, v in extras.items()})
             bar.set_postfix(loss=f"{running:.3f}")
     model.eval()
+    model.set_attn_implementation("sdpa")
     recipe = {
+        "route_penalty": route_penalty,
+        "name_at_phrase": name_at_phrase,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
         "mention_share": mention_share,
@@ -265,6 +302,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--named-share", type=float, default=0.0, help="share of batches naming a country")
     parser.add_argument("--mention-share", type=float, default=0.0, help="share of text-only mention batches")
     parser.add_argument("--unmasked-tail", type=int, default=0, help="last steps without the mask")
+    parser.add_argument(
+        "--route-penalty", type=float, default=0.0, help="weight of the image attention mass of non-phrase positions"
+    )
+    parser.add_argument(
+        "--name-at-phrase", type=float, default=0.0, help="weight of predicting the country at the phrase's last token"
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -285,6 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         text_steps=args.text_steps,
         mention_share=args.mention_share,
         init=args.init,
+        route_penalty=args.route_penalty,
+        name_at_phrase=args.name_at_phrase,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from mllm_lens.editing.keys import _capture_all, projection
 from mllm_lens.io import atomic_path
+from mllm_lens.models.fingerprint import weights_fingerprint
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import Probe
 
@@ -43,17 +44,6 @@ def cache_dir() -> Path:
         return Path(explicit)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "mllm_lens"
-
-
-@torch.no_grad()
-def weights_fingerprint(model: LensModel) -> str:
-    """A hash of every parameter's name, shape, dtype, sum and sum of squares (float64)."""
-    digest = hashlib.sha256()
-    for name, param in model.hf_model.named_parameters():
-        values = param.detach().double()
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:".encode())
-        digest.update(torch.stack([values.sum(), values.square().sum()]).cpu().numpy().tobytes())
-    return digest.hexdigest()[:24]
 
 
 def default_corpus(n: int = DEFAULT_CORPUS_SIZE, seed: int = 0) -> list[Probe]:

@@ -43,6 +43,10 @@ class PlantedFacts:
             template=TEMPLATE,
         )
 
+    def probes(self) -> list[Probe]:
+        """One probe per planted fact: a known-answer dataset (its traces must peak at ``layer``)."""
+        return [self.probe(entity) for entity in self.facts]
+
 
 def planted_fact_model(
     layer: int,
