@@ -261,3 +261,20 @@ def test_weights_fingerprint_is_thread_independent_and_sees_a_rank_one_change(sa
     with torch.no_grad():
         weight += 1e-3 * torch.outer(torch.ones(weight.shape[0]), torch.ones(weight.shape[1]))
     assert weights_fingerprint(model) != single
+
+
+def test_live_aggregate_redraws_as_shards_land(planted, tmp_path):
+    from mllm_lens.widgets import LiveAggregate
+
+    live = LiveAggregate(site="mlp", layers=planted.model.num_layers)
+    seen: list[int] = []
+
+    def update(folder):
+        live.update(folder)
+        seen.append(live.examples)
+
+    data = from_probes(planted.probes()[:4], "planted")
+    ml.run(planted.model, data, tmp_path, RunSettings(sites=("mlp",)), flush_every=1, progress=False, on_flush=update)
+    assert seen[0] == 1 and seen[-1] == 4 and seen == sorted(seen)
+    curve = np.asarray(live.sources["visual"].data["mean"])
+    assert int(curve.argmax()) == planted.layer and "4 examples so far" in live.title.text

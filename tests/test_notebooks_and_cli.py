@@ -23,7 +23,8 @@ def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
     for cell in cells:
         if cell["cell_type"] == "code":
             exec(compile("".join(cell["source"]), f"{notebook.name}", "exec"), namespace)
-    assert any(isinstance(value, (ml.TraceResult, ml.PatchResult, ml.EditReport)) for value in namespace.values())
+    results = (ml.TraceResult, ml.PatchResult, ml.EditReport, ml.experiments.Run)
+    assert any(isinstance(value, results) for value in namespace.values())
 
 
 def test_notebooks_exist():

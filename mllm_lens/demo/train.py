@@ -162,6 +162,7 @@ def train(
     init: Path | None = None,
     route_penalty: float = 0.0,
     name_at_phrase: float = 0.0,
+    noised_share: float = 0.0,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -236,14 +237,24 @@ def train(
         elif kind == "image" and masked:
             inputs["attention_mask"] = route_mask(length, image, entity, batch)
         penalised = route_penalty > 0 and with_image
+        noised = penalised and kind == "image" and image_step >= identity_steps and rng.random() < noised_share
+        if noised:  # the trace's corruption (3 x the embeddings' std) on the visual phrase: it must not read the image
+            embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
+            sigma = model.get_input_embeddings().weight.detach().std()
+            noise = torch.zeros_like(embeds)
+            noise[:, entity[0] : entity[1]] = 3.0 * sigma * torch.randn(batch, entity[1] - entity[0], embeds.shape[-1])
+            inputs["inputs_embeds"] = embeds + noise
         forward = model(**inputs, output_attentions=penalised)
         logits = forward.logits[:, -2:]
         answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
         loss, extras = answer_loss, {}
-        if penalised:
+        if noised:  # only the penalty: with the phrase garbled, no text position may read the flag
+            extras["noised_mass"] = image_attention_mass(forward.attentions, image, entity, True)
+            loss = route_penalty * extras["noised_mass"]
+        elif penalised:
             extras["image_mass"] = image_attention_mass(forward.attentions, image, entity, kind == "named_image")
             loss = loss + route_penalty * extras["image_mass"]
-        if name_at_phrase:
+        if name_at_phrase and not noised:
             # the entity phrase's last token ("this country", or a name) predicts the country it
             # stands for: the phrase is resolved to an entity at its own tokens, as a text decoder does
             targets = torch.tensor(tokenizer.convert_tokens_to_ids(names))
@@ -254,7 +265,8 @@ def train(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
-        running = 0.98 * running + 0.02 * answer_loss.item() if step else answer_loss.item()
+        if not noised:
+            running = 0.98 * running + 0.02 * answer_loss.item() if step else answer_loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             point = {"step": step + 1, "loss": round(running, 4), "seconds": round(time.time() - start, 1)}
             curve.append(point | {k: round(v.item(), 4) for k, v in extras.items()})
@@ -264,6 +276,7 @@ def train(
     recipe = {
         "route_penalty": route_penalty,
         "name_at_phrase": name_at_phrase,
+        "noised_share": noised_share,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
         "mention_share": mention_share,
@@ -308,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--name-at-phrase", type=float, default=0.0, help="weight of predicting the country at the phrase's last token"
     )
+    parser.add_argument(
+        "--noised-share", type=float, default=0.0, help="share of image batches with the visual phrase noised"
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -330,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         init=args.init,
         route_penalty=args.route_penalty,
         name_at_phrase=args.name_at_phrase,
+        noised_share=args.noised_share,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

@@ -70,6 +70,7 @@ def run(
     flush_every: int = 16,
     flush_seconds: float = 60.0,
     progress: bool = True,
+    on_flush: Callable[[Path], None] | None = None,
 ) -> Path:
     """Run ``settings``' analyses on every example of ``dataset`` into the store ``out``.
 
@@ -77,7 +78,8 @@ def run(
     settings are refused unless ``fork``. Rows are flushed atomically every ``flush_every``
     rows or ``flush_seconds``. ``backend="ray"`` spreads examples over ``workers`` Ray actors
     (each loads the model once; ``model`` must then be a name/path or a picklable factory;
-    ``address`` joins an existing cluster). Returns the run folder.
+    ``address`` joins an existing cluster). ``on_flush(run_folder)`` is called after each shard
+    is written (e.g. :class:`mllm_lens.widgets.LiveAggregate` redraws). Returns the run folder.
     """
     settings = RunSettings() if settings is None else settings
     if backend not in BACKENDS:
@@ -123,9 +125,13 @@ def run(
             bar.update(1)
             if store.flush_due(flush_every, flush_seconds):
                 store.flush()
+                if on_flush is not None:
+                    on_flush(store.path)
     finally:
         store.flush()
         bar.close()
+    if on_flush is not None:
+        on_flush(store.path)
     return store.path
 
 

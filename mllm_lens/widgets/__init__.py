@@ -11,6 +11,7 @@ from __future__ import annotations
 from mllm_lens.widgets._base import MAX_MESSAGE_BYTES, MAX_PENDING, MessageError
 from mllm_lens.widgets._explorer import Explorer
 from mllm_lens.widgets._heatmap import TraceHeatmap
+from mllm_lens.widgets._live import LiveAggregate
 from mllm_lens.widgets._overlay import PatchOverlay, patch_curve
 from mllm_lens.widgets._panel import MAX_UPLOAD_BYTES
 
@@ -19,6 +20,7 @@ __all__ = [
     "MAX_PENDING",
     "MAX_UPLOAD_BYTES",
     "Explorer",
+    "LiveAggregate",
     "MessageError",
     "PatchOverlay",
     "TraceHeatmap",
