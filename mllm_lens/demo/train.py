@@ -45,6 +45,7 @@ from mllm_lens.data import world
 from mllm_lens.demo.build import MODEL_DIR, build_demo_model, prompt_ids
 from mllm_lens.io import atomic_path
 
+_YES_NO = ("in_continent", "uses_currency")
 #: The sentence that names the country before a question in the text-first stage.
 MENTION = "is shown."
 
@@ -163,6 +164,7 @@ def train(
     route_penalty: float = 0.0,
     name_at_phrase: float = 0.0,
     noised_share: float = 0.0,
+    phrase_target: str = "name",
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -223,7 +225,7 @@ def train(
         else:
             form = rng.choice(named_forms if kind.startswith("named") else forms)
         with_image = kind in ("image", "named_image")
-        ids, _, entity, mentioned = make_batch(
+        ids, answers, entity, mentioned = make_batch(
             tokenizer, n_image if with_image else 0, names, form, rng, True, kind.startswith("named"), kind == "mention"
         )
         length = ids.shape[1] - 1
@@ -257,7 +259,10 @@ def train(
         if name_at_phrase and not noised:
             # the entity phrase's last token ("this country", or a name) predicts the country it
             # stands for: the phrase is resolved to an entity at its own tokens, as a text decoder does
-            targets = torch.tensor(tokenizer.convert_tokens_to_ids(names))
+            # "fact": the answer itself where the relation precedes the phrase (every open question),
+            # as ROME's subject enrichment; yes/no questions name the country
+            facts = phrase_target == "fact" and form[0].relation not in _YES_NO
+            targets = torch.tensor(tokenizer.convert_tokens_to_ids(answers if facts else names))
             extras["name_loss"] = torch.nn.functional.cross_entropy(forward.logits[:, entity[1] - 1], targets)
             loss = loss + name_at_phrase * extras["name_loss"]
         optimizer.zero_grad()
@@ -277,6 +282,7 @@ def train(
         "route_penalty": route_penalty,
         "name_at_phrase": name_at_phrase,
         "noised_share": noised_share,
+        "phrase_target": phrase_target,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
         "mention_share": mention_share,
@@ -324,6 +330,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--noised-share", type=float, default=0.0, help="share of image batches with the visual phrase noised"
     )
+    parser.add_argument(
+        "--phrase-target", choices=("name", "fact"), default="name", help="what --name-at-phrase predicts"
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -347,6 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         route_penalty=args.route_penalty,
         name_at_phrase=args.name_at_phrase,
         noised_share=args.noised_share,
+        phrase_target=args.phrase_target,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

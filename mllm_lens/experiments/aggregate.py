@@ -92,3 +92,20 @@ def flow_table(table) -> dict[str, Any]:
         "layer_auroc": [score(flows[:, i]) for i in range(flows.shape[1])],
         "confidence_auroc": score(rows["confidence"].to_numpy(dtype=np.float64)),
     }
+
+
+def patch_grid(table) -> dict[str, Any] | None:
+    """Mean per-patch restoration effect over the run's patch sweeps, ``[layers, rows, cols]``
+    (None without patch rows; examples whose grids differ from the first are left out)."""
+    if not _has(table, "grid_rows", "grid_cols"):
+        return None
+    rows = table[(table["analysis"] == "patches") & (table["status"] == "ok")]
+    if rows.empty:
+        return None
+    shape = tuple(int(rows.iloc[0][k]) for k in ("n_layers", "grid_rows", "grid_cols"))
+    grids = [
+        np.asarray(r["scores"], dtype=np.float64).reshape(shape)
+        for _, r in rows.iterrows()
+        if (int(r["n_layers"]), int(r["grid_rows"]), int(r["grid_cols"])) == shape
+    ]
+    return {"mean": np.mean(grids, axis=0), "n": len(grids)}

@@ -39,7 +39,16 @@ def _bokeh():
     return bokeh
 
 
-def role_figure(profiles: dict[str, dict], title: str, width: int = 520, height: int = 300):
+def _finish(fig, layers: int) -> None:
+    """Whole-layer ticks, and the legend beside the plot (it never hides a curve)."""
+    if layers <= 40:
+        fig.xaxis.ticker = list(range(layers))
+    fig.legend.click_policy = "hide"
+    fig.legend.label_text_font_size = "8pt"
+    fig.add_layout(fig.legend[0], "right")
+
+
+def role_figure(profiles: dict[str, dict], title: str, width: int = 640, height: int = 300):
     """One line per token role (mean effect per layer) with its 95 % band."""
     _bokeh()
     from bokeh.models import ColumnDataSource, HoverTool
@@ -69,9 +78,7 @@ def role_figure(profiles: dict[str, dict], title: str, width: int = 520, height:
         fig.add_tools(
             HoverTool(renderers=[line], tooltips=[("role", role), ("layer", "@layer"), ("mean", "@mean{0.0000}")])
         )
-    fig.legend.location = "top_right"
-    fig.legend.click_policy = "hide"
-    fig.legend.label_text_font_size = "8pt"
+    _finish(fig, max(len(stats["mean"]) for stats in profiles.values()))
     return fig
 
 
@@ -83,7 +90,7 @@ def compare_figure(first: dict, second: dict, role: str, names: tuple[str, str],
 
     relative = len(first[role]["mean"]) != len(second[role]["mean"])
     fig = figure(
-        width=520,
+        width=640,
         height=300,
         title=title,
         x_axis_label="relative depth" if relative else "layer",
@@ -95,6 +102,37 @@ def compare_figure(first: dict, second: dict, role: str, names: tuple[str, str],
         x = np.arange(n, dtype=np.float64) / (max(n - 1, 1) if relative else 1)
         fig.varea(x=x, y1=stats["lo"], y2=stats["hi"], fill_color=color, fill_alpha=0.15)
         fig.line(x=x, y=stats["mean"], color=color, line_width=2, legend_label=f"{name} (n={stats['n']})")
+    if relative:
+        fig.legend.click_policy = "hide"
+        fig.add_layout(fig.legend[0], "right")
+    else:
+        _finish(fig, len(first[role]["mean"]))
+    return fig
+
+
+def patch_figure(grid: dict[str, Any]):
+    """The mean per-patch effect at the layer where it is largest, on the image's patch grid."""
+    _bokeh()
+    from bokeh.models import ColorBar, LinearColorMapper, Range1d  # type: ignore[attr-defined]
+    from bokeh.plotting import figure
+
+    mean = grid["mean"]
+    layer = int(np.argmax(mean.reshape(mean.shape[0], -1).max(axis=1)))
+    values = mean[layer]
+    rows, cols = values.shape
+    mapper = LinearColorMapper(palette="Viridis256", low=min(0.0, float(values.min())), high=float(values.max()) or 1.0)
+    fig = figure(
+        width=360,
+        height=340,
+        title=f"mean per-patch effect, layer {layer} (n={grid['n']})",
+        x_range=Range1d(start=0, end=cols),
+        y_range=Range1d(start=rows, end=0),
+        tools="save",
+        toolbar_location=None,
+    )
+    fig.image(image=[values], x=0, y=0, dw=cols, dh=rows, color_mapper=mapper)  # row 0 on top (inverted y)
+    fig.add_layout(ColorBar(color_mapper=mapper, title="indirect effect"), "right")
+    fig.xaxis.axis_label, fig.yaxis.axis_label = "patch column", "patch row"
     return fig
 
 
@@ -151,6 +189,9 @@ def report_layout(run: Run, compare: Run | None = None):
                     )
         if figures:
             parts.append(column(*[row(*figures[i : i + 2]) for i in range(0, len(figures), 2)]))
+    grid = aggregate.patch_grid(table)
+    if grid is not None:
+        parts.append(patch_figure(grid))
     flows = aggregate.flow_table(table)
     if flows["n"]:
         rows = [[f"flow, layer {i}", v] for i, v in enumerate(flows["layer_auroc"])]
@@ -158,7 +199,8 @@ def report_layout(run: Run, compare: Run | None = None):
         parts.append(
             Div(
                 text="<h2>Predicting a correct answer</h2>"
-                f"<p>AUROC over {flows['n']} examples, {flows['n_correct']} answered correctly.</p>"
+                f"<p>AUROC over {flows['n']} examples, {flows['n_correct']} answered correctly"
+                f"{'' if 0 < flows['n_correct'] < flows['n'] else ' (n/a: AUROC needs correct and wrong answers)'}.</p>"
                 + _table(rows, ["predictor", "AUROC"])
             )
         )
