@@ -33,21 +33,34 @@ SETTINGS = [
 @pytest.mark.parametrize("corruption", sorted(CORRUPTIONS))
 @pytest.mark.parametrize("site,window,mode", SETTINGS)
 def test_fast_trace_equals_reference(models, arch, probe, corruption, site, window, mode):
+    """Both restart plans (shared prefix; partial restart at the restored layer and position)."""
     model = models[arch]
     corrupt = CORRUPTIONS[corruption]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ml.tracing.CorruptionIneffectiveWarning)
-        fast = ml.trace(model, probe, corrupt, site=site, window=window, window_mode=mode, batch_size=7, progress=False)
     ref, clean_p, corrupted_p, target = reference_trace(
         model, probe.encode(model), as_corruption(corrupt), site, window, mode
     )
-    assert fast.target_id == target
-    assert abs(fast.clean_prob - clean_p) <= 1e-5
-    assert abs(fast.corrupted_prob - corrupted_p) <= 1e-5
-    assert np.array_equal(np.isnan(fast.scores), np.isnan(ref))
-    assert np.nanmax(np.abs(fast.scores - ref)) <= 1e-5
     # the comparison is not vacuous: restorations move the probability
     assert np.nanmax(ref) - np.nanmin(ref) > 1e-3
+    for plan in ("prefix", "partial"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ml.tracing.CorruptionIneffectiveWarning)
+            fast = ml.trace(
+                model,
+                probe,
+                corrupt,
+                site=site,
+                window=window,
+                window_mode=mode,
+                batch_size=7,
+                progress=False,
+                plan=plan,
+            )
+        assert fast.settings["plan"] == plan
+        assert fast.target_id == target
+        assert abs(fast.clean_prob - clean_p) <= 1e-5
+        assert abs(fast.corrupted_prob - corrupted_p) <= 1e-5
+        assert np.array_equal(np.isnan(fast.scores), np.isnan(ref))
+        assert np.nanmax(np.abs(fast.scores - ref)) <= 1e-5, plan
 
 
 def test_batch_size_does_not_change_scores(models, probe):
@@ -55,3 +68,13 @@ def test_batch_size_does_not_change_scores(models, probe):
     one = ml.trace(model, probe, ml.noise(), site="mlp", batch_size=1, progress=False)
     many = ml.trace(model, probe, ml.noise(), site="mlp", batch_size=64, progress=False)
     assert np.abs(one.scores - many.scores).max() <= 1e-6
+
+
+def test_auto_plan_restarts_image_noise_partially_and_late_phrases_from_the_prefix(models, probe):
+    model = models["llava"]
+    image = ml.trace(model, probe, ml.image_noise(), site="mlp", progress=False)
+    assert image.settings["plan"] == "partial"
+    late = ml.trace(model, probe, ml.noise("continent"), site="mlp", progress=False)
+    assert late.settings["plan"] == "prefix"
+    forced = ml.trace(model, probe, ml.image_noise(), site="mlp", progress=False, plan="prefix")
+    assert np.nanmax(np.abs(forced.scores - image.scores)) <= 1e-5

@@ -12,6 +12,15 @@ from the clean ones, is identical in both runs. So
 
 A replacement of another token count gives a corrupted run of another length; then
 ``position_map`` says onto which corrupted position each clean position is restored.
+
+When the corruption starts early (image noise corrupts from the first image token), the shared
+prefix saves little. The *partial* plan then restarts each batch of cells where it can first
+differ from the corrupted run: at the lowest restored layer and the first restored position,
+from the corrupted run's recorded hidden states, keys and values
+(:class:`~mllm_lens.tracing.partial.PartialDecoder`). Layer-major cell order makes the batches
+of one layer share their start. ``plan="auto"`` picks the plan with the fewer estimated
+position-layer computations for the cells at hand; :attr:`RestorationExecutor.last_plan` says
+which ran.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -28,7 +38,14 @@ from tqdm.auto import tqdm
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing.prefix_cache import SharedPrefixCache
 
+if TYPE_CHECKING:
+    from mllm_lens.tracing.partial import PartialDecoder  # partial imports this module
+
 PlanEntry = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, suffix positions, values
+PLANS = ("auto", "prefix", "partial")
+#: The partial plan must promise at most this share of the prefix plan's work to be picked
+#: (its per-batch bookkeeping and its one recorded base run are not free).
+PARTIAL_ADVANTAGE = 0.7
 
 
 @dataclass(frozen=True)
@@ -90,8 +107,15 @@ class RestorationExecutor:
         memory_budget: int | None = None,
         max_batch: int = 64,
         position_map: Sequence[int | None] | None = None,
+        plan: str = "auto",
     ) -> None:
+        if plan not in PLANS:
+            raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
         self.model = model
+        self.plan = plan
+        self.last_plan: str | None = None
+        self.corrupted = corrupted
+        self._partial: PartialDecoder | None = None
         self.length = clean.shape[1]
         shared = min(self.length, corrupted.shape[1])
         changed = (clean[:, :shared] != corrupted[:, :shared]).any(dim=-1)[0].nonzero().flatten()
@@ -210,9 +234,32 @@ class RestorationExecutor:
         self._execute(cells, lambda _start, probs: parts.append(probs.cpu()), progress=False, desc="")
         return torch.cat(parts) if parts else torch.empty(0)
 
+    def _batch_start(self, batch: Sequence[Cell]) -> tuple[int, int]:
+        """``(layer, corrupted position)`` where a batch's restorations can first change the run."""
+        first = min(self.position_map[p] for cell in batch for p in cell.positions)  # type: ignore[type-var]
+        return min(min(cell.layers) for cell in batch), int(first)  # type: ignore[arg-type]
+
+    def choose_plan(self, cells: Sequence[Cell]) -> str:
+        """ "prefix" or "partial" for these cells (``plan`` unless it is "auto"): estimated
+        position-layer computations of each, the partial plan paying one base run."""
+        if self.plan != "auto" or not cells:
+            return "prefix" if self.plan == "auto" else self.plan
+        layers, length = self.model.num_layers, self.corrupted.shape[1]
+        prefix = len(cells) * layers * (length - self.p0)
+        partial = layers * length
+        for start in range(0, len(cells), self.batch_size):
+            batch = cells[start : start + self.batch_size]
+            layer, first = self._batch_start(batch)
+            partial += len(batch) * (layers - layer) * (length - first)
+        return "partial" if partial < PARTIAL_ADVANTAGE * prefix else "prefix"
+
     def _execute(
         self, cells: Sequence[Cell], consume: Callable[[int, torch.Tensor], None], *, progress: bool, desc: str
     ) -> None:
+        self.last_plan = self.choose_plan(cells)
+        if self.last_plan == "partial":
+            self._execute_partial(cells, consume, progress=progress, desc=desc)
+            return
         adapter = self.model.adapter
         plan: dict[tuple[str, int], PlanEntry] = {}
 
@@ -242,3 +289,24 @@ class RestorationExecutor:
                 plan.update(self._plan(batch))
                 suffix = self.corrupted_suffix.expand(len(batch), -1, -1)
                 consume(start, torch.softmax(self._suffix_logits(suffix), dim=-1))
+
+    def _execute_partial(
+        self, cells: Sequence[Cell], consume: Callable[[int, torch.Tensor], None], *, progress: bool, desc: str
+    ) -> None:
+        from mllm_lens.tracing.partial import PartialDecoder
+
+        if self._partial is None:
+            self._partial = PartialDecoder(self.model, self.corrupted, max_batch=self.batch_size)
+        decoder = self._partial
+        starts = range(0, len(cells), self.batch_size)
+        bar = tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, unit="batch")
+        with torch.no_grad():
+            for start in bar:
+                batch = cells[start : start + self.batch_size]
+                layer, first = self._batch_start(batch)
+                shift = self.p0 - first  # plan positions count from p0; the run's from `first`
+                plan = {
+                    key: (rows, written + shift, values) for key, (rows, written, values) in self._plan(batch).items()
+                }
+                hidden = decoder.inputs[layer][first:].expand(len(batch), -1, -1).clone()
+                consume(start, torch.softmax(decoder.run(layer, first, hidden, plan), dim=-1))

@@ -22,7 +22,7 @@ from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.corruption import Corruption, Replace, as_corruption, position_map
-from mllm_lens.tracing.executor import Cell, RestorationExecutor
+from mllm_lens.tracing.executor import PLANS, Cell, RestorationExecutor
 from mllm_lens.tracing.windows import window_layers
 
 
@@ -85,10 +85,14 @@ class TraceSession:
         batch_size: int | None = None,
         memory_budget: int | None = None,
         warn: bool = True,
+        plan: str = "auto",
     ) -> None:
         """``warn=False`` keeps an ineffective corruption's note in :attr:`notes` without
         issuing :class:`CorruptionIneffectiveWarning` (for callers on other threads, where
-        capturing warnings is not safe)."""
+        capturing warnings is not safe). ``plan``: "auto", "prefix" or "partial" (see
+        :mod:`mllm_lens.tracing.executor`); the plan used is in each result's settings."""
+        if plan not in PLANS:
+            raise TraceConfigError(f"plan must be one of {PLANS}, got {plan!r}")
         _check_sites(sites)
         check_batch_size(batch_size, memory_budget)
         self.model = model
@@ -102,6 +106,7 @@ class TraceSession:
             batch_size=batch_size,
             memory_budget=memory_budget,
             position_map=self.position_map,
+            plan=plan,
         )
         target = self.encoded.target_id
         self.clean_probs = torch.softmax(self.executor.clean_logits[0], -1)
@@ -265,6 +270,7 @@ class TraceSession:
                 "corruption": self.corruption.describe(encoded),
                 "first_corrupted_position": self.executor.p0,
                 "batch_size": self.executor.batch_size,
+                "plan": self.executor.last_plan,
                 "prompt": encoded.prompt,
                 "question": probe.question,
                 "answer": probe.answer,

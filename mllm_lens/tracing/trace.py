@@ -38,6 +38,7 @@ def trace(
     batch_size: int | None = None,
     memory_budget: int | None = None,
     progress: bool = True,
+    plan: str = "auto",
 ) -> TraceResult:
     """Trace where the answer to ``probe`` is restored, for one ``site``.
 
@@ -45,6 +46,8 @@ def trace(
     :func:`~mllm_lens.replace` or :func:`~mllm_lens.image_noise`. ``window``/``window_mode``:
     see :mod:`mllm_lens.tracing.windows`. ``positions`` restricts the swept positions (default:
     all). ``batch_size`` overrides the batch size derived from ``memory_budget`` (bytes).
+    ``plan``: "auto" (default), "prefix" or "partial" restarts (see
+    :mod:`mllm_lens.tracing.executor`; ``result.settings["plan"]`` says which ran).
     """
     return trace_sites(
         model,
@@ -57,6 +60,7 @@ def trace(
         batch_size=batch_size,
         memory_budget=memory_budget,
         progress=progress,
+        plan=plan,
     )[site]
 
 
@@ -72,8 +76,9 @@ def trace_sites(
     batch_size: int | None = None,
     memory_budget: int | None = None,
     progress: bool = True,
+    plan: str = "auto",
 ) -> dict[str, TraceResult]:
     """:func:`trace` for several sites at once (default hidden, MLP and attention), sharing
     the clean run and the prefix cache: ``{site: TraceResult}``."""
-    session = TraceSession(model, probe, corrupt, sites, batch_size=batch_size, memory_budget=memory_budget)
+    session = TraceSession(model, probe, corrupt, sites, batch_size=batch_size, memory_budget=memory_budget, plan=plan)
     return {site: session.trace(site, window, window_mode, positions=positions, progress=progress) for site in sites}
