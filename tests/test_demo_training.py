@@ -51,3 +51,41 @@ def test_batches_locate_the_entity_phrase():
     assert tokenizer.convert_ids_to_tokens(ids[0, m0:m1].tolist()) == ["Peru"] and m1 <= start
     assert tokenizer.convert_ids_to_tokens(ids[0, start:end].tolist())[-1] == "flag"
     assert tokenizer.convert_tokens_to_ids("<image>") not in ids[0].tolist()
+
+
+def test_image_attention_mass_counts_only_the_other_text_positions():
+    from mllm_lens.demo.train import image_attention_mass
+
+    length, image, entity = 10, (1, 5), (6, 8)
+    attention = torch.zeros(1, 2, length, length)
+    attention[:, :, :, 0] = 1.0  # everything on BOS ...
+    attention[:, :, 6, 0], attention[:, :, 6, 2] = 0.0, 1.0  # ... but the phrase reads the image
+    attention[:, 1, 9, 0], attention[:, 1, 9, 3] = 0.5, 0.5  # and one head of the last position half
+    queries = length - image[1] - (entity[1] - entity[0])  # text positions after the image, phrase excluded
+    expected = 0.5 / (2 * queries)  # mean over heads and queries
+    assert image_attention_mass([attention], image, entity, named=False).item() == pytest.approx(expected)
+    # a named country is text: its own reading of the image counts too
+    named = image_attention_mass([attention], image, entity, named=True).item()
+    assert named == pytest.approx((0.5 + 2 * 1.0) / (2 * (queries + 2)))
+
+
+def test_route_penalty_training_runs_unmasked_and_records_its_terms(tmp_path):
+    from mllm_lens.demo.train import train
+
+    model, _, curve = train(
+        steps=6,
+        batch=4,
+        renderings=1,
+        seed=0,
+        lr=1e-3,
+        out=None,
+        log_every=3,
+        identity_steps=2,
+        route_penalty=3.0,
+        name_at_phrase=1.0,
+        phrase_target="fact",
+        noised_share=0.5,
+    )
+    assert model.config._attn_implementation == "sdpa"  # eager only while training
+    assert all("loss" in point for point in curve)
+    assert any("image_mass" in point or "noised_mass" in point for point in curve)

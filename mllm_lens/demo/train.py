@@ -20,11 +20,19 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    A share of batches name a country while showing a random flag (the named entity wins),
    and a share repeat the mention questions.
 
+3. **Route penalty** (``--route-penalty``, session 4): instead of the mask, the model runs
+   unmasked and pays for the attention that text positions other than the visual phrase give the
+   image (:func:`image_attention_mass`), so nothing is left untrained for inference;
+   ``--name-at-phrase`` makes the phrase's last token predict the country's name (or, with
+   ``--phrase-target fact``, the answer of an open question); ``--noised-share`` adds batches
+   with the trace's noise on the phrase, trained only to keep the image out of every text position.
+
 The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
 every question form, no mask, no named or mention questions; the shipped weights came from the
 same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
 The routing options (``--text-steps``, ``--route-mask-share``, ``--named-share``,
-``--mention-share``, ``--unmasked-tail``, ``--init``) are the recipes tried for issue 11;
+``--mention-share``, ``--unmasked-tail``, ``--init``, ``--route-penalty``, ``--name-at-phrase``,
+``--phrase-target``, ``--noised-share``) are the recipes tried for issue 11;
 ``benchmarks/RESULTS.md`` ("Demo model recipes") lists what each gave. None has yet reached the
 accuracy target within the training budget, so none is the default.
 """
