@@ -66,8 +66,8 @@ def main() -> None:
         row("demo, noise on the visual phrase", demo, probe, ml.noise(), repeats=3),
         row("demo, noise on the textual constraint (last)", demo, probe, ml.noise(record.textual_constraints[0]), 3),
     ]
-    from trace_speed import QUESTION, build_model  # the CPU preset: 8 x 512 Llama, 576 image tokens
     from PIL import Image
+    from trace_speed import QUESTION, build_model  # the CPU preset: 8 x 512 Llama, 576 image tokens
 
     preset = build_model("cpu", "cpu", torch.float32)
     image = Image.fromarray((np.random.default_rng(0).random((336, 336, 3)) * 255).astype("uint8"))
