@@ -278,3 +278,10 @@ def test_live_aggregate_redraws_as_shards_land(planted, tmp_path):
     assert seen[0] == 1 and seen[-1] == 4 and seen == sorted(seen)
     curve = np.asarray(live.sources["visual"].data["mean"])
     assert int(curve.argmax()) == planted.layer and "4 examples so far" in live.title.text
+
+
+def test_run_without_the_runs_extra_names_the_install_before_any_work(models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as if pyarrow were not installed
+    with pytest.raises(ml.MissingExtraError, match=r"pip install 'mllm-lens\[runs\]'"):
+        ml.run(models["llava"], from_probes(probes(1)), tmp_path / "run", FAST, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -30,7 +30,7 @@ class Run:
         try:
             import pandas as pd
         except ImportError:
-            raise MissingExtraError("reading a run needs pandas: pip install 'mllm_lens[runs]'") from None
+            raise MissingExtraError("reading a run needs pandas: pip install 'mllm-lens[runs]'") from None
         records = read_records(self.path)
         if records is None:
             return pd.DataFrame(columns=["example_id", "analysis", "status", "error"])

@@ -12,7 +12,7 @@ from mllm_lens.errors import MissingExtraError, OptionError
 from mllm_lens.experiments.compute import example_rows
 from mllm_lens.experiments.datasets import Dataset, Example, from_probes
 from mllm_lens.experiments.settings import RunSettings, versions
-from mllm_lens.experiments.store import RunStore
+from mllm_lens.experiments.store import RunStore, require_parquet
 from mllm_lens.models.fingerprint import weights_fingerprint
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import Probe
@@ -82,6 +82,7 @@ def run(
     is written (e.g. :class:`mllm_lens.widgets.LiveAggregate` redraws). Returns the run folder.
     """
     settings = RunSettings() if settings is None else settings
+    require_parquet()  # before anything is written or loaded
     if backend not in BACKENDS:
         raise OptionError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "ray" and isinstance(model, LensModel):
@@ -149,7 +150,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        raise MissingExtraError("the ray backend needs Ray: pip install 'mllm_lens[distributed]'") from None
+        raise MissingExtraError("the ray backend needs Ray: pip install 'mllm-lens[distributed]'") from None
     return ray
 
 

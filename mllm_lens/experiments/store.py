@@ -31,13 +31,13 @@ REPORT = "report.json"
 STORE_FORMAT = 1
 
 
-def _pyarrow():
+def require_parquet():
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise MissingExtraError(
-            "dataset runs store Parquet files and need pyarrow and pandas: pip install 'mllm_lens[runs]'"
+            "dataset runs store Parquet files and need pyarrow and pandas: pip install 'mllm-lens[runs]'"
         ) from None
     return pa, pq
 
@@ -114,7 +114,7 @@ class RunStore:
         self._last_flush = time.monotonic()
         if not self._pending:
             return
-        pa, pq = _pyarrow()
+        pa, pq = require_parquet()
         columns = list(dict.fromkeys(k for row in self._pending for k in row))  # from_pylist reads row 0's keys only
         table = pa.Table.from_pylist([{k: row.get(k) for k in columns} for row in self._pending])
         target = self.records_dir / f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
@@ -161,7 +161,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def read_records(path: str | Path, columns: list[str] | None = None):
     """Every complete shard of the run as one pyarrow Table (None before the first shard)."""
-    pa, pq = _pyarrow()
+    pa, pq = require_parquet()
     shards = sorted((Path(path) / RECORDS).glob("part-*.parquet"))
     if not shards:
         return None
