@@ -71,10 +71,13 @@ def test_batch_size_does_not_change_scores(models, probe):
 
 
 def test_auto_plan_restarts_image_noise_partially_and_late_phrases_from_the_prefix(models, probe):
+    """With batches smaller than a layer's cells, image noise restarts partially (later batches
+    start later); one cell (a click) is not worth the partial plan's recorded base run."""
     model = models["llava"]
-    image = ml.trace(model, probe, ml.image_noise(), site="mlp", progress=False)
+    image = ml.trace(model, probe, ml.image_noise(), site="mlp", progress=False, batch_size=4)
     assert image.settings["plan"] == "partial"
-    late = ml.trace(model, probe, ml.noise("continent"), site="mlp", progress=False)
-    assert late.settings["plan"] == "prefix"
-    forced = ml.trace(model, probe, ml.image_noise(), site="mlp", progress=False, plan="prefix")
+    session = ml.TraceSession(model, probe, ml.noise("this country"), ("mlp",))
+    session.cell("mlp", 2, session.encoded.length - 1)  # one click: a recorded base run would cost more
+    assert session.executor.last_plan == "prefix"
+    forced = ml.trace(model, probe, ml.image_noise(), site="mlp", progress=False, plan="prefix", batch_size=4)
     assert np.nanmax(np.abs(forced.scores - image.scores)) <= 1e-5

@@ -239,6 +239,16 @@ class RestorationExecutor:
         first = min(self.position_map[p] for cell in batch for p in cell.positions)  # type: ignore[type-var]
         return min(min(cell.layers) for cell in batch), int(first)  # type: ignore[arg-type]
 
+    def _partial_batches(self, cells: Sequence[Cell]) -> list[tuple[int, int]]:
+        """Contiguous ``(start, stop)`` runs of cells for the partial plan: at most ``batch_size``
+        cells, split where the lowest restored layer changes (so a batch shares its start layer)."""
+        batches, start = [], 0
+        for i in range(1, len(cells) + 1):
+            if i == len(cells) or i - start == self.batch_size or min(cells[i].layers) != min(cells[start].layers):
+                batches.append((start, i))
+                start = i
+        return batches
+
     def choose_plan(self, cells: Sequence[Cell]) -> str:
         """ "prefix" or "partial" for these cells (``plan`` unless it is "auto"): estimated
         position-layer computations of each, the partial plan paying one base run."""
@@ -247,10 +257,9 @@ class RestorationExecutor:
         layers, length = self.model.num_layers, self.corrupted.shape[1]
         prefix = len(cells) * layers * (length - self.p0)
         partial = layers * length
-        for start in range(0, len(cells), self.batch_size):
-            batch = cells[start : start + self.batch_size]
-            layer, first = self._batch_start(batch)
-            partial += len(batch) * (layers - layer) * (length - first)
+        for start, stop in self._partial_batches(cells):
+            layer, first = self._batch_start(cells[start:stop])
+            partial += (stop - start) * (layers - layer) * (length - first)
         return "partial" if partial < PARTIAL_ADVANTAGE * prefix else "prefix"
 
     def _execute(
@@ -298,11 +307,11 @@ class RestorationExecutor:
         if self._partial is None:
             self._partial = PartialDecoder(self.model, self.corrupted, max_batch=self.batch_size)
         decoder = self._partial
-        starts = range(0, len(cells), self.batch_size)
-        bar = tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, unit="batch")
+        batches = self._partial_batches(cells)
+        bar = tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, unit="batch")
         with torch.no_grad():
-            for start in bar:
-                batch = cells[start : start + self.batch_size]
+            for start, stop in bar:
+                batch = cells[start:stop]
                 layer, first = self._batch_start(batch)
                 shift = self.p0 - first  # plan positions count from p0; the run's from `first`
                 plan = {
