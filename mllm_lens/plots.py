@@ -93,6 +93,14 @@ def aggregate(
     return out
 
 
+def band_curve(fig, stats: dict[str, Any], color: str, label: str, fill_alpha: float = 0.2):
+    """Draw ``stats``' mean per layer as a line over its ``lo``-``hi`` band; returns the line."""
+    layers = np.arange(len(stats["mean"]))
+    source = ColumnDataSource({"layer": layers, "mean": stats["mean"], "lo": stats["lo"], "hi": stats["hi"]})
+    fig.varea(x="layer", y1="lo", y2="hi", source=source, fill_color=color, fill_alpha=fill_alpha)
+    return fig.line(x="layer", y="mean", source=source, color=color, line_width=2, legend_label=label)
+
+
 def aggregate_figure(
     results: Sequence[TraceResult],
     group: str = "visual",
@@ -114,14 +122,9 @@ def aggregate_figure(
         tools="pan,box_zoom,reset,save",
     )
     for site, s in stats.items():
-        layers = np.arange(len(s["mean"]))
-        source = ColumnDataSource({"layer": layers, "mean": s["mean"], "lo": s["lo"], "hi": s["hi"]})
         color = SITE_COLORS.get(site, "#555555")
-        fig.varea(x="layer", y1="lo", y2="hi", source=source, fill_color=color, fill_alpha=0.2)
-        line = fig.line(
-            x="layer", y="mean", source=source, color=color, line_width=2, legend_label=f"{site} (n={s['n']})"
-        )
-        fig.scatter(x="layer", y="mean", source=source, color=color, size=5)
+        line = band_curve(fig, s, color, f"{site} (n={s['n']})")
+        fig.scatter(x="layer", y="mean", source=line.data_source, color=color, size=5)
         fig.add_tools(
             HoverTool(renderers=[line], tooltips=[("site", site), ("layer", "@layer"), ("mean", "@mean{0.000}")])
         )

@@ -51,8 +51,10 @@ def _finish(fig, layers: int) -> None:
 def role_figure(profiles: dict[str, dict], title: str, width: int = 640, height: int = 300):
     """One line per token role (mean effect per layer) with its 95 % band."""
     _bokeh()
-    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.models import HoverTool
     from bokeh.plotting import figure
+
+    from mllm_lens.plots import band_curve
 
     fig = figure(
         width=width,
@@ -63,18 +65,8 @@ def role_figure(profiles: dict[str, dict], title: str, width: int = 640, height:
         tools="pan,box_zoom,reset,save",
     )
     for role, stats in profiles.items():
-        layers = np.arange(len(stats["mean"]))
-        source = ColumnDataSource({"layer": layers, "mean": stats["mean"], "lo": stats["lo"], "hi": stats["hi"]})
-        color = ROLE_COLORS.get(role, "#555555")
-        fig.varea(x="layer", y1="lo", y2="hi", source=source, fill_color=color, fill_alpha=0.15)
-        line = fig.line(
-            x="layer",
-            y="mean",
-            source=source,
-            color=color,
-            line_width=2,
-            legend_label=f"{ROLE_NAMES.get(role, role)} (n={stats['n']})",
-        )
+        label = f"{ROLE_NAMES.get(role, role)} (n={stats['n']})"
+        line = band_curve(fig, stats, ROLE_COLORS.get(role, "#555555"), label, fill_alpha=0.15)
         fig.add_tools(
             HoverTool(renderers=[line], tooltips=[("role", role), ("layer", "@layer"), ("mean", "@mean{0.0000}")])
         )
