@@ -6,6 +6,12 @@ same heatmap as :class:`mllm_lens.widgets.TraceHeatmap`, hover readout included.
 text, one ``<rect class="cell">`` per drawn cell) and PNG (PIL) are for papers. The image span
 is collapsed into one band row (its best score per layer) unless ``collapse_image=False``.
 
+Colours follow the widgets' policy (``js/src/policy.js``, mirrored by :func:`color_range`): by
+default p(target) is painted from the corrupted to the clean probability, at least
+:data:`MIN_SPAN` wide, so a trace whose restorations barely move p is not painted bright; the
+figure then says so in words (:func:`small_effect_note`). The colour bar carries its end values
+and marks the clean and corrupted probabilities.
+
 Only numpy and PIL are used here: the engine may import this module without any widget stack.
 """
 
@@ -42,6 +48,18 @@ COLORMAPS = {
     ],
 }  # fmt: skip
 NAN_RGB = (220, 220, 220)
+MIN_SPAN = 0.05  # the narrowest span an anchored scale paints, as in js/src/policy.js
+SCALES = ("anchored", "fixed", "auto")
+# The exported page's colours: JupyterLab's variable names, light or dark by the reader's preference.
+PAGE_THEME = """
+:root{--jp-ui-font-color1:#1f1f1f;--jp-ui-font-color2:#595959;--jp-layout-color0:#fff;--jp-layout-color1:#fff;
+--jp-layout-color2:#eee;--jp-border-color1:#9e9e9e;--jp-brand-color1:#1565c0;--jp-error-color1:#c62828;
+--jp-warn-color1:#a15c00;color-scheme:light dark}
+@media (prefers-color-scheme: dark){:root{--jp-ui-font-color1:#e6e6e6;--jp-ui-font-color2:#b3b3b3;
+--jp-layout-color0:#111;--jp-layout-color1:#1e1e1e;--jp-layout-color2:#2c2c2c;--jp-border-color1:#616161;
+--jp-brand-color1:#64b5f6;--jp-error-color1:#ef5350;--jp-warn-color1:#ffb74d}}
+body{font-family:system-ui,sans-serif;margin:16px;background:var(--jp-layout-color0);color:var(--jp-ui-font-color1)}
+"""
 
 
 def bundle_text() -> str:
@@ -86,6 +104,45 @@ def heatmap_state(results: TraceResult | Sequence[TraceResult]) -> dict:
     }
 
 
+def _finite_range(data: np.ndarray | None) -> tuple[float, float]:
+    finite = np.asarray(data if data is not None else [], dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+
+
+def color_range(
+    clean: float, corrupted: float, *, value: str = "score", scale: str = "anchored", data: np.ndarray | None = None
+) -> tuple[float, float]:
+    """``(lo, hi)`` of the colour ramp, in the units painted (p, or indirect effect for
+    ``value="indirect_effect"``; ``data`` already in them). ``"anchored"``: corrupted → clean
+    (indirect effect 0 → clean − corrupted), at least :data:`MIN_SPAN` wide and inside [0, 1];
+    ``"fixed"``: 0–1; ``"auto"``: the finite min–max of ``data``."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    lo, hi = 0.0, 1.0
+    if scale == "auto":
+        lo, hi = _finite_range(data)
+    elif scale == "anchored":
+        a, b = (0.0, clean - corrupted) if value == "indirect_effect" else (corrupted, clean)
+        lo, hi = min(a, b), max(a, b)
+        if hi - lo < MIN_SPAN:
+            lo, hi = (lo, lo + MIN_SPAN) if lo + MIN_SPAN <= 1 or lo < 0 else (1 - MIN_SPAN, 1.0)
+    return lo, hi if hi > lo else lo + 1e-9
+
+
+def small_effect_note(scores: np.ndarray, corrupted: float) -> str | None:
+    """ "restoring changes p(answer) by at most 0.006: ..." when every restored p (``scores``)
+    lies within :data:`MIN_SPAN` of the corrupted one; None otherwise."""
+    change = np.abs(np.asarray(scores, dtype=np.float64) - corrupted)
+    change = change[np.isfinite(change)]
+    if not change.size or change.max() >= MIN_SPAN:
+        return None
+    return (
+        f"restoring changes p(answer) by at most {change.max():.3f}: "
+        f"too small to colour (the scale spans at least {MIN_SPAN})"
+    )
+
+
 def rgb(values: np.ndarray, vmin: float, vmax: float, cmap: str = "viridis") -> np.ndarray:
     """``[..., 3]`` uint8 colours of ``values`` on ``cmap`` over ``[vmin, vmax]``; NaN -> grey."""
     stops = np.asarray(COLORMAPS[cmap], dtype=np.float64)
@@ -110,10 +167,12 @@ class Grid:
     vmax: float
     cell: tuple[int, int]  # (width, height)
     left: int
+    marks: list[tuple[str, float]]  # (name, p): the corrupted and clean probabilities
+    note: str | None = None  # small_effect_note, written under the figure
     top: int = 26
     bottom: int = 22
     gap: int = 16
-    legend: int = 70
+    legend: int = 110
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -123,17 +182,42 @@ class Grid:
     def size(self) -> tuple[int, int]:
         panels, layers, rows = self.shape
         width = self.left + panels * layers * self.cell[0] + (panels - 1) * self.gap + self.legend
-        return width, self.top + rows * self.cell[1] + self.bottom
+        return width, self.top + rows * self.cell[1] + self.bottom + (16 if self.note else 0)
+
+    @property
+    def axis_y(self) -> int:
+        """Top of the layer axis (just under the cells)."""
+        return self.top + self.shape[2] * self.cell[1]
 
     def origin(self, panel: int, layer: int, row: int) -> tuple[int, int]:
         x = self.left + panel * (self.shape[1] * self.cell[0] + self.gap) + layer * self.cell[0]
         return x, self.top + row * self.cell[1]
 
+    def legend_labels(self) -> list[tuple[float, str]]:
+        """``(t, text)`` beside the colour bar, t in [0, 1] from its bottom: the end values, and
+        the corrupted and clean marks (joined to an end value they sit next to)."""
+        labels = {1.0: f"{self.vmax:.3f}", 0.0: f"{self.vmin:.3f}"}
+        for name, p in self.marks:
+            t = min(1.0, max(0.0, (p - self.vmin) / (self.vmax - self.vmin)))
+            near = next((end for end in labels if abs(end - t) * self.shape[2] * self.cell[1] < 10), None)
+            if near is None:
+                labels[t] = f"{name} {p:.3f}"
+            elif labels[near].startswith(f"{p:.3f}"):
+                labels[near] += f" {name}"
+            else:
+                labels[near] += f" ({name} {p:.3f})"
+        return sorted(labels.items(), reverse=True)
+
 
 def grid(
-    results: TraceResult | Sequence[TraceResult], *, collapse_image: bool = True, cell: tuple[int, int] = (14, 14)
+    results: TraceResult | Sequence[TraceResult],
+    *,
+    collapse_image: bool = True,
+    cell: tuple[int, int] = (14, 14),
+    scale: str = "anchored",
 ) -> Grid:
-    """Group positions into rows (image band collapsed to its best score per layer) and lay them out."""
+    """Group positions into rows (image band collapsed to its best score per layer) and lay them
+    out; colours over :func:`color_range` of ``scale``."""
     items = as_results(results)
     first = items[0]
     start, end = first.image_span
@@ -153,12 +237,12 @@ def grid(
         block = scores[:, :, positions]
         ok = ~np.isnan(block).all(-1)
         values[:, :, j][ok] = np.nanmax(np.where(np.isnan(block), -np.inf, block), -1)[ok]
-    finite = values[np.isfinite(values)]
-    vmin = min(float(finite.min()), first.corrupted_prob) if finite.size else 0.0
-    vmax = float(finite.max()) if finite.size else 1.0
+    vmin, vmax = color_range(first.clean_prob, first.corrupted_prob, scale=scale, data=values)
     left = min(160, 7 * max(len(s) for s in labels)) + 10
     titles = [SITE_TITLES.get(r.site, r.site) for r in items]
-    return Grid(titles, labels, rows, values, vmin, max(vmax, vmin + 1e-9), cell, left)
+    marks = [("corrupted", float(first.corrupted_prob)), ("clean", float(first.clean_prob))]
+    note = small_effect_note(scores, first.corrupted_prob)
+    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, note)
 
 
 def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **options) -> Path:
@@ -182,7 +266,7 @@ def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **opt
         x0, _ = g.origin(p, 0, 0)
         out.append(f'<text x="{x0}" y="{g.top - 8}" font-weight="bold">{esc(g.titles[p])}</text>')
         for layer in range(0, layers, max(1, 20 // cw)):
-            out.append(f'<text x="{x0 + layer * cw}" y="{height - 8}" font-size="9">{layer}</text>')
+            out.append(f'<text x="{x0 + layer * cw}" y="{g.axis_y + 14}" font-size="9">{layer}</text>')
         for layer in range(layers):
             for r in range(rows):
                 x, y = g.origin(p, layer, r)
@@ -196,8 +280,12 @@ def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **opt
         out.append(f'<text x="{g.left - 6}" y="{g.top + r * ch + ch - 3}" text-anchor="end">{esc(label)}</text>')
     lx = width - g.legend + 12
     out.append(f'<rect class="legend" x="{lx}" y="{g.top}" width="12" height="{rows * ch}" fill="url(#scale)"/>')
-    out.append(f'<text x="{lx + 16}" y="{g.top + 9}" font-size="9">{g.vmax:.3f}</text>')
-    out.append(f'<text x="{lx + 16}" y="{g.top + rows * ch}" font-size="9">{g.vmin:.3f}</text>')
+    for t, text in g.legend_labels():
+        mark_y = g.top + (1 - t) * rows * ch
+        out.append(f'<line x1="{lx}" x2="{lx + 15}" y1="{mark_y:.1f}" y2="{mark_y:.1f}" stroke="black"/>')
+        out.append(f'<text class="legend-label" x="{lx + 17}" y="{mark_y + 3:.1f}" font-size="9">{esc(text)}</text>')
+    if g.note:
+        out.append(f'<text class="note" x="{g.left}" y="{height - 4}">{esc(g.note)}</text>')
     out.append("</svg>")
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -225,7 +313,7 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
                 box = (x * scale, y * scale, (x + cw) * scale - 1, (y + ch) * scale - 1)
                 draw.rectangle(box, fill=tuple(int(c) for c in colours[p, layer, r]))
         for layer in range(0, layers, max(1, 20 // cw)):
-            draw.text(((x0 + layer * cw) * scale, (height - 18) * scale), str(layer), fill="black", font=font)
+            draw.text(((x0 + layer * cw) * scale, (g.axis_y + 4) * scale), str(layer), fill="black", font=font)
     for r, label in enumerate(g.row_labels):
         draw.text(
             ((g.left - 6) * scale, (g.top + r * ch + ch / 2) * scale), label, fill="black", font=font, anchor="rm"
@@ -235,8 +323,13 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
     for i, colour in enumerate(ramp):
         y = g.top * scale + i
         draw.line((lx * scale, y, (lx + 12) * scale, y), fill=tuple(int(c) for c in colour))
-    draw.text(((lx + 16) * scale, g.top * scale), f"{g.vmax:.3f}", fill="black", font=font)
-    draw.text(((lx + 16) * scale, (g.top + rows * ch - 10) * scale), f"{g.vmin:.3f}", fill="black", font=font)
+    small = ImageFont.load_default(size=9 * scale)
+    for t, text in g.legend_labels():
+        mark_y = (g.top + (1 - t) * rows * ch) * scale
+        draw.line((lx * scale, mark_y, (lx + 15) * scale, mark_y), fill="black", width=scale)
+        draw.text(((lx + 17) * scale, mark_y), text, fill="black", font=small, anchor="lm")
+    if g.note:
+        draw.text((g.left * scale, (height - 6) * scale), g.note, fill="black", font=font, anchor="ls")
     path = Path(path)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
@@ -249,7 +342,9 @@ def _script_safe(text: str) -> str:
 
 
 def to_html(results: TraceResult | Sequence[TraceResult], path: str | Path, *, title: str | None = None) -> Path:
-    """Write a self-contained page (bundle and data inlined, no kernel, works from ``file://``)."""
+    """Write a self-contained page (bundle and data inlined, no kernel, works from ``file://``).
+    Nothing on it promises a re-run (``clickable`` is false: a click reads a cell out); its
+    colours follow the reader's light or dark preference (:data:`PAGE_THEME`)."""
     items = as_results(results)
     state = heatmap_state(items)
     scores = state.pop("scores")
@@ -258,14 +353,16 @@ def to_html(results: TraceResult | Sequence[TraceResult], path: str | Path, *, t
         "dtype": "float32",
         "shape": list(scores.shape),
     }
-    state.update(expanded=False, colormap="viridis", value="score", vmin=None, vmax=None, highlight=[])
-    state.update(status="static page: no kernel, clicks only read out", progress=0.0, error="", cell_result={})
+    state.update(expanded=False, colormap="viridis", value="score", scale="anchored", vmin=None, vmax=None)
+    state.update(highlight=[], status="static page (no kernel)", progress=0.0, error="", error_details="")
+    state.update(cell_result={}, clickable=False)
     heading = title or f"Causal trace of {items[0].target_token!r}"
     question = items[0].settings.get("question", "")
     data = json.dumps(state).replace("<", "\\u003c")  # valid JSON that cannot close the script element
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(heading)}</title></head>
-<body style="font-family:system-ui,sans-serif;margin:16px">
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(heading)}</title>
+<style>{PAGE_THEME}</style></head>
+<body>
 <h2>{html.escape(heading)}</h2>
 <p>{html.escape(question)}</p>
 <div id="mll-heatmap"></div>

@@ -611,19 +611,19 @@ def png() -> bytes:
 
 
 WIDGET_MESSAGES = [
-    ({"type": "explode"}, None, "MessageError", ("unknown request type 'explode'",)),
+    ({"type": "explode"}, None, "MessageError", ("Unknown request type 'explode'",)),
     ([1, 2], None, "MessageError", ("JSON object", "list")),
-    ({"type": "select", "index": 99}, None, "MessageError", ("index 99 out of range",)),
-    ({"type": "select", "index": "0"}, None, "MessageError", ("index must be an integer",)),
-    ({"type": "question", "text": 3}, None, "MessageError", ("text must be a non-empty string",)),
-    ({"type": "marks", "spans": [{"start": 0, "end": 1, "kind": "secret"}]}, None, "MessageError", ("span kind",)),
+    ({"type": "select", "index": 99}, None, "MessageError", ("Index 99 is out of range",)),
+    ({"type": "select", "index": "0"}, None, "MessageError", ("Index must be an integer",)),
+    ({"type": "question", "text": 3}, None, "MessageError", ("The question must be text.",)),
+    ({"type": "marks", "spans": [{"start": 0, "end": 1, "kind": "secret"}]}, None, "MessageError", ("Span kind",)),
     ({"type": "marks", "spans": [{"start": 0, "end": 99, "kind": "visual"}]}, None, "MessageError", ("out of range",)),
-    ({"type": "corruption", "value": "noise:Paris"}, None, "MessageError", ("unknown corruption",)),
-    ({"type": "upload", "name": "x.png"}, [b"not an image"], "MessageError", ("cannot read the uploaded file",)),
-    ({"type": "upload", "name": "x.png"}, [png(), png()], "MessageError", ("expected one binary buffer, got 2",)),
-    ({"type": "edit", "answer": "Paris", "layer": 99}, None, "MessageError", ("layer 99 out of range",)),
+    ({"type": "corruption", "value": "noise:Paris"}, None, "MessageError", ("Unknown corruption",)),
+    ({"type": "upload", "name": "x.png"}, [b"not an image"], "MessageError", ("Cannot read the uploaded file",)),
+    ({"type": "upload", "name": "x.png"}, [png(), png()], "MessageError", ("Expected one binary buffer, got 2",)),
+    ({"type": "edit", "answer": "Paris", "layer": 99}, None, "MessageError", ("Layer 99 is out of range",)),
     ({"type": "edit", "answer": "Zzyzx", "layer": 2}, None, "EditError", ("unknown to the tokenizer",)),
-    ({"type": "undo"}, None, "MessageError", ("no edit to undo",)),
+    ({"type": "undo"}, None, "MessageError", ("There is no edit to undo",)),
 ]
 
 

@@ -79,7 +79,7 @@ def test_png_has_the_layout_size(tmp_path):
     with Image.open(result.to_png(tmp_path / "t.png", scale=2)) as image:
         assert image.size == (2 * g.size[0], 2 * g.size[1])
         assert image.getpixel((2 * g.left + 4, 2 * g.top + 4)) == (220, 220, 220)  # the NaN <s> row
-    assert g.size == (g.left + 6 * 14 + 70, 26 + 6 * 14 + 22)
+    assert g.size == (g.left + 6 * 14 + g.legend, 26 + 6 * 14 + 22) and g.note is None
 
 
 def test_colour_band_value_is_the_best_image_score():
@@ -100,3 +100,68 @@ def test_mismatched_traces_are_refused(tmp_path):
     with pytest.raises(ValueError, match="share their prompt"):
         export.to_svg([synthetic(), synthetic(layers=4)], tmp_path / "x.svg")
     assert not list(tmp_path.iterdir())
+
+
+def tiny_effect() -> ml.TraceResult:
+    """A trace whose restorations move p(answer) by at most 0.006 (clean 0.933, corrupted 0.927)."""
+    result = synthetic()
+    result.scores = 0.927 + 0.006 * np.random.default_rng(1).random(result.scores.shape)
+    result.clean_prob, result.corrupted_prob = 0.933, 0.927
+    return result
+
+
+def svg_texts(path: Path, cls: str) -> list[str]:
+    root = ET.parse(path).getroot()
+    return [el.text for el in root.iter("{http://www.w3.org/2000/svg}text") if el.get("class") == cls]
+
+
+def test_a_tiny_effect_is_not_painted_at_full_scale_and_is_said_in_words(tmp_path):
+    g = export.grid(tiny_effect())
+    assert g.vmin == pytest.approx(0.927) and g.vmax - g.vmin == pytest.approx(export.MIN_SPAN)
+    brightest = export.rgb(np.array([np.nanmax(g.values)]), g.vmin, g.vmax)[0]
+    assert brightest.astype(int).sum() < 300  # dark end of viridis; the top is (253, 231, 37)
+    note = "restoring changes p(answer) by at most 0.006: too small to colour (the scale spans at least 0.05)"
+    assert g.note == note
+    assert svg_texts(tiny_effect().to_svg(tmp_path / "t.svg"), "note") == [note]
+    with Image.open(tiny_effect().to_png(tmp_path / "t.png", scale=1)) as image:
+        assert image.size == g.size and g.size[1] == 26 + 6 * 14 + 22 + 16
+
+
+def test_the_colour_bar_ends_at_the_anchored_range_and_marks_clean_and_corrupted(tmp_path):
+    g = export.grid(synthetic())  # clean 0.9, corrupted 0.1, scores spread over [0, 1]
+    assert (g.vmin, g.vmax) == (0.1, 0.9)
+    assert svg_texts(synthetic().to_svg(tmp_path / "a.svg"), "legend-label") == ["0.900 clean", "0.100 corrupted"]
+    auto = export.grid(synthetic(), scale="auto")
+    finite = auto.values[np.isfinite(auto.values)]
+    assert (auto.vmin, auto.vmax) == (finite.min(), finite.max())
+    labels = svg_texts(synthetic().to_svg(tmp_path / "b.svg", scale="auto"), "legend-label")
+    assert labels == [f"{finite.max():.3f} (clean 0.900)", f"{finite.min():.3f} (corrupted 0.100)"]
+
+
+@pytest.mark.parametrize(
+    ("clean", "corrupted", "options", "expected"),
+    [
+        (0.9, 0.1, {}, (0.1, 0.9)),
+        (0.933, 0.927, {}, (0.927, 0.977)),
+        (0.99, 0.98, {}, (0.95, 1.0)),
+        (0.9, 0.1, {"value": "indirect_effect"}, (0.0, 0.8)),
+        (0.9, 0.1, {"scale": "fixed"}, (0.0, 1.0)),
+        (0.9, 0.1, {"scale": "auto", "data": np.array([0.3, np.nan, 0.4])}, (0.3, 0.4)),
+    ],
+)
+def test_color_range_follows_the_widgets_policy(clean, corrupted, options, expected):
+    assert export.color_range(clean, corrupted, **options) == pytest.approx(expected)
+
+
+def test_the_policy_constants_match_the_front_end():
+    js = (Path(__file__).parent.parent / "js" / "src" / "policy.js").read_text()
+    assert float(re.search(r"export const MIN_SPAN = ([\d.]+);", js)[1]) == export.MIN_SPAN
+    assert set(re.findall(r"^  (\w+): \"", js, re.M)) == set(export.SCALES)
+
+
+def test_the_static_page_promises_no_clicks_and_follows_the_readers_theme(tmp_path):
+    page = synthetic().to_html(tmp_path / "trace.html").read_text()
+    state = json.loads(re.search(r'<script type="application/json" id="mll-state">(.*?)</script>', page, re.S)[1])
+    assert state["clickable"] is False and state["scale"] == "anchored"
+    assert "click" not in state["status"] and "running" not in state["status"]
+    assert export.PAGE_THEME in page and "prefers-color-scheme: dark" in page

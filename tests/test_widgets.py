@@ -9,11 +9,15 @@ import threading
 import numpy as np
 import pytest
 from ipywidgets.widgets.widget import _remove_buffers
+from PIL import Image
 
 import mllm_lens as ml
+from mllm_lens.errors import EditError
 from mllm_lens.testing.planted import planted_fact_model
 from mllm_lens.widgets import MAX_PENDING, PatchOverlay, TraceHeatmap, patch_curve
+from mllm_lens.widgets._base import MessageError
 from mllm_lens.widgets._codec import array_from_json, array_to_json
+from mllm_lens.widgets._errors import shown
 
 
 @pytest.fixture(scope="module")
@@ -119,16 +123,16 @@ def test_cell_click_runs_the_restoration(session, results):
     ("content", "buffers", "message"),
     [
         ([1, 2], [], "JSON object"),
-        ({"type": "explode"}, [], "unknown request type"),
-        ({"type": "cell", "panel": 0, "layer": 1}, [], "position must be an integer"),
-        ({"type": "cell", "panel": 0, "layer": True, "position": 3}, [], "layer must be an integer"),
-        ({"type": "cell", "panel": 0, "layer": 1.5, "position": 3}, [], "layer must be an integer"),
-        ({"type": "cell", "panel": 3, "layer": 0, "position": 3}, [], "panel 3 out of range"),
-        ({"type": "cell", "panel": 0, "layer": 5, "position": 3}, [], "layer 5 out of range"),
-        ({"type": "cell", "panel": 0, "layer": 0, "position": -1}, [], "position -1 out of range"),
-        ({"type": "cell", "panel": 0, "layer": 0, "position": 99}, [], "position 99 out of range"),
-        ({"type": "cell", "pad": "x" * 20_000}, [], "oversized request"),
-        ({"type": "cell", "panel": 0, "layer": 0, "position": 3}, [b"\0" * 8], "unexpected binary buffers"),
+        ({"type": "explode"}, [], "Unknown request type"),
+        ({"type": "cell", "panel": 0, "layer": 1}, [], "Position must be an integer"),
+        ({"type": "cell", "panel": 0, "layer": True, "position": 3}, [], "Layer must be an integer"),
+        ({"type": "cell", "panel": 0, "layer": 1.5, "position": 3}, [], "Layer must be an integer"),
+        ({"type": "cell", "panel": 3, "layer": 0, "position": 3}, [], "Panel 3 is out of range (0 to 2)"),
+        ({"type": "cell", "panel": 0, "layer": 5, "position": 3}, [], "Layer 5 is out of range (0 to 4)"),
+        ({"type": "cell", "panel": 0, "layer": 0, "position": -1}, [], "Position -1 is out of range"),
+        ({"type": "cell", "panel": 0, "layer": 0, "position": 99}, [], "Position 99 is out of range (0 to 19)"),
+        ({"type": "cell", "pad": "x" * 20_000}, [], "Oversized request"),
+        ({"type": "cell", "panel": 0, "layer": 0, "position": 3}, [b"\0" * 8], "Unexpected binary buffers"),
     ],
 )
 def test_bad_messages_set_error_and_never_raise(session, results, content, buffers, message):
@@ -166,10 +170,11 @@ def test_queue_overflow_is_refused_and_a_failing_job_leaves_the_worker_alive(ses
     for _ in range(MAX_PENDING):
         click(hm, panel=1, layer=2, position=19)
     click(hm, panel=1, layer=2, position=19)
-    assert "busy" in hm.error
+    assert hm.error.startswith("Busy: 8 requests are already waiting")
     slow.release.set()
     assert hm.wait(60)
-    assert "RuntimeError: boom" in hm.error
+    assert hm.error == "Re-running the restoration failed unexpectedly; the details below say where."
+    assert "RuntimeError: boom" in hm.error_details and "Traceback" in hm.error_details
     assert hm.clicks_done == MAX_PENDING and hm.status == "idle"
 
 
@@ -206,12 +211,48 @@ def test_overlay_patch_click_returns_a_layer_curve(planted, session):
 
 @pytest.mark.parametrize(
     ("patches", "message"),
-    [([], "non-empty list"), ([[0, 4]], "col 4 out of range"), ([[0]], "[row, col]"), ([[0, 0]] * 17, "at most 16")],
+    [([], "non-empty list"), ([[0, 4]], "Col 4 is out of range"), ([[0]], "[row, col]"), ([[0, 0]] * 17, "at most 16")],
 )
 def test_overlay_rejects_bad_patches(session, patches, message):
     ov = PatchOverlay(session.encoded.probe.image, np.zeros((5, 4, 4)), lambda p: np.zeros(5))
     ov._on_message(ov, {"type": "patches", "patches": patches}, [])
     assert message in ov.error and ov.clicks_done == 0
+
+
+def test_overlay_click_without_a_callback_selects_and_promises_no_run(session):
+    ov = PatchOverlay(session.encoded.probe.image, np.zeros((5, 4, 4)))
+    assert not ov.clickable
+    ov.request([(1, 2)])
+    assert ov.wait(5) and ov.selected == [[1, 2]]
+    assert not ov.error and ov.status == "idle" and ov.clicks_done == 0
+    ov.on_patch = lambda patches: np.zeros(5)
+    assert ov.clickable
+    ov.request([(0, 0)])
+    assert ov.wait(5) and ov.clicks_done == 1 and not ov.error
+
+
+def test_overlay_from_a_trace_anchors_its_scale_on_the_trace(results):
+    ov = PatchOverlay.from_trace(results[0], Image.new("RGB", (8, 8)))
+    assert ov.scale == "anchored" and ov.value_label == "indirect effect"
+    assert ov.clean_prob == pytest.approx(results[0].clean_prob)
+    assert ov.corrupted_prob == pytest.approx(results[0].corrupted_prob)
+
+
+def test_heatmap_is_clickable_only_with_a_session(session, results):
+    assert not TraceHeatmap(results).clickable
+    assert TraceHeatmap(results, session=session).clickable
+    assert TraceHeatmap(session).clickable and TraceHeatmap(session).scale == "anchored"
+
+
+def test_a_failing_patch_callback_is_a_sentence_with_the_traceback_in_details(session):
+    def on_patch(patches):
+        raise KeyError("lost")
+
+    ov = PatchOverlay(session.encoded.probe.image, np.zeros((5, 4, 4)), on_patch)
+    ov.request([(0, 0)])
+    assert ov.wait(5) and ov.status == "idle"
+    assert ov.error == "Computing the patch curve failed unexpectedly; the details below say where."
+    assert "KeyError: 'lost'" in ov.error_details and "on_patch" in ov.error_details
 
 
 def test_overlay_with_the_patch_curve_callback_restores_visual_tokens(planted, results):
@@ -249,3 +290,24 @@ def test_the_engine_imports_no_widget_stack():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    ("err", "message", "details"),
+    [
+        (EditError("the model already answers 'Paris'"), "The model already answers 'Paris'.", "EditError: "),
+        (MessageError("the file is empty", "size 0"), "The file is empty.", "size 0"),
+        (OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2c1d0>"), "The upload failed", "(in memory)"),
+    ],
+)
+def test_errors_read_as_sentences_without_python_in_the_message(err, message, details):
+    out = shown(err, "The upload")
+    assert out.message.startswith(message) and details in out.details
+    assert "Error:" not in out.message and "object at 0x" not in out.message + out.details
+
+
+def test_a_long_engine_message_shows_its_first_sentence_and_keeps_the_rest_in_details():
+    err = ml.ProbeError("constraint '?' is not in the question 'Why'. Tokenized prompt: " + " ".join(["0:'<s>'"] * 40))
+    out = shown(err, "Marking")
+    assert out.message == "Constraint '?' is not in the question 'Why'."
+    assert out.details.startswith("ProbeError: constraint") and "Tokenized prompt" in out.details

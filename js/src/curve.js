@@ -1,5 +1,5 @@
 // A small SVG line chart of a per-layer curve (no plotting library in the bundle).
-import { fmt } from "./style.js";
+import { fmt } from "./format.js";
 
 const NS = "http://www.w3.org/2000/svg";
 
@@ -36,9 +36,9 @@ export function curveChart(values, { width = 260, height = 120, label = "" } = {
   const root = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "mll-curve", "data-testid": "curve", role: "img" });
   root.append(svg("title", {}, label || "layer curve"));
   const g = svg("g", { transform: `translate(${left},14)` });
-  g.append(svg("rect", { x: 0, y: 0, width: plotW, height: plotH, fill: "none", stroke: "#bbb" }));
-  g.append(svg("polyline", { points: pts.map((p) => p.join(",")).join(" "), fill: "none", stroke: "#3e4989", "stroke-width": 2 }));
-  for (const [x, y] of pts) g.append(svg("circle", { cx: x, cy: y, r: 2.5, fill: "#3e4989" }));
+  g.append(svg("rect", { x: 0, y: 0, width: plotW, height: plotH, class: "mll-frame" }));
+  g.append(svg("polyline", { points: pts.map((p) => p.join(",")).join(" "), class: "mll-line" }));
+  for (const [x, y] of pts) g.append(svg("circle", { cx: x, cy: y, r: 2.5 }));
   g.append(svg("text", { x: -4, y: 8, "text-anchor": "end" }, fmt(hi)));
   g.append(svg("text", { x: -4, y: plotH, "text-anchor": "end" }, fmt(lo)));
   g.append(svg("text", { x: 0, y: plotH + 13 }, "0"));

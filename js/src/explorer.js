@@ -3,10 +3,14 @@
 // by setting the model's traits; this view only renders them (the heatmap and the patch
 // overlay are separate widgets below it).
 import { asBytes } from "./codec.js";
+import { fmt } from "./format.js";
+import { uploadTooLarge } from "./messages.js";
 import { markRange, spanAt, spanText, toggleToken } from "./spans.js";
-import { fmt, h, injectStyle } from "./style.js";
+import { errorBox, h, injectStyle } from "./style.js";
 
 const KINDS = ["visual", "textual"];
+// where each control's errors are shown (the kernel names the control in `error_field`)
+const FIELDS = ["upload", "question", "marks", "run", "edit"];
 
 export function renderExplorer({ model, el }) {
   injectStyle(el);
@@ -18,7 +22,8 @@ export function renderExplorer({ model, el }) {
 
   const status = h("span", { class: "mll-muted", "data-testid": "status", "aria-live": "polite" });
   const source = h("span", { class: "mll-muted", "data-testid": "source" });
-  const error = h("div", { class: "mll-error", "data-testid": "error", role: "alert", hidden: true });
+  const error = errorBox("error"); // errors of no single control (a malformed request)
+  const errors = Object.fromEntries(FIELDS.map((field) => [field, errorBox(`${field}-error`)]));
   const examples = h("select", { "data-testid": "example-select", "aria-label": "example" });
   examples.addEventListener("change", () => send({ type: "select", index: Number(examples.value) }));
   const file = h("input", { type: "file", accept: "image/*", "data-testid": "upload-input", "aria-label": "upload an image" });
@@ -53,6 +58,7 @@ export function renderExplorer({ model, el }) {
     { class: "mll-panel", "data-testid": "edit-panel", hidden: true },
     h("div", { class: "mll-controls" }, h("label", {}, "new answer ", editAnswer), h("label", {}, "MLP layer ", editLayer), keyToken, apply, undo),
     active,
+    errors.edit,
   );
   const editToggle = h("button", { "data-testid": "edit-toggle", "aria-expanded": "false", onclick: toggleEdit }, "Edit the model…");
 
@@ -69,11 +75,15 @@ export function renderExplorer({ model, el }) {
         "div",
         { class: "mll-side mll-grow" },
         h("div", { class: "mll-controls" }, h("label", {}, "example ", examples), h("label", {}, "or upload an image ", file)),
+        errors.upload,
         h("label", { class: "mll-controls" }, "question ", question),
+        errors.question,
         h("div", { class: "mll-controls" }, h("span", { class: "mll-muted", text: "mark constraints:" }), ...modes, clear),
         chipRow,
         constraints,
+        errors.marks,
         h("div", { class: "mll-controls" }, h("label", {}, "corrupt ", corruption), run, editToggle),
+        errors.run,
       ),
     ),
     answer,
@@ -88,9 +98,13 @@ export function renderExplorer({ model, el }) {
     for (const [i, button] of modes.entries()) button.setAttribute("aria-pressed", String(KINDS[i] === kind));
   }
 
+  function setEditOpen(open) {
+    editPanel.hidden = !open;
+    editToggle.setAttribute("aria-expanded", String(open));
+  }
+
   function toggleEdit() {
-    editPanel.hidden = !editPanel.hidden;
-    editToggle.setAttribute("aria-expanded", String(!editPanel.hidden));
+    setEditOpen(editPanel.hidden);
     if (!editPanel.hidden) editAnswer.focus();
   }
 
@@ -103,7 +117,7 @@ export function renderExplorer({ model, el }) {
     if (!picked) return;
     const limit = model.get("upload_limit");
     if (picked.size > limit) {
-      showError(`${picked.name} is too large (${picked.size} bytes > ${limit}); pick a smaller image`);
+      showError(uploadTooLarge(picked.name, picked.size, limit), "", "upload");
     } else {
       const bytes = await picked.arrayBuffer();
       send({ type: "upload", name: picked.name.slice(0, 200), question: question.value || null }, [bytes]);
@@ -111,9 +125,11 @@ export function renderExplorer({ model, el }) {
     file.value = "";
   }
 
-  function showError(text) {
-    error.hidden = !text;
-    error.textContent = text ?? "";
+  /** Show `text` next to the control `field` names (the general box for none); clear the others. */
+  function showError(text, details, field) {
+    for (const [name, box] of Object.entries(errors)) box.show(name === field ? text : "", details);
+    error.show(field in errors ? "" : text, details);
+    if (text && field === "edit") setEditOpen(true);
   }
 
   function clickChip(index, shift) {
@@ -214,7 +230,7 @@ export function renderExplorer({ model, el }) {
     status.textContent = st === "idle" ? "" : `${st}…`;
     root.dataset.status = st;
     root.dataset.runs = String(model.get("runs_done"));
-    showError(model.get("error"));
+    showError(model.get("error"), model.get("error_details"), model.get("error_field"));
     notes.replaceChildren(...model.get("notes").map((text) => h("div", { text: `⚠ ${text}` })));
   }
 
@@ -236,6 +252,8 @@ export function renderExplorer({ model, el }) {
     key_token: renderEdits,
     status: renderStatus,
     error: renderStatus,
+    error_field: renderStatus,
+    error_details: renderStatus,
     notes: renderStatus,
     runs_done: renderStatus,
   };

@@ -2,10 +2,14 @@
 // keyboard navigation, live fill, and the clicked cell's answer distributions.
 import { decodeArray } from "./codec.js";
 import { finiteRange, scale } from "./colormap.js";
+import { fmt } from "./format.js";
 import { buildRows, cellOrigin, hitTest, moveFocus, rowValue } from "./layout.js";
-import { drawLegend, fmt, h, injectStyle } from "./style.js";
+import { clickedText, heatmapHint, unreadable } from "./messages.js";
+import { POLICIES, colorRange, legendMarks, legendSummary, smallEffectNote } from "./policy.js";
+import { drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const LABEL_FONT = "11px sans-serif";
+const RUNNING = clickedText("", true);
 
 function topTable(title, entries, target) {
   const rows = (entries ?? []).map(([token, prob]) =>
@@ -22,10 +26,16 @@ function topTable(title, entries, target) {
 export function renderHeatmap({ model, el }) {
   injectStyle(el);
   const canvas = h("canvas", { tabindex: "0", "data-lm-suppress-shortcuts": "true", "data-testid": "heatmap-canvas", role: "grid", "aria-label": "causal trace heatmap: arrow keys move, Enter restores the cell" });
-  const legend = h("canvas", { "data-testid": "legend", "aria-label": "colour scale" });
-  const readout = h("div", { class: "mll-readout", "data-testid": "readout", "aria-live": "polite", text: "Hover a cell; click (or Enter) to re-run that restoration." });
+  const legend = h("canvas", { "data-testid": "legend", role: "img", "aria-label": "colour scale" });
+  const note = h("div", { class: "mll-note", "data-testid": "scale-note", hidden: true });
+  const policy = h("select", { "data-testid": "scale-select", "aria-label": "colour scale" }, ...Object.entries(POLICIES).map(([value, text]) => h("option", { value, text })));
+  policy.addEventListener("change", () => {
+    model.set("scale", policy.value);
+    model.save_changes();
+  });
+  const readout = h("div", { class: "mll-readout", "data-testid": "readout", "aria-live": "polite", text: heatmapHint(model.get("clickable")) });
   const result = h("div", { class: "mll-result", "data-testid": "cell-result" });
-  const error = h("div", { class: "mll-error", "data-testid": "error", role: "alert", hidden: true });
+  const error = errorBox("error");
   const status = h("span", { class: "mll-muted", "data-testid": "status" });
   const progress = h("progress", { "data-testid": "progress", max: "1", value: "0", hidden: true });
   const cancel = h("button", { "data-testid": "cancel", hidden: true, onclick: () => model.send({ type: "cancel" }) }, "Cancel");
@@ -34,9 +44,8 @@ export function renderHeatmap({ model, el }) {
   const root = h(
     "div",
     { class: "mll-root", "data-testid": "trace-heatmap" },
-    h("div", { class: "mll-head" }, title, toggle, progress, cancel, status),
-    error,
-    h("div", { class: "mll-body" }, h("div", { class: "mll-scroll" }, canvas), h("div", { class: "mll-side" }, legend, readout, result)),
+    h("div", { class: "mll-head" }, title, toggle, h("label", { class: "mll-muted" }, "scale ", policy), progress, cancel, status),
+    h("div", { class: "mll-body" }, h("div", { class: "mll-scroll" }, canvas), h("div", { class: "mll-side" }, legend, note, readout, error, result)),
   );
   el.replaceChildren(root);
 
@@ -53,14 +62,25 @@ export function renderHeatmap({ model, el }) {
 
   const get = (panel, layer, pos) => scores.data[(panel * scores.shape[1] + layer) * scores.shape[2] + pos];
 
+  /** The colour range (see policy.js) and the shift from probability to painted units. */
   function valueRange() {
-    const [vmin, vmax] = [model.get("vmin"), model.get("vmax")];
-    const ie = model.get("value") === "indirect_effect";
-    const shift = ie ? model.get("corrupted_prob") : 0;
-    let [lo, hi] = finiteRange(scores.data);
-    lo = Math.min(lo, model.get("corrupted_prob")) - shift;
-    hi -= shift;
-    return [vmin ?? lo, vmax ?? (hi > lo ? hi : lo + 1), shift];
+    const value = model.get("value");
+    const shift = value === "indirect_effect" ? model.get("corrupted_prob") : 0;
+    const data = model.get("scale") === "auto" ? finiteRange(scores.data).map((v) => v - shift) : [];
+    const options = { value, data, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob") };
+    return [colorRange({ ...options, policy: model.get("scale"), vmin: model.get("vmin"), vmax: model.get("vmax") }), shift];
+  }
+
+  function drawScale(colorOf, range, colors) {
+    const value = model.get("value");
+    const unit = value === "indirect_effect" ? "indirect effect" : `p(${model.get("target_token")})`;
+    const marks = legendMarks({ value, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob"), ...range });
+    drawLegend(legend, colorOf, range, { unit, marks, colors });
+    legend.setAttribute("aria-label", legendSummary(unit, range, model.get("scale"), marks));
+    policy.value = model.get("scale");
+    const text = smallEffectNote(scores.data, model.get("corrupted_prob"), { partial: model.get("status") === "tracing" });
+    note.hidden = !text;
+    note.textContent = text ?? "";
   }
 
   function draw() {
@@ -69,10 +89,10 @@ export function renderHeatmap({ model, el }) {
     try {
       scores = decodeArray(model.get("scores"));
     } catch (err) {
-      error.hidden = false;
-      error.textContent = `cannot decode scores: ${err.message}`;
+      error.show(unreadable("heatmap"), err.message);
       return;
     }
+    const colors = themeColors(root);
     const labels = model.get("labels");
     const panels = model.get("panels");
     const [nPanels, nLayers] = scores.shape;
@@ -99,8 +119,8 @@ export function renderHeatmap({ model, el }) {
     canvas.style.height = `${totalHeight}px`;
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, totalHeight);
-    const [vmin, vmax, shift] = valueRange();
-    const colorOf = scale(model.get("colormap"), vmin, vmax);
+    const [range, shift] = valueRange();
+    const colorOf = scale(model.get("colormap"), range.lo, range.hi);
     const highlight = new Set(model.get("highlight") ?? []);
     for (let panel = 0; panel < nPanels; panel++) {
       for (let r = 0; r < rows.length; r++) {
@@ -113,13 +133,13 @@ export function renderHeatmap({ model, el }) {
         }
         if (row.positions.some((p) => highlight.has(p))) {
           const { x, y } = cellOrigin(geom, panel, 0, r);
-          ctx.strokeStyle = "#e65100";
+          ctx.strokeStyle = colors.visual;
           ctx.lineWidth = 2;
           ctx.strokeRect(x + 1, y + 1, nLayers * cw - 2, row.h - 2);
         }
       }
       const { x } = cellOrigin(geom, panel, 0, 0);
-      ctx.fillStyle = "#222";
+      ctx.fillStyle = colors.fg;
       ctx.font = "bold 11px sans-serif";
       ctx.textBaseline = "alphabetic";
       ctx.fillText(panels[panel]?.title ?? "", x, 14);
@@ -130,13 +150,12 @@ export function renderHeatmap({ model, el }) {
     }
     ctx.font = LABEL_FONT;
     ctx.textBaseline = "middle";
-    ctx.fillStyle = "#222";
     let lastLabelY = -Infinity;
     for (const row of rows) {
       const y = geom.top + row.y + row.h / 2;
       if (row.kind === "image" && y - lastLabelY < 11) continue;
       lastLabelY = y;
-      ctx.fillStyle = row.kind === "token" ? "#222" : "#6a1b9a";
+      ctx.fillStyle = row.kind === "token" ? colors.fg : colors.fg2;
       ctx.fillText(row.label, geom.left - 8 - Math.min(ctx.measureText(row.label).width, geom.left - 12), y, geom.left - 12);
     }
     if (focus && focus.row < rows.length) {
@@ -145,10 +164,11 @@ export function renderHeatmap({ model, el }) {
       ctx.lineWidth = 2;
       ctx.strokeRect(x + 1, y + 1, cw - 2, rows[focus.row].h - 2);
     }
-    drawLegend(legend, colorOf, vmin, vmax, model.get("value") === "indirect_effect" ? "indirect effect" : "p(target)");
+    drawScale(colorOf, range, colors);
     updateHead();
     root.dataset.renderMs = (performance.now() - t0).toFixed(2);
     root.dataset.cells = String(nPanels * nLayers * rows.length);
+    canvas.dataset.labelColor = colors.fg; // what the labels were drawn in (contrast tests)
   }
 
   // For tests and assistive tools: the canvas box {x, y, w, h} of (panel, layer, position), or null.
@@ -175,8 +195,8 @@ export function renderHeatmap({ model, el }) {
     cancel.hidden = !tracing;
     status.textContent = st === "idle" ? "" : st;
     const msg = model.get("error");
-    error.hidden = !msg;
-    error.textContent = msg ?? "";
+    error.show(msg, model.get("error_details"));
+    if (msg) readout.textContent = readout.textContent.replace(RUNNING, "");
   }
 
   function describe(cell) {
@@ -193,8 +213,9 @@ export function renderHeatmap({ model, el }) {
       setExpanded(true);
       return;
     }
-    readout.textContent = `${describe(cell)} · running…`;
-    model.send({ type: "cell", panel: cell.panel, layer: cell.layer, position: row.positions[0] });
+    const clickable = model.get("clickable");
+    readout.textContent = clickedText(describe(cell), clickable);
+    if (clickable) model.send({ type: "cell", panel: cell.panel, layer: cell.layer, position: row.positions[0] });
   }
 
   function eventCell(event) {
@@ -249,17 +270,19 @@ export function renderHeatmap({ model, el }) {
         topTable("restored", out.restored_top, out.target_token),
       ),
     );
-    readout.textContent = describe(focus ?? { panel: 0, layer: out.layer, row: 0 }).replace(" · running…", "");
+    readout.textContent = describe(focus ?? { panel: 0, layer: out.layer, row: 0 });
   }
 
-  const redrawOn = ["scores", "expanded", "colormap", "value", "vmin", "vmax", "highlight", "labels", "panels"];
-  const headOn = ["status", "progress", "error"];
+  const redrawOn = ["scores", "expanded", "colormap", "value", "scale", "vmin", "vmax", "highlight", "labels", "panels", "clean_prob", "corrupted_prob"];
+  const headOn = ["status", "progress", "error", "error_details"];
   for (const name of redrawOn) model.on(`change:${name}`, schedule);
   for (const name of headOn) model.on(`change:${name}`, updateHead);
   model.on("change:cell_result", renderResult);
   draw();
   renderResult();
+  const unwatch = watchTheme(root, schedule);
   return () => {
+    unwatch();
     for (const name of redrawOn) model.off(`change:${name}`, schedule);
     for (const name of headOn) model.off(`change:${name}`, updateHead);
     model.off("change:cell_result", renderResult);

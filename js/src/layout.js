@@ -118,3 +118,23 @@ export function patchAt(x, y, width, height, rows, cols) {
   if (x < 0 || y < 0 || x >= width || y >= height) return null;
   return [Math.floor((y / height) * rows), Math.floor((x / width) * cols)];
 }
+
+/**
+ * Left edges of labels of widths `widths` centred on `xs` in a strip `width` wide, pushed apart
+ * so that none overlaps (4 px gap) and kept inside the strip (legend marks).
+ */
+export function labelSpots(xs, widths, width, gap = 4) {
+  const spots = xs.map((x, i) => x - widths[i] / 2);
+  const order = xs.map((_, i) => i).sort((a, b) => xs[a] - xs[b]);
+  const clamp = (i) => Math.min(width - widths[i], Math.max(0, spots[i]));
+  for (const [k, i] of order.entries()) {
+    spots[i] = clamp(i);
+    if (k) spots[i] = Math.max(spots[i], spots[order[k - 1]] + widths[order[k - 1]] + gap);
+  }
+  for (let k = order.length - 1; k >= 0; k--) {
+    const i = order[k];
+    const limit = k < order.length - 1 ? spots[order[k + 1]] - widths[i] - gap : width - widths[i];
+    spots[i] = Math.min(spots[i], limit);
+  }
+  return spots;
+}

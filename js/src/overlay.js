@@ -2,10 +2,13 @@
 // [layers, rows, cols]; layer and opacity sliders; click or drag a box to ask the kernel for
 // the selected patches' layer curve.
 import { at, asBytes, decodeArray } from "./codec.js";
-import { finiteRange, scale } from "./colormap.js";
+import { scale } from "./colormap.js";
 import { curveChart } from "./curve.js";
+import { fmt } from "./format.js";
 import { patchAt, patchesInBox } from "./layout.js";
-import { drawLegend, fmt, h, injectStyle } from "./style.js";
+import { clickedText, overlayHint, unreadable } from "./messages.js";
+import { POLICIES, colorRange, legendMarks, legendSummary } from "./policy.js";
+import { drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const MAX_SIDE = 360;
 
@@ -15,19 +18,23 @@ export function renderOverlay({ model, el }) {
   const layer = h("input", { type: "range", min: "0", step: "1", "data-testid": "layer-slider", "aria-label": "layer" });
   const layerText = h("span", { class: "mll-muted" });
   const opacity = h("input", { type: "range", min: "0", max: "1", step: "0.05", "data-testid": "opacity-slider", "aria-label": "opacity" });
-  const legend = h("canvas", { "data-testid": "legend" });
-  const readout = h("div", { class: "mll-readout", "data-testid": "readout", text: "Click a patch or drag a box; Enter on a focused patch." });
+  const legend = h("canvas", { "data-testid": "legend", role: "img", "aria-label": "colour scale" });
+  const policy = h("select", { "data-testid": "scale-select", "aria-label": "colour scale" }, ...Object.entries(POLICIES).map(([value, text]) => h("option", { value, text })));
+  policy.addEventListener("change", () => {
+    model.set("scale", policy.value);
+    model.save_changes();
+  });
+  const readout = h("div", { class: "mll-readout", "data-testid": "readout", text: overlayHint(model.get("clickable")) });
   const result = h("div", { class: "mll-result", "data-testid": "patch-result" });
-  const error = h("div", { class: "mll-error", "data-testid": "error", role: "alert", hidden: true });
+  const error = errorBox("error");
   const status = h("span", { class: "mll-muted", "data-testid": "status" });
   const title = h("span", { class: "mll-title" });
   const root = h(
     "div",
     { class: "mll-root", "data-testid": "patch-overlay" },
     h("div", { class: "mll-head" }, title, status),
-    h("div", { class: "mll-controls" }, h("label", {}, "layer ", layer), layerText, h("label", {}, "opacity ", opacity)),
-    error,
-    h("div", { class: "mll-body" }, canvas, h("div", { class: "mll-side" }, legend, readout, result)),
+    h("div", { class: "mll-controls" }, h("label", {}, "layer ", layer), layerText, h("label", {}, "opacity ", opacity), h("label", {}, "scale ", policy)),
+    h("div", { class: "mll-body" }, canvas, h("div", { class: "mll-side" }, legend, readout, error, result)),
   );
   el.replaceChildren(root);
 
@@ -55,15 +62,10 @@ export function renderOverlay({ model, el }) {
         const blob = new Blob([asBytes(raw).slice()], { type: "image/png" });
         bitmap = await createImageBitmap(blob);
       } catch (err) {
-        showError(`cannot decode the image: ${err.message}`);
+        error.show(unreadable("image"), err.message);
       }
     }
     draw();
-  }
-
-  function showError(text) {
-    error.hidden = !text;
-    error.textContent = text ?? "";
   }
 
   function grid() {
@@ -93,9 +95,10 @@ export function renderOverlay({ model, el }) {
     layer.value = String(l);
     layerText.textContent = `${l} / ${nLayers - 1}`;
     opacity.value = String(model.get("opacity"));
-    const [lo, hi] = finiteRange(values.data);
-    const [vmin, vmax] = [model.get("vmin") ?? lo, model.get("vmax") ?? hi];
-    const colorOf = scale(model.get("colormap"), vmin, vmax);
+    const [clean, corrupted] = [model.get("clean_prob"), model.get("corrupted_prob")];
+    const options = { value: "indirect_effect", clean, corrupted, data: values.data, vmin: model.get("vmin"), vmax: model.get("vmax") };
+    const range = colorRange({ ...options, policy: model.get("scale") });
+    const colorOf = scale(model.get("colormap"), range.lo, range.hi);
     const [pw, ph] = [size[0] / cols, size[1] / rows];
     ctx.globalAlpha = model.get("opacity");
     for (let r = 0; r < rows; r++) {
@@ -117,11 +120,16 @@ export function renderOverlay({ model, el }) {
     outline(model.get("selected") ?? [], "#e65100");
     if (dragStart && dragNow) outline(patchesInBox(dragStart, dragNow), "#ffffff");
     if (document.activeElement === canvas) outline([focus], "#d50000");
-    drawLegend(legend, colorOf, vmin, vmax, "patch value");
+    const marks = legendMarks({ value: "indirect_effect", clean, corrupted, ...range });
+    const unit = model.get("value_label");
+    drawLegend(legend, colorOf, range, { unit, marks, colors: themeColors(root) });
+    legend.setAttribute("aria-label", legendSummary(unit, range, model.get("scale"), marks));
+    policy.value = model.get("scale");
     title.textContent = model.get("title");
     const st = model.get("status");
     status.textContent = st === "idle" ? "" : st;
-    showError(model.get("error"));
+    error.show(model.get("error"), model.get("error_details"));
+    if (model.get("error")) readout.textContent = readout.textContent.replace(clickedText("", true), "");
     root.dataset.renderMs = (performance.now() - t0).toFixed(2);
   }
 
@@ -132,8 +140,13 @@ export function renderOverlay({ model, el }) {
   }
 
   function request(patches) {
-    readout.textContent = `patches ${patches.map((p) => `(${p})`).join(" ")} · running…`;
-    model.send({ type: "patches", patches });
+    const clickable = model.get("clickable");
+    readout.textContent = clickedText(`patches ${patches.map((p) => `(${p})`).join(" ")}`, clickable);
+    if (clickable) model.send({ type: "patches", patches });
+    else {
+      model.set("selected", patches);
+      model.save_changes();
+    }
   }
 
   canvas.addEventListener("mousedown", (event) => {
@@ -194,13 +207,15 @@ export function renderOverlay({ model, el }) {
     readout.textContent = `done: ${label}`;
   }
 
-  const redrawOn = ["values", "layer", "opacity", "colormap", "vmin", "vmax", "selected", "status", "error", "title"];
+  const redrawOn = ["values", "layer", "opacity", "colormap", "scale", "vmin", "vmax", "selected", "status", "error", "error_details", "title", "value_label"];
   for (const name of redrawOn) model.on(`change:${name}`, draw);
   model.on("change:image", loadImage);
   model.on("change:curve", renderCurve);
   loadImage();
   renderCurve();
+  const unwatch = watchTheme(root, draw);
   return () => {
+    unwatch();
     for (const name of redrawOn) model.off(`change:${name}`, draw);
     model.off("change:image", loadImage);
     model.off("change:curve", renderCurve);

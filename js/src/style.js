@@ -1,33 +1,53 @@
-// Styles shared by the widgets, injected once per document (no CSS asset to ship).
+// Styles and DOM helpers shared by the widgets. Every colour comes from the notebook's theme:
+// JupyterLab / Notebook 7 CSS variables (--jp-*), else VS Code's (--vscode-*), else light
+// defaults (the exported page sets --jp-* itself, light or dark by the reader's preference).
+// Canvases read the same colours (themeColors) and redraw when the theme changes (watchTheme).
+import { fmt } from "./format.js";
+import { labelSpots } from "./layout.js";
+
 const CSS = `
-.mll-root{font:12px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;color:#222;display:flex;flex-direction:column;gap:6px;max-width:100%}
+.mll-root{--mll-fg:var(--jp-ui-font-color1,var(--vscode-editor-foreground,#1f1f1f));--mll-fg2:var(--jp-ui-font-color2,var(--vscode-descriptionForeground,#595959));--mll-bg:var(--jp-layout-color1,var(--vscode-editor-background,#fff));--mll-bg2:var(--jp-layout-color2,var(--vscode-editorWidget-background,#eee));--mll-border:var(--jp-border-color1,var(--vscode-editorWidget-border,#9e9e9e));--mll-accent:var(--jp-brand-color1,var(--vscode-focusBorder,#1565c0));--mll-error:var(--jp-error-color1,var(--vscode-errorForeground,#c62828));--mll-warn:var(--jp-warn-color1,var(--vscode-editorWarning-foreground,#a15c00));--mll-visual:#e65100}
+.mll-root{font:12px/1.4 var(--jp-ui-font-family,system-ui,-apple-system,"Segoe UI",sans-serif);color:var(--mll-fg);display:flex;flex-direction:column;gap:6px;max-width:100%}
+.mll-root [hidden]{display:none !important}
 .mll-head{display:flex;flex-wrap:wrap;align-items:center;gap:8px}
 .mll-title{font-weight:600}
-.mll-muted{color:#666}
-.mll-root button{font:inherit;padding:1px 8px;border:1px solid #999;border-radius:3px;background:#f6f6f6;cursor:pointer}
-.mll-root button:focus-visible,.mll-root canvas:focus-visible{outline:2px solid #1565c0;outline-offset:1px}
-.mll-error{background:#fdecea;color:#8a1c1c;border:1px solid #f5c2c0;padding:4px 8px;border-radius:3px;white-space:pre-wrap}
+.mll-muted{color:var(--mll-fg2)}
+.mll-root button,.mll-root select,.mll-root input[type=text]{font:inherit;color:var(--mll-fg);background:var(--mll-bg2);border:1px solid var(--mll-border);border-radius:3px}
+.mll-root button{padding:1px 8px;cursor:pointer}
+.mll-root button:disabled{color:var(--mll-fg2);cursor:default}
+.mll-root input[type=text]{background:var(--mll-bg)}
+.mll-root button:focus-visible,.mll-root canvas:focus-visible,.mll-root select:focus-visible,.mll-root input:focus-visible{outline:2px solid var(--mll-accent);outline-offset:1px}
+.mll-error{color:var(--mll-error);border:1px solid var(--mll-error);border-left-width:4px;padding:3px 8px;border-radius:3px;white-space:pre-wrap}
+.mll-error details{color:var(--mll-fg2);margin-top:2px}
+.mll-error summary{cursor:pointer}
+.mll-error pre{margin:2px 0 0;max-height:12em;overflow:auto;white-space:pre-wrap;font-size:11px}
+.mll-note{color:var(--mll-warn)}
 .mll-body{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .mll-scroll{max-height:640px;max-width:100%;overflow:auto}
 .mll-side{display:flex;flex-direction:column;gap:8px;min-width:220px}
 .mll-readout{min-height:3em;font-variant-numeric:tabular-nums}
 .mll-result table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 .mll-result td,.mll-result th{padding:0 6px 0 0;text-align:left;vertical-align:middle}
-.mll-bar{display:inline-block;height:8px;background:#3e4989;vertical-align:middle;margin-right:4px}
+.mll-bar{display:inline-block;height:8px;background:var(--mll-accent);vertical-align:middle;margin-right:4px}
 .mll-cols{display:flex;gap:12px;flex-wrap:wrap}
 .mll-controls{display:flex;gap:10px;align-items:center;flex-wrap:wrap}
-.mll-curve text{font-size:10px;fill:#444}
+.mll-curve text{font-size:10px;fill:var(--mll-fg)}
+.mll-curve .mll-frame{fill:none;stroke:var(--mll-border)}
+.mll-curve .mll-line{fill:none;stroke:var(--mll-accent);stroke-width:2}
+.mll-curve circle{fill:var(--mll-accent)}
 .mll-grow{flex:1 1 320px}
-.mll-question{min-width:28em;font:inherit}
-.mll-preview{width:120px;height:120px;object-fit:contain;border:1px solid #ccc;image-rendering:pixelated}
+.mll-question{min-width:28em}
+.mll-preview{width:120px;height:120px;object-fit:contain;border:1px solid var(--mll-border);image-rendering:pixelated}
 .mll-chips{display:flex;flex-wrap:wrap;gap:3px}
-.mll-chip{padding:1px 5px;border:1px solid #bbb;border-radius:3px;cursor:pointer;user-select:none;background:#fff}
-.mll-chip:focus-visible{outline:2px solid #1565c0;outline-offset:1px}
-.mll-root .mll-chip-visual{background:#ffe0b2;border:2px solid #e65100}
-.mll-root .mll-chip-textual{background:#bbdefb;border:2px dashed #1565c0}
-.mll-root button.mll-mode[aria-pressed=true]{font-weight:600;box-shadow:inset 0 -3px 0 #333}
-.mll-panel{border:1px solid #ddd;border-radius:3px;padding:6px;display:flex;flex-direction:column;gap:6px}
+.mll-chip{padding:1px 5px;border:1px solid var(--mll-border);border-radius:3px;cursor:pointer;user-select:none;background:var(--mll-bg);color:var(--mll-fg)}
+.mll-chip:focus-visible{outline:2px solid var(--mll-accent);outline-offset:1px}
+.mll-root .mll-chip-visual{background:rgba(230,81,0,.18);border:2px solid var(--mll-visual)}
+.mll-root .mll-chip-textual{background:rgba(21,101,192,.18);border:2px dashed var(--mll-accent)}
+.mll-root button.mll-mode[aria-pressed=true]{font-weight:600;box-shadow:inset 0 -3px 0 var(--mll-fg)}
+.mll-panel{border:1px solid var(--mll-border);border-radius:3px;padding:6px;display:flex;flex-direction:column;gap:6px}
 `;
+const LIGHT = { fg: "#1f1f1f", fg2: "#595959", bg: "#ffffff", border: "#9e9e9e", accent: "#1565c0", visual: "#e65100" };
+const THEME_ATTRIBUTES = ["class", "style", "data-jp-theme-light", "data-jp-theme-name", "data-vscode-theme-kind"];
 
 export function injectStyle(el) {
   const doc = el.ownerDocument ?? document;
@@ -51,10 +71,73 @@ export function h(tag, attrs = {}, ...children) {
   return node;
 }
 
-/** Draw a horizontal colour legend with min / max labels into a canvas. */
-export function drawLegend(canvas, colorOf, vmin, vmax, label) {
-  const width = 200;
-  const height = 34;
+/** The theme's colours as resolved at `el` (the light defaults while it is not in a document). */
+export function themeColors(el) {
+  const css = el.isConnected ? getComputedStyle(el) : null;
+  const read = (key) => css?.getPropertyValue(`--mll-${key}`).trim() || LIGHT[key];
+  return Object.fromEntries(Object.keys(LIGHT).map((key) => [key, read(key)]));
+}
+
+/**
+ * Call `redraw` once `el` is in the document and whenever the theme changes (JupyterLab's body
+ * attributes, VS Code's body class, the reader's light / dark preference); returns a cleanup.
+ */
+export function watchTheme(el, redraw) {
+  const timers = new Set();
+  const later = (ms) => {
+    const id = setTimeout(() => {
+      timers.delete(id);
+      redraw();
+    }, ms);
+    timers.add(id);
+  };
+  const changed = () => {
+    redraw();
+    later(150); // a theme's stylesheet may land just after its attributes
+  };
+  const observer = new MutationObserver(changed);
+  for (const node of [document.body, document.documentElement]) observer.observe(node, { attributes: true, attributeFilter: THEME_ATTRIBUTES });
+  const media = globalThis.matchMedia?.("(prefers-color-scheme: dark)");
+  media?.addEventListener?.("change", changed);
+  let frame = 0;
+  const untilConnected = () => {
+    frame = el.isConnected ? 0 : requestAnimationFrame(untilConnected);
+    if (!frame) redraw();
+  };
+  if (!el.isConnected) frame = requestAnimationFrame(untilConnected);
+  return () => {
+    observer.disconnect();
+    media?.removeEventListener?.("change", changed);
+    if (frame) cancelAnimationFrame(frame);
+    for (const id of timers) clearTimeout(id);
+  };
+}
+
+/**
+ * An error box: a plain message and, when there is one, the Python exception in a collapsed
+ * "details" toggle. `box.show(message, details)`; an empty message hides it.
+ */
+export function errorBox(testid) {
+  const text = h("div", { "data-testid": `${testid}-message` });
+  const pre = h("pre", { "data-testid": `${testid}-details` });
+  const more = h("details", {}, h("summary", { text: "details" }), pre);
+  const node = h("div", { class: "mll-error", "data-testid": testid, role: "alert", hidden: true }, text, more);
+  node.show = (message, details) => {
+    node.hidden = !message;
+    text.textContent = message ?? "";
+    pre.textContent = details ?? "";
+    more.hidden = !details;
+    more.open = false;
+  };
+  return node;
+}
+
+/**
+ * Draw a horizontal colour legend into a canvas: the ramp over `range` {lo, hi}, its end values,
+ * the unit, and a tick for each mark {label, t} (the corrupted and clean probabilities).
+ */
+export function drawLegend(canvas, colorOf, range, { unit = "", marks = [], colors = LIGHT } = {}) {
+  const [width, height, top] = [220, 46, 13];
   const ratio = globalThis.devicePixelRatio || 1;
   canvas.width = width * ratio;
   canvas.height = height * ratio;
@@ -64,20 +147,27 @@ export function drawLegend(canvas, colorOf, vmin, vmax, label) {
   ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
   ctx.clearRect(0, 0, width, height);
   for (let i = 0; i < width; i++) {
-    ctx.fillStyle = colorOf(vmin + ((vmax - vmin) * i) / (width - 1));
-    ctx.fillRect(i, 0, 1, 12);
+    ctx.fillStyle = colorOf(range.lo + ((range.hi - range.lo) * i) / (width - 1));
+    ctx.fillRect(i, top, 1, 12);
   }
-  ctx.fillStyle = "#333";
   ctx.font = "10px sans-serif";
+  ctx.fillStyle = colors.fg;
+  ctx.strokeStyle = colors.fg;
+  ctx.textBaseline = "alphabetic";
+  const xs = marks.map((mark) => Math.round(mark.t * (width - 1)) + 0.5);
+  const spots = labelSpots(xs, marks.map((mark) => ctx.measureText(mark.label).width), width);
+  for (const [i, mark] of marks.entries()) {
+    ctx.beginPath();
+    ctx.moveTo(xs[i], top - 2);
+    ctx.lineTo(xs[i], top + 14);
+    ctx.stroke();
+    ctx.fillText(mark.label, spots[i], top - 3);
+  }
   ctx.textBaseline = "top";
-  ctx.fillText(fmt(vmin), 0, 15);
-  const right = fmt(vmax);
-  ctx.fillText(right, width - ctx.measureText(right).width, 15);
-  const mid = label ?? "";
-  ctx.fillText(mid, (width - ctx.measureText(mid).width) / 2, 15);
-}
-
-export function fmt(v, digits = 3) {
-  if (v == null || !Number.isFinite(v)) return "–";
-  return Math.abs(v) >= 1000 ? v.toExponential(2) : v.toFixed(digits);
+  const [left, right] = [fmt(range.lo), fmt(range.hi)];
+  ctx.fillText(left, 0, top + 16);
+  ctx.fillText(right, width - ctx.measureText(right).width, top + 16);
+  ctx.fillText(unit, (width - ctx.measureText(unit).width) / 2, top + 16);
+  canvas.dataset.lo = String(range.lo);
+  canvas.dataset.hi = String(range.hi);
 }

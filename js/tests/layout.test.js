@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { curvePoints } from "../src/curve.js";
-import { buildRows, cellOrigin, hitTest, moveFocus, patchAt, patchesInBox, rowAt, rowValue } from "../src/layout.js";
+import { buildRows, cellOrigin, hitTest, labelSpots, moveFocus, patchAt, patchesInBox, rowAt, rowValue } from "../src/layout.js";
 
 const labels = ["<s>", ...Array.from({ length: 600 }, (_, i) => `<img ${Math.floor(i / 24)},${i % 24}>`), "what", "is", "this"];
 
@@ -87,5 +87,17 @@ describe("patch grid", () => {
     const { pts, lo, hi } = curvePoints([0, 1, Number.NaN, 0.5], 100, 50, 0);
     expect([lo, hi]).toEqual([0, 1]);
     expect(pts.map(([x, y]) => [Math.round(x * 1000) / 1000, y])).toEqual([[0, 50], [33.333, 0], [100, 25]]);
+  });
+});
+
+describe("legend mark labels", () => {
+  it("centres labels that fit and pushes close ones apart inside the strip", () => {
+    expect(labelSpots([50, 150], [20, 20], 220)).toEqual([40, 140]);
+    const [a, b] = labelSpots([0, 3], [40, 30], 220);
+    expect(a).toBe(0);
+    expect(b).toBe(44);
+    const [c, d] = labelSpots([219, 218], [40, 30], 220);
+    expect(d + 30 + 4).toBeLessThanOrEqual(c);
+    expect(c + 40).toBeLessThanOrEqual(220);
   });
 });

@@ -8,8 +8,9 @@ while one runs waits its turn and both results arrive in click order. At most
 widget's ``error`` trait. Jobs of *all* widgets run one at a time (:data:`MODEL_LOCK`): a
 restoration patches the model through forward hooks and an edit rewrites its weights, so two
 jobs on one model must never overlap. Errors from the browser's messages or from the work
-itself never escape into the kernel: they are shown in the widget (``error``) and kept in
-``errors``.
+itself never escape into the kernel: they are shown in the widget, worded for people
+(``error``, with the Python text in ``error_details``; see ``mllm_lens.widgets._errors``), and
+kept in ``errors``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,21 @@ def bundle() -> Path:
 
 
 class MessageError(MllmLensError, ValueError):
-    """A message from the browser that the widget refuses (shown in its ``error`` trait)."""
+    """A request the widget refuses; the message is for people (shown in its ``error`` trait),
+    ``details`` for whoever debugs it (shown under the page's "details" toggle)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
+
+
+def size_text(size: int) -> str:
+    """A byte count for people: ``300 bytes``, ``12 KB``, ``9.1 MB``."""
+    if size < 1024:
+        return f"{size} bytes"
+    if size < 2**20:
+        return f"{round(size / 1024)} KB"
+    return f"{size / 2**20:.1f}".removesuffix(".0") + " MB"
 
 
 def parse_message(content: Any, buffers: list | None, kinds: tuple[str, ...], *, binary: tuple[str, ...] = ()) -> dict:
@@ -54,7 +69,7 @@ def parse_message(content: Any, buffers: list | None, kinds: tuple[str, ...], *,
         raise MessageError(f"oversized request ({size} bytes > {MAX_MESSAGE_BYTES})")
     kind = content.get("type")
     if kind not in kinds:
-        raise MessageError(f"unknown request type {kind!r}; expected one of {kinds}")
+        raise MessageError(f"unknown request type {kind!r} (known: {', '.join(kinds)})")
     return content
 
 
@@ -64,17 +79,20 @@ def index(content: dict, name: str, size: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MessageError(f"{name} must be an integer, got {value!r}")
     if not 0 <= value < size:
-        raise MessageError(f"{name} {value} out of range [0, {size})")
+        raise MessageError(f"{name} {value} is out of range (0 to {size - 1})")
     return value
 
 
-def text(content: dict, name: str, max_chars: int) -> str:
-    """Non-empty string field ``name`` of a request (stripped), at most ``max_chars`` long."""
+def text(content: dict, name: str, max_chars: int, what: str) -> str:
+    """Non-empty string field ``name`` of a request (stripped), at most ``max_chars`` long;
+    ``what`` names it for people ("question", "new answer")."""
     value = content.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise MessageError(f"{name} must be a non-empty string, got {value!r}")
+    if value is not None and not isinstance(value, str):
+        raise MessageError(f"the {what} must be text", f"{name} = {value!r}")
+    if not value or not value.strip():
+        raise MessageError(f"type the {what} first")
     if len(value) > max_chars:
-        raise MessageError(f"{name} is too long ({len(value)} characters > {max_chars})")
+        raise MessageError(f"the {what} is too long: {len(value)} characters, at most {max_chars}")
     return value.strip()
 
 
@@ -83,29 +101,33 @@ def binary_payload(buffers: list | None, max_bytes: int) -> bytes:
     if not buffers or len(buffers) != 1:
         raise MessageError(f"expected one binary buffer, got {len(buffers or [])}")
     size = memoryview(buffers[0]).nbytes
-    if not 0 < size <= max_bytes:
-        raise MessageError(f"the file must hold 1 to {max_bytes} bytes, got {size}")
+    if size == 0:
+        raise MessageError("the file is empty")
+    if size > max_bytes:
+        raise MessageError(f"the file is {size_text(size)}; the limit is {size_text(max_bytes)}")
     return bytes(buffers[0])
 
 
 class Worker:
     """One daemon thread running submitted jobs in order (see the module docstring)."""
 
-    def __init__(self, on_error: Callable[[BaseException], None], max_pending: int = MAX_PENDING) -> None:
+    def __init__(self, on_error: Callable[[BaseException, str], None], max_pending: int = MAX_PENDING) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._on_error = on_error
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], None], kind: str = "") -> None:
+        """Queue ``job``; ``kind`` (a request type) is passed to ``on_error`` with its exception."""
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="mllm-lens-widget", daemon=True)
                 self._thread.start()
         try:
-            self._queue.put_nowait(job)
+            self._queue.put_nowait((job, kind))
         except queue.Full:
-            raise MessageError(f"busy: {self._queue.maxsize} requests are waiting; this one was dropped") from None
+            waiting = self._queue.maxsize
+            raise MessageError(f"busy: {waiting} requests are already waiting, so this one was dropped") from None
 
     @property
     def pending(self) -> int:
@@ -122,12 +144,12 @@ class Worker:
 
     def _loop(self) -> None:
         while True:
-            job = self._queue.get()
+            job, kind = self._queue.get()
             try:
                 with MODEL_LOCK:
                     job()
             except BaseException as err:  # noqa: BLE001 - the worker must survive anything a job raises
-                self._on_error(err)
+                self._on_error(err, kind)
             finally:
                 self._queue.task_done()
 

@@ -21,6 +21,7 @@ from PIL import Image
 from mllm_lens.data.records import VQARecord
 from mllm_lens.probe import Constraint, Probe, find_phrase, phrase_offsets
 from mllm_lens.widgets._base import MessageError
+from mllm_lens.widgets._errors import scrub
 
 KINDS = ("visual", "textual")
 MAX_UPLOAD_PIXELS = 40_000_000  # refuse decompression bombs before decoding
@@ -82,12 +83,14 @@ def decode_image(data: bytes) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_UPLOAD_PIXELS:
-                raise MessageError(f"the image is too large ({image.width} x {image.height} pixels)")
+                size = f"{image.width} × {image.height} pixels, at most {MAX_UPLOAD_PIXELS:,} in all"
+                raise MessageError(f"the image is too large ({size})")
             image.load()
     except MessageError:
         raise
     except Exception as err:  # noqa: BLE001 - PIL raises many types for bad bytes
-        raise MessageError(f"cannot read the uploaded file as an image (PNG, JPEG, GIF, WebP, ...): {err}") from None
+        details = scrub(f"PIL {type(err).__name__}: {err}")
+        raise MessageError("cannot read the uploaded file as an image (PNG, JPEG, GIF, WebP, ...)", details) from None
     return image.convert("RGB")
 
 

@@ -14,6 +14,10 @@ sends requests, each validated here (see ``mllm_lens.widgets._base``):
   constraint's words) or ``"noise:<phrase>"`` (noise on that constraint's embeddings);
 * ``run``, ``edit {answer, layer}``, ``undo`` (the heatmap's own Cancel button stops a run).
 
+A refused request or a failed job is shown next to the control that sent it (``error`` worded
+for people, ``error_details`` the Python text, ``error_field`` the control: see
+:data:`FIELDS`). Typing a new question clears the last run's answer, warnings and figures.
+
 Picking, marking and uploading are answered at once (no forward pass). Runs, edits and undos
 go to the worker thread, queued in click order, each with the probe as it was when clicked (a
 run whose example was replaced before it finished is not shown). An edit (MultEdit on an MLP,
@@ -39,6 +43,7 @@ from mllm_lens.tracing import image_noise, noise
 from mllm_lens.tracing.session import TraceSession
 from mllm_lens.widgets import _examples as ex
 from mllm_lens.widgets._base import MessageError, Worker, binary_payload, index, parse_message, text
+from mllm_lens.widgets._errors import shown
 from mllm_lens.widgets._heatmap import TraceHeatmap
 from mllm_lens.widgets._overlay import PatchOverlay, patch_curve, png_bytes
 from mllm_lens.widgets._panel import (
@@ -53,6 +58,17 @@ from mllm_lens.widgets._panel import (
 MAX_QUESTION_CHARS = 300
 MAX_ANSWER_CHARS = 80
 REQUESTS = ("select", "upload", "question", "marks", "corruption", "run", "edit", "undo")
+# request -> (the control its errors are shown next to, what the page calls it)
+FIELDS = {
+    "select": ("upload", "Loading the example"),
+    "upload": ("upload", "Reading the upload"),
+    "question": ("question", "Reading the question"),
+    "marks": ("marks", "Marking the constraint"),
+    "corruption": ("run", "Choosing the corruption"),
+    "run": ("run", "The run"),
+    "edit": ("edit", "The edit"),
+    "undo": ("edit", "Undoing the edit"),
+}
 PREVIEW_SIDE = 160
 
 
@@ -63,7 +79,7 @@ class _Job:
     probe: Probe
     corruption: str
     expected: str | None
-    source: int  # which picked or uploaded image it was clicked on (see Explorer._sources)
+    source: int  # which picked or uploaded image, or typed question, it was clicked on (see Explorer._sources)
 
 
 class Explorer(ipywidgets.VBox):
@@ -107,8 +123,8 @@ class Explorer(ipywidgets.VBox):
         self._template: str | None = None
         self._expected: str | None = None
         self._constraints: list[Constraint] = []
-        self._sources = 0  # examples picked and images uploaded so far: runs clicked on an earlier one are not shown
-        self._worker = Worker(lambda err: self._fail(err, in_worker=True))
+        self._sources = 0  # examples picked, images uploaded, questions typed: runs clicked before are not shown
+        self._worker = Worker(lambda err, kind: self._fail(err, kind, in_worker=True))
         self.controls.on_msg(self._on_message)
         if self.examples:
             self.select(0)
@@ -160,12 +176,14 @@ class Explorer(ipywidgets.VBox):
 
     # -- browser requests -------------------------------------------------------------------------
     def _on_message(self, _widget: Any, content: Any, buffers: list | None = None) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
         try:
             request = parse_message(content, buffers, REQUESTS, binary=("upload",))
-            self.controls.error = ""
+            with self.controls.hold_sync():
+                self.controls.error = self.controls.error_details = self.controls.error_field = ""
             getattr(self, f"_on_{request['type']}")(request, buffers)
         except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
-            self._fail(err)
+            self._fail(err, kind)
 
     def _on_select(self, request: dict, _buffers: Any) -> None:
         i = index(request, "index", len(self.examples))
@@ -178,18 +196,25 @@ class Explorer(ipywidgets.VBox):
         name = request.get("name") or "upload"
         if not isinstance(name, str) or len(name) > 200:
             raise MessageError("name must be a string of at most 200 characters")
-        question = request.get("question")
-        question = self.controls.question if question is None else text(request, "question", MAX_QUESTION_CHARS)
+        question = self.controls.question
+        if request.get("question") is not None:
+            question = text(request, "question", MAX_QUESTION_CHARS, "question")
         image = ex.decode_image(binary_payload(buffers, self.max_upload_bytes))
         self._set_source(image, question, self._constraints, f"upload: {name}", None)
         self._expected = None
         self.controls.example = -1
 
     def _on_question(self, request: dict, _buffers: Any) -> None:
-        question = text(request, "text", MAX_QUESTION_CHARS)
+        """A new question: new chips (keeping the constraints it still contains); the last run's
+        answer, warnings and figures described the old one, so they go, and so do its queued runs."""
+        question = text(request, "text", MAX_QUESTION_CHARS, "question")
         tokens = ex.question_tokens(self.model.tokenizer, question)
         marks = ex.constraint_marks(question, tokens, self._constraints)  # keep the phrases still present
         with self.controls.hold_sync():
+            if question != self.controls.question:
+                self._sources += 1
+                self._show()
+                self.controls.answer, self.controls.notes = {}, []
             self.controls.question, self.controls.tokens = question, tokens
             self._set_marks(marks, ex.marks_to_constraints(question, tokens, marks))
 
@@ -209,17 +234,17 @@ class Explorer(ipywidgets.VBox):
 
     def _on_run(self, _request: dict, _buffers: Any) -> None:
         job = self._job()
-        self._submit("running", lambda: self._trace(job))
+        self._submit("run", "running", lambda: self._trace(job))
 
     def _on_edit(self, request: dict, _buffers: Any) -> None:
-        answer = text(request, "answer", MAX_ANSWER_CHARS)
+        answer = text(request, "answer", MAX_ANSWER_CHARS, "new answer")
         layer = index(request, "layer", self.model.num_layers)
         job = self._job()
-        self._submit("editing", lambda: self._edit(job, answer, layer))
+        self._submit("edit", "editing", lambda: self._edit(job, answer, layer))
 
     def _on_undo(self, _request: dict, _buffers: Any) -> None:
         job = self._job()
-        self._submit("undoing", lambda: self._undo(job))
+        self._submit("undo", "undoing", lambda: self._undo(job))
 
     # -- state ------------------------------------------------------------------------------------
     def _job(self) -> _Job:
@@ -264,13 +289,18 @@ class Explorer(ipywidgets.VBox):
         for widget in old:
             widget.close()
 
-    def _submit(self, status: str, job: Callable[[], None]) -> None:
-        self._worker.submit(job)
+    def _submit(self, kind: str, status: str, job: Callable[[], None]) -> None:
+        self._worker.submit(job, kind)
         self.controls.status = status
 
-    def _fail(self, err: BaseException, in_worker: bool = False) -> None:
+    def _fail(self, err: BaseException, kind: str | None, in_worker: bool = False) -> None:
+        """Show ``err`` next to the control of request ``kind`` (the panel's top for none)."""
         self.errors.append(err)
-        self.controls.error = str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
+        field, action = FIELDS.get(kind or "", ("", "The request"))
+        message = shown(err, action)
+        with self.controls.hold_sync():
+            self.controls.error, self.controls.error_details = message.message, message.details
+            self.controls.error_field = field
         if self._worker.pending <= int(in_worker):
             self.controls.status = "idle"
 
@@ -332,7 +362,7 @@ class Explorer(ipywidgets.VBox):
 
     def _undo(self, job: _Job) -> None:
         if not self.edits:
-            raise MessageError("no edit to undo")
+            raise MessageError("there is no edit to undo")
         self.edits[-1].undo()  # raises (and keeps the edit) if the weights were changed behind its back
         self.edits.pop()
         self.controls.edits = [edit_state(h) for h in self.edits]

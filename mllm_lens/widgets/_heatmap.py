@@ -17,6 +17,7 @@ from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import CellOutcome, TraceSession
 from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
 from mllm_lens.widgets._codec import ARRAY
+from mllm_lens.widgets._errors import shown
 
 if TYPE_CHECKING:
     from mllm_lens.widgets._overlay import PatchOverlay
@@ -39,6 +40,11 @@ class TraceHeatmap(anywidget.AnyWidget):
     position}``; the kernel re-runs that restoration (same corruption, window and site) on the
     worker thread and sets ``cell_result`` (clean / corrupted / restored top-k answers) and
     ``clicks_done``. Requests are queued, never cancelled (see ``mllm_lens.widgets._base``).
+    Without a session (``clickable`` false) a click only reads the cell out: nothing is promised.
+
+    Colours follow ``scale`` (``js/src/policy.js``): ``"anchored"`` (default) spans p from the
+    corrupted to the clean probability (indirect effect from 0), fixed before a live fill starts;
+    ``"fixed"`` spans 0–1 and ``"auto"`` the data's min–max. ``vmin`` / ``vmax`` override an end.
     """
 
     _esm = bundle()
@@ -54,6 +60,7 @@ class TraceHeatmap(anywidget.AnyWidget):
     expanded = t.Bool(False).tag(sync=True)
     colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
     value = t.Enum(("score", "indirect_effect"), "score").tag(sync=True)
+    scale = t.Enum(("anchored", "fixed", "auto"), "anchored").tag(sync=True)
     vmin = t.Float(None, allow_none=True).tag(sync=True)
     vmax = t.Float(None, allow_none=True).tag(sync=True)
     highlight = t.List(t.Int()).tag(sync=True)  # positions outlined (e.g. patches picked in a linked overlay)
@@ -62,7 +69,9 @@ class TraceHeatmap(anywidget.AnyWidget):
     top_k = t.Int(5).tag(sync=True)
     status = t.Unicode("idle").tag(sync=True)
     progress = t.Float(0.0).tag(sync=True)
-    error = t.Unicode("").tag(sync=True)
+    error = t.Unicode("").tag(sync=True)  # a plain sentence (see mllm_lens.widgets._errors)
+    error_details = t.Unicode("").tag(sync=True)  # the Python exception behind it
+    clickable = t.Bool(False).tag(sync=True)  # a click re-runs the cell (a session is attached)
     cell_result = t.Dict().tag(sync=True)
     clicks_done = t.Int(0).tag(sync=True)  # restorations the kernel has finished for this widget
 
@@ -87,6 +96,7 @@ class TraceHeatmap(anywidget.AnyWidget):
             **state,
             top_k=top_k,
             colormap=colormap,
+            clickable=session is not None,
             window=int(settings.get("window", 1)),
             window_mode=str(settings.get("window_mode", "paper")),
             **kwargs,
@@ -95,7 +105,7 @@ class TraceHeatmap(anywidget.AnyWidget):
         self.outcomes: list[CellOutcome] = []
         self.errors: list[BaseException] = []
         self._cancel = threading.Event()
-        self._worker = Worker(lambda err: self._fail(err, in_worker=True))
+        self._worker = Worker(lambda err, kind: self._fail(err, kind, in_worker=True))
         self._overlays: list[PatchOverlay] = []
         self.on_msg(self._on_message)
 
@@ -130,7 +140,7 @@ class TraceHeatmap(anywidget.AnyWidget):
         if window_mode is not None:
             self.window_mode = window_mode
         self._cancel.clear()
-        self._worker.submit(self.trace_now)
+        self._worker.submit(self.trace_now, "trace")
         return self
 
     def wait(self, timeout: float | None = 120.0) -> bool:
@@ -166,6 +176,7 @@ class TraceHeatmap(anywidget.AnyWidget):
 
     # -- browser requests ------------------------------------------------------------------------
     def _on_message(self, _widget: Any, content: Any, buffers: list | None = None) -> None:
+        kind = content.get("type") if isinstance(content, dict) else None
         try:
             request = parse_message(content, buffers, ("cell", "cancel", "trace"))
             if request["type"] == "cancel":
@@ -178,16 +189,19 @@ class TraceHeatmap(anywidget.AnyWidget):
                 position = index(request, "position", positions)
                 if self.session is None:
                     raise MessageError("this heatmap has no TraceSession: pass session=... to re-run cells")
-                self.error = ""
+                self.error = self.error_details = ""
                 if self.status != "tracing":
                     self.status = "running"
-                self._worker.submit(lambda: self._cell_job(*cell, position))
+                self._worker.submit(lambda: self._cell_job(*cell, position), "cell")
         except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
-            self._fail(err)
+            self._fail(err, kind)
 
-    def _fail(self, err: BaseException, in_worker: bool = False) -> None:
+    def _fail(self, err: BaseException, kind: str | None, in_worker: bool = False) -> None:
         self.errors.append(err)
-        self.error = str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
+        action = "The trace" if kind == "trace" else "Re-running the restoration"
+        message = shown(err, action)
+        with self.hold_sync():
+            self.error, self.error_details = message.message, message.details
         if self._worker.pending <= int(in_worker):  # nothing else queued: the widget is idle again
             self.status = "idle"
 

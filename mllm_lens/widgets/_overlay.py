@@ -15,6 +15,7 @@ from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import TraceSession
 from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
 from mllm_lens.widgets._codec import ARRAY
+from mllm_lens.widgets._errors import shown
 
 PatchCallback = Callable[[list[tuple[int, int]]], np.ndarray]
 IMAGE_SIDE = 512  # the image is sent as a PNG no larger than this
@@ -36,7 +37,12 @@ class PatchOverlay(anywidget.AnyWidget):
     dragging a box over several, or Enter on the keyboard-focused patch sends ``{type:
     "patches", patches: [[row, col], ...]}``; the kernel calls ``on_patch(patches)`` on the worker
     thread and shows the returned per-layer curve (``curve``, ``[layers]``) beside the image.
-    Requests are queued, never cancelled (see ``mllm_lens.widgets._base``).
+    Requests are queued, never cancelled (see ``mllm_lens.widgets._base``). Without ``on_patch``
+    (``clickable`` false) a click only selects patches (``selected``): no run is promised.
+
+    Colours follow ``scale`` as in :class:`~mllm_lens.widgets.TraceHeatmap`: with ``clean_prob``
+    and ``corrupted_prob`` set (:meth:`from_trace` sets them) the anchored scale spans indirect
+    effect from 0 to clean − corrupted; without them, from 0 to the values' extreme.
     """
 
     _esm = bundle()
@@ -47,13 +53,19 @@ class PatchOverlay(anywidget.AnyWidget):
     opacity = t.Float(0.6, min=0.0, max=1.0).tag(sync=True)
     title = t.Unicode("").tag(sync=True)
     colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
+    scale = t.Enum(("anchored", "fixed", "auto"), "anchored").tag(sync=True)
+    value_label = t.Unicode("value").tag(sync=True)  # what the values are, for the legend
+    clean_prob = t.Float(None, allow_none=True).tag(sync=True)
+    corrupted_prob = t.Float(None, allow_none=True).tag(sync=True)
     vmin = t.Float(None, allow_none=True).tag(sync=True)
     vmax = t.Float(None, allow_none=True).tag(sync=True)
     selected: t.List[Any] = t.List().tag(sync=True)  # [[row, col], ...] of the last request
     curve = t.Any(None).tag(sync=True, **ARRAY)  # float32 [layers] returned by on_patch
     curve_label = t.Unicode("").tag(sync=True)
     status = t.Unicode("idle").tag(sync=True)
-    error = t.Unicode("").tag(sync=True)
+    error = t.Unicode("").tag(sync=True)  # a plain sentence (see mllm_lens.widgets._errors)
+    error_details = t.Unicode("").tag(sync=True)  # the Python exception behind it
+    clickable = t.Bool(False).tag(sync=True)  # a click computes a curve (on_patch is set)
     clicks_done = t.Int(0).tag(sync=True)  # on_patch calls the kernel has finished
 
     def __init__(
@@ -71,8 +83,18 @@ class PatchOverlay(anywidget.AnyWidget):
         self.on_patch = on_patch
         self.curves: list[tuple[list[tuple[int, int]], np.ndarray]] = []
         self.errors: list[BaseException] = []
-        self._worker = Worker(lambda err: self._fail(err, in_worker=True))
+        self._worker = Worker(lambda err, _kind: self._fail(err, in_worker=True))
         self.on_msg(self._on_message)
+
+    @property
+    def on_patch(self) -> PatchCallback | None:
+        """The callback a click runs; setting it makes the overlay ``clickable``."""
+        return self._on_patch
+
+    @on_patch.setter
+    def on_patch(self, callback: PatchCallback | None) -> None:
+        self._on_patch = callback
+        self.clickable = callback is not None
 
     @classmethod
     def from_trace(
@@ -85,6 +107,9 @@ class PatchOverlay(anywidget.AnyWidget):
             if r < rows and c < cols:
                 values[:, r, c] = result.indirect_effect[:, pos]
         kwargs.setdefault("title", f"{result.site} indirect effect per patch")
+        kwargs.setdefault("value_label", "indirect effect")
+        kwargs.setdefault("clean_prob", float(result.clean_prob))
+        kwargs.setdefault("corrupted_prob", float(result.corrupted_prob))
         return cls(image, values, on_patch, **kwargs)
 
     @property
@@ -112,24 +137,25 @@ class PatchOverlay(anywidget.AnyWidget):
                     raise MessageError(f"a patch must be [row, col], got {item!r}")
                 pair = {"row": item[0], "col": item[1]}
                 patches.append((index(pair, "row", rows), index(pair, "col", cols)))
-            if self.on_patch is None:
-                raise MessageError("this overlay has no on_patch callback: clicks only select patches")
-            self.error = ""
+            self.error = self.error_details = ""
             self.selected = [list(p) for p in patches]
-            self.status = "running"
-            self._worker.submit(lambda: self._patch_job(patches))
+            if self.on_patch is not None:  # without a callback a click only selects
+                self.status = "running"
+                self._worker.submit(lambda: self._patch_job(patches))
         except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
             self._fail(err)
 
     def _fail(self, err: BaseException, in_worker: bool = False) -> None:
         self.errors.append(err)
-        self.error = str(err) if isinstance(err, MessageError) else f"{type(err).__name__}: {err}"
+        message = shown(err, "Computing the patch curve")
+        with self.hold_sync():
+            self.error, self.error_details = message.message, message.details
         if self._worker.pending <= int(in_worker):
             self.status = "idle"
 
     def _patch_job(self, patches: list[tuple[int, int]]) -> None:
         if self.on_patch is None:
-            raise MessageError("this overlay has no on_patch callback: clicks only select patches")
+            raise MessageError("the overlay's on_patch callback was removed before this click ran")
         curve = np.asarray(self.on_patch(patches), dtype=np.float32).reshape(-1)
         if curve.size == 0:
             raise ValueError("on_patch returned an empty curve")

@@ -39,7 +39,9 @@ class ExplorerControls(anywidget.AnyWidget):
     edits: t.List[Any] = t.List().tag(sync=True)  # active edits, oldest first: see edit_state
     upload_limit = t.Int(MAX_UPLOAD_BYTES).tag(sync=True)
     status = t.Unicode("idle").tag(sync=True)
-    error = t.Unicode("").tag(sync=True)
+    error = t.Unicode("").tag(sync=True)  # a plain sentence (see mllm_lens.widgets._errors)
+    error_details = t.Unicode("").tag(sync=True)  # the Python exception behind it
+    error_field = t.Unicode("").tag(sync=True)  # the control it is shown next to ("" = the panel's top)
     runs_done = t.Int(0).tag(sync=True)
 
 

@@ -55,6 +55,43 @@ plots.output_inline()
 show(plots.layer_curve_figure(plots.cell_curve(hm.results["mlp"], 19), clean=hm.clean_prob, title="bokeh curve"))"""
 
 
+# WCAG contrast of an element's text (or of `colour`) against the first opaque background behind it.
+CONTRAST = """([el, colour]) => {
+  const rgba = (c) => {
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillStyle = c;
+    const v = ctx.fillStyle;
+    if (v.startsWith("#")) return [1, 3, 5].map((i) => parseInt(v.slice(i, i + 2), 16)).concat(1);
+    const m = v.match(/[\\d.]+/g).map(Number);
+    return [m[0], m[1], m[2], m[3] ?? 1];
+  };
+  let bg = [255, 255, 255, 1];
+  for (let node = el; node && node.nodeType === 1; node = node.parentElement) {
+    const c = rgba(getComputedStyle(node).backgroundColor);
+    if (c[3] > 0) { bg = c; break; }
+  }
+  const [r, g, b, a] = rgba(colour ?? getComputedStyle(el).color);
+  const fg = [r, g, b].map((v, i) => v * a + bg[i] * (1 - a));
+  const lum = (c) => {
+    const [R, G, B] = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+    return 0.2126 * R + 0.7152 * G + 0.0722 * B;
+  };
+  const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+  return (hi + 0.05) / (lo + 0.05);
+}"""
+
+
+def contrasts(root) -> dict:
+    """Contrast of the widget's title, muted text, readout and canvas labels against the page."""
+    canvas = root.locator("[data-testid=heatmap-canvas]")
+    parts = {"title": root.locator(".mll-title").first, "muted": root.locator(".mll-muted").first,
+             "readout": root.locator("[data-testid=readout]")}  # fmt: skip
+    out = {name: parts[name].evaluate(f"el => ({CONTRAST})([el, null])") for name in parts}
+    out["labels"] = canvas.evaluate(f"el => ({CONTRAST})([el, el.dataset.labelColor])")
+    return out
+
+
 EXPLORER = """\
 import mllm_lens as ml
 from mllm_lens.widgets import Explorer
@@ -162,9 +199,33 @@ def exercise(page, name: str) -> dict:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
     overlay.screenshot(path=str(SCREENSHOTS / f"{name}_overlay.png"))
     big.screenshot(path=str(SCREENSHOTS / f"{name}_big.png"))
+    if name == "lab":
+        check_dark_theme(page, heatmap)
     ours = [e for e in page.errors if "blob:" in e or "mll" in e]  # the Jupyter front ends log their own errors
     assert not ours, ours
     return {"cell_click_ms": cell_ms, "patch_click_ms": patch_ms, "render_ms": collapsed_ms, "expanded_ms": expanded_ms}
+
+
+def use_theme(page, theme: str) -> None:
+    """Settings > Theme > ``theme``, then wait for JupyterLab to apply it."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Theme$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{theme}$")).click()
+    light = "true" if "Light" in theme else "false"
+    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+
+
+def check_dark_theme(page, heatmap) -> None:
+    """Light, then Settings > Theme > JupyterLab Dark: the text and the redrawn canvas labels stay readable."""
+    canvas = heatmap.locator("[data-testid=heatmap-canvas]")
+    light, before = contrasts(heatmap), canvas.get_attribute("data-label-color")
+    use_theme(page, "JupyterLab Dark")
+    page.wait_for_function("([el, old]) => el.dataset.labelColor !== old", arg=[canvas.element_handle(), before])
+    page.wait_for_timeout(500)  # the theme's late stylesheet redraw
+    dark = contrasts(heatmap)
+    heatmap.screenshot(path=str(SCREENSHOTS / "lab_dark_heatmap.png"))
+    use_theme(page, "JupyterLab Light")  # the setting persists: later tests start light again
+    assert min(light.values()) >= 4.5 and min(dark.values()) >= 4.5, (light, dark)
 
 
 @pytest.mark.parametrize("ui", ["lab", "notebook7"])
@@ -197,8 +258,25 @@ def test_exported_html_renders_without_a_kernel(page, tmp_path):
     box = canvas.bounding_box()
     assert box["width"] > 300 and box["height"] > 100
     collapsed_ms = float(root.get_attribute("data-render-ms"))
+    readout, legend = root.locator("[data-testid=readout]"), root.locator("[data-testid=legend]")
+    assert "re-run" not in readout.inner_text() and "re-run" not in page.locator("body").inner_text()
+    assert (float(legend.get_attribute("data-lo")), float(legend.get_attribute("data-hi"))) == (0.1, 0.9)  # anchored
     canvas.hover(position={"x": box["width"] - 20, "y": 30})
-    assert "layer" in root.locator("[data-testid=readout]").inner_text()
+    assert "layer" in readout.inner_text()
+    canvas.click(position={"x": box["width"] - 20, "y": 30})  # no kernel: the click reads out, promises nothing
+    page.wait_for_timeout(300)
+    assert "layer" in readout.inner_text() and "running" not in readout.inner_text()
+    root.locator("[data-testid=scale-select]").select_option("auto")
+    page.wait_for_function("el => el.dataset.lo !== '0.1'", arg=legend.element_handle())
+    lo, hi = float(legend.get_attribute("data-lo")), float(legend.get_attribute("data-hi"))
+    assert (lo, hi) == (pytest.approx(scores.min(), abs=1e-6), pytest.approx(scores.max(), abs=1e-6))
+    light = contrasts(root)
+    page.emulate_media(color_scheme="dark")
+    page.wait_for_function("el => el.dataset.labelColor === '#e6e6e6'", arg=canvas.element_handle())
+    dark = contrasts(root)
+    page.screenshot(path=str(SCREENSHOTS / "export_html_dark.png"))
+    page.emulate_media(color_scheme="light")
+    assert min(light.values()) >= 4.5 and min(dark.values()) >= 4.5, (light, dark)
     root.locator("[data-testid=toggle-image]").click()
     page.wait_for_function("el => el.dataset.cells === String(32 * 620)", arg=root.element_handle())
     expanded_ms = float(root.get_attribute("data-render-ms"))
@@ -257,8 +335,9 @@ def explore(page, ui: str) -> None:
     cell.locator("[data-testid=patch-overlay]").wait_for()
     page.screenshot(path=str(SCREENSHOTS / f"explorer_{ui}.png"))
 
-    root.get_by_test_id("edit-toggle").click()
     panel = root.get_by_test_id("edit-panel")
+    expect(panel).to_be_hidden()  # `hidden` wins over the panel's display:flex
+    root.get_by_test_id("edit-toggle").click()
     expect(panel).to_be_visible()
     panel.get_by_test_id("edit-answer").fill("Paris")
     panel.get_by_test_id("edit-apply").click()
@@ -273,17 +352,30 @@ def explore(page, ui: str) -> None:
 
     upload = root.get_by_test_id("upload-input")  # malformed from the page: bytes that are no image
     upload.set_input_files({"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image at all"})
-    expect(error).to_contain_text("cannot read the uploaded file as an image")
+    upload_error = root.get_by_test_id("upload-error")  # shown next to the upload box, not at the top
+    expect(upload_error).to_contain_text("Cannot read the uploaded file as an image")
+    expect(error).to_be_hidden()
+    details = root.get_by_test_id("upload-error-details")
+    expect(details).to_be_hidden()  # the Python text waits in a collapsed toggle
+    upload_error.locator("summary").click()
+    expect(details).to_contain_text("PIL UnidentifiedImageError")
+    assert "object at 0x" not in upload_error.inner_text()
     root.evaluate("el => el.mllSend({type: 'marks', spans: 'nonsense'})")
-    expect(error).to_contain_text("spans must be a list")
+    expect(root.get_by_test_id("marks-error")).to_contain_text("Spans must be a list")
+    expect(upload_error).to_be_hidden()
     root.evaluate("el => el.mllSend({type: 'explode'})")
-    expect(error).to_contain_text("unknown request type 'explode'")
+    expect(error).to_contain_text("Unknown request type 'explode'")
     upload.set_input_files({"name": "green.png", "mimeType": "image/png", "buffer": png_bytes()})
     expect(root.get_by_test_id("source")).to_have_text("upload: green.png")
     expect(error).to_be_hidden()
     root.get_by_test_id("run").click()
     expect(answer).to_contain_text("run #4")
     expect(error).to_be_hidden()
+    question.fill("Is this country in Asia?")  # a new question: the old answer, notes and figures go together
+    question.press("Enter")
+    expect(root.get_by_test_id("answer-token")).to_have_count(0)
+    expect(cell.locator("[data-testid=trace-heatmap]")).to_have_count(0)
+    expect(root.get_by_test_id("notes")).to_have_text("")
 
     counter = page.locator(".jp-Notebook .jp-Cell").nth(1)
     rerun_cell(page, 1)

@@ -1,0 +1,32 @@
+// What the widgets say in the page, in plain words (unit-tested). Errors raised in the kernel are
+// worded there (mllm_lens/widgets/_errors.py); these are the ones the page words itself.
+import { sizeText } from "./format.js";
+
+/** The upload box's message for a file over the kernel's limit. */
+export function uploadTooLarge(name, size, limit) {
+  return `“${name}” is ${sizeText(size)}; the limit is ${sizeText(limit)}. Pick a smaller image.`;
+}
+
+/** The heatmap readout before any hover: what a click does, or that it does nothing here. */
+export function heatmapHint(clickable) {
+  return clickable
+    ? "Hover a cell to read it; click it (or press Enter) to re-run that restoration."
+    : "Hover a cell to read its value. Clicks cannot re-run restorations here (no kernel session behind this figure).";
+}
+
+/** The overlay readout before any hover. */
+export function overlayHint(clickable) {
+  return clickable
+    ? "Click a patch or drag a box to compute its layer curve (Enter on a focused patch)."
+    : "Hover a patch to read its value; clicks only select patches (this overlay has no on_patch callback).";
+}
+
+/** A readout after a click: "· running…" only when a kernel will answer. */
+export function clickedText(text, clickable) {
+  return clickable ? `${text} · running…` : text;
+}
+
+/** The error shown when the kernel's data cannot be decoded (details: the decoder's message). */
+export function unreadable(what) {
+  return `Cannot show the ${what}: the data sent by the kernel is unreadable.`;
+}

@@ -1,0 +1,74 @@
+// One colour policy for every figure (heatmap, patch overlay, static export; mllm_lens/export.py
+// mirrors it): which values the colour ramp spans, which marks the legend carries and when the
+// figure says in words that its effect is too small to colour. Pure functions, unit-tested.
+import { finiteRange } from "./colormap.js";
+import { fmt } from "./format.js";
+
+export const POLICIES = {
+  anchored: "anchored: corrupted → clean",
+  fixed: "fixed 0–1",
+  auto: "auto (min–max)",
+};
+// The narrowest span an anchored scale paints (in probability): a smaller effect stays dark.
+export const MIN_SPAN = 0.05;
+
+function widen(lo, hi) {
+  if (hi - lo >= MIN_SPAN) return [lo, hi];
+  const top = lo + MIN_SPAN;
+  return top <= 1 || lo < 0 ? [lo, top] : [1 - MIN_SPAN, 1];
+}
+
+function anchoredRange(value, clean, corrupted, data) {
+  if (clean == null || corrupted == null) {
+    // values of unknown units (a generic overlay): from 0, fixed by the data it was given
+    const [lo, hi] = finiteRange(data);
+    return [Math.min(0, lo), Math.max(0, hi) > Math.min(0, lo) ? Math.max(0, hi) : 1];
+  }
+  const [a, b] = value === "indirect_effect" ? [0, clean - corrupted] : [corrupted, clean];
+  return widen(Math.min(a, b), Math.max(a, b));
+}
+
+/**
+ * The colour range {lo, hi} of a figure, in the units it is painted in (`data` already in them).
+ * anchored (default): p from the corrupted to the clean probability, or indirect effect from 0 to
+ *   clean − corrupted, at least MIN_SPAN wide; it depends on the two probabilities only, so it is
+ *   fixed before a live fill starts and never re-stretches while cells arrive;
+ * fixed: 0 to 1; auto: the finite min–max of `data`. `vmin` / `vmax`, when set, replace an end.
+ */
+export function colorRange({ policy = "anchored", value = "score", clean = null, corrupted = null, data = [], vmin = null, vmax = null }) {
+  let [lo, hi] = [0, 1];
+  if (policy === "auto") [lo, hi] = finiteRange(data);
+  else if (policy !== "fixed") [lo, hi] = anchoredRange(value, clean, corrupted, data);
+  lo = vmin ?? lo;
+  hi = vmax ?? hi;
+  return { lo, hi: hi > lo ? hi : lo + 1e-9 };
+}
+
+/** Where the corrupted and clean probabilities sit on the legend: [{label, value, t}], t in [0, 1]. */
+export function legendMarks({ value = "score", clean, corrupted, lo, hi }) {
+  if (clean == null || corrupted == null) return [];
+  const shift = value === "indirect_effect" ? corrupted : 0;
+  return [
+    ["corrupted", corrupted],
+    ["clean", clean],
+  ].map(([label, p]) => ({ label, value: p, t: Math.min(1, Math.max(0, (p - shift - lo) / (hi - lo))) }));
+}
+
+/**
+ * The words a figure shows when restoring changes p(answer) by less than MIN_SPAN (null
+ * otherwise): "restoring changes p(answer) by at most 0.006". `scores` are probabilities.
+ */
+export function smallEffectNote(scores, corrupted, { partial = false } = {}) {
+  if (corrupted == null) return null;
+  let most = -Infinity;
+  for (const v of scores ?? []) if (Number.isFinite(v)) most = Math.max(most, Math.abs(v - corrupted));
+  if (!(most >= 0) || most >= MIN_SPAN) return null;
+  const sofar = partial ? " so far" : "";
+  return `restoring changes p(answer) by at most ${fmt(most)}${sofar}: too small to colour (the scale spans at least ${MIN_SPAN})`;
+}
+
+/** The legend's accessible summary: ends, policy, and the clean / corrupted marks. */
+export function legendSummary(unit, { lo, hi }, policy, marks) {
+  const where = marks.map((m) => `${m.label} ${fmt(m.value)}`).join(", ");
+  return `colour scale of ${unit} from ${fmt(lo)} to ${fmt(hi)} (${POLICIES[policy] ?? policy})${where ? `; ${where}` : ""}`;
+}
