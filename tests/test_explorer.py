@@ -379,6 +379,16 @@ def test_errors_are_plain_sentences_shown_next_to_their_control(explorer, conten
     assert (c.error, c.error_field, c.error_details) == ("", "", "")
 
 
+def test_a_refused_question_says_the_chips_still_show_the_previous_one(explorer):
+    before = list(explorer.controls.tokens)
+    explorer.set_question("x" * 301)
+    c = explorer.controls
+    assert c.error == (
+        "The question is too long: 301 characters, at most 300. The tokens below still show the previous question."
+    )
+    assert c.tokens == before and c.question == "What is the capital of this country?"
+
+
 def test_an_upload_error_keeps_the_image_readers_words_in_details(explorer):
     explorer.upload(b"not an image", "notes.png")
     c = explorer.controls

@@ -231,6 +231,9 @@ export function renderExplorer({ model, el }) {
     root.dataset.status = st;
     root.dataset.runs = String(model.get("runs_done"));
     showError(model.get("error"), model.get("error_details"), model.get("error_field"));
+    const refused = Boolean(model.get("error")) && model.get("error_field") === "question";
+    question.setAttribute("aria-invalid", String(refused)); // the chips below are the previous question's
+    chipRow.classList.toggle("mll-stale", refused);
     notes.replaceChildren(...model.get("notes").map((text) => h("div", { text: `⚠ ${text}` })));
   }
 

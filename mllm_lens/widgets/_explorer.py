@@ -57,6 +57,7 @@ from mllm_lens.widgets._panel import (
 
 MAX_QUESTION_CHARS = 300
 MAX_ANSWER_CHARS = 80
+STALE_CHIPS = "The tokens below still show the previous question."
 REQUESTS = ("select", "upload", "question", "marks", "corruption", "run", "edit", "undo")
 # request -> (the control its errors are shown next to, what the page calls it)
 FIELDS = {
@@ -298,8 +299,9 @@ class Explorer(ipywidgets.VBox):
         self.errors.append(err)
         field, action = FIELDS.get(kind or "", ("", "The request"))
         message = shown(err, action)
+        text = f"{message.message} {STALE_CHIPS}" if kind == "question" else message.message
         with self.controls.hold_sync():
-            self.controls.error, self.controls.error_details = message.message, message.details
+            self.controls.error, self.controls.error_details = text, message.details
             self.controls.error_field = field
         if self._worker.pending <= int(in_worker):
             self.controls.status = "idle"

@@ -44,6 +44,8 @@ hm.link(ov)
 ov"""
 COUNTER = 'print(f"COUNTS cells={hm.clicks_done} patches={ov.clicks_done} runs={len(hm.outcomes)}")'
 BIG = """\
+from IPython.display import display
+display(PatchOverlay.from_trace(image_trace, image_session.encoded.probe.image))  # no on_patch: clicks only select
 labels = ["<s>", *[f"<img {i // 24},{i % 24}>" for i in range(600)], *[f"w{i}" for i in range(19)]]
 big = ml.TraceResult(np.random.default_rng(0).random((32, 620)), 0.9, 0.1, 0, "x", labels, labels, {}, {},
                      (1, 601), (24, 24), "mlp")
@@ -189,6 +191,7 @@ def exercise(page, name: str) -> dict:
     page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="cells=2").wait_for()
     assert "COUNTS cells=2 patches=1 runs=2" in output_of(page, 2)
 
+    check_clicks_without_a_kernel_job(page)
     big = page.locator("[data-testid=trace-heatmap]").nth(1)
     big.wait_for()
     collapsed_ms = float(big.get_attribute("data-render-ms"))
@@ -204,6 +207,26 @@ def exercise(page, name: str) -> dict:
     ours = [e for e in page.errors if "blob:" in e or "mll" in e]  # the Jupyter front ends log their own errors
     assert not ours, ours
     return {"cell_click_ms": cell_ms, "patch_click_ms": patch_ms, "render_ms": collapsed_ms, "expanded_ms": expanded_ms}
+
+
+def check_clicks_without_a_kernel_job(page) -> None:
+    """An overlay without on_patch and a heatmap without a session: a click selects or reads
+    out, and nothing says "running…" or shows an error."""
+    overlay = page.locator("[data-testid=patch-overlay]").nth(1)
+    readout = overlay.locator("[data-testid=readout]")
+    assert "only select" in readout.inner_text()
+    size = overlay.locator("[data-testid=overlay-canvas]").bounding_box()
+    overlay.locator("[data-testid=overlay-canvas]").click(position={"x": size["width"] / 8, "y": size["height"] / 8})
+    page.wait_for_timeout(500)
+    assert "patches (0,0)" in readout.inner_text() and "running" not in readout.inner_text()
+    assert overlay.locator("[data-testid=error]").is_hidden()
+    big = page.locator("[data-testid=trace-heatmap]").nth(1)
+    canvas = big.locator("[data-testid=heatmap-canvas]")
+    box = canvas.evaluate("el => el.mllCellBox(0, 3, 610)")
+    canvas.click(position={"x": box["x"] + box["w"] / 2, "y": box["y"] + box["h"] / 2})
+    page.wait_for_timeout(500)
+    text = big.locator("[data-testid=readout]").inner_text()
+    assert "layer 3" in text and "running" not in text and big.locator("[data-testid=error]").is_hidden()
 
 
 def use_theme(page, theme: str) -> None:
