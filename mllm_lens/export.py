@@ -50,6 +50,7 @@ COLORMAPS = {
 NAN_RGB = (220, 220, 220)
 MIN_SPAN = 0.05  # the narrowest span an anchored scale paints, as in js/src/policy.js
 SCALES = ("anchored", "fixed", "auto")
+NOTE_CHAR_WIDTH = 5.6  # px per character of the note's 11 px sans-serif line (room kept for it)
 # The exported page's colours: JupyterLab's variable names, light or dark by the reader's preference.
 PAGE_THEME = """
 :root{--jp-ui-font-color1:#1f1f1f;--jp-ui-font-color2:#595959;--jp-layout-color0:#fff;--jp-layout-color1:#fff;
@@ -168,9 +169,10 @@ class Grid:
     cell: tuple[int, int]  # (width, height)
     left: int
     marks: list[tuple[str, float]]  # (name, p): the corrupted and clean probabilities
+    unit: str  # what the colours are, over the colour bar: "p(target)"
     note: str | None = None  # small_effect_note, written under the figure
     top: int = 26
-    bottom: int = 22
+    bottom: int = 34
     gap: int = 16
     legend: int = 110
 
@@ -180,9 +182,14 @@ class Grid:
 
     @property
     def size(self) -> tuple[int, int]:
-        panels, layers, rows = self.shape
-        width = self.left + panels * layers * self.cell[0] + (panels - 1) * self.gap + self.legend
-        return width, self.top + rows * self.cell[1] + self.bottom + (16 if self.note else 0)
+        width = max(self.legend_x - 12 + self.legend, 10 + round(NOTE_CHAR_WIDTH * len(self.note or "")))
+        return width, self.axis_y + self.bottom + (16 if self.note else 0)
+
+    @property
+    def legend_x(self) -> int:
+        """Left edge of the colour bar (right of the last panel)."""
+        panels, layers, _ = self.shape
+        return self.left + panels * layers * self.cell[0] + (panels - 1) * self.gap + 12
 
     @property
     def axis_y(self) -> int:
@@ -242,7 +249,8 @@ def grid(
     titles = [SITE_TITLES.get(r.site, r.site) for r in items]
     marks = [("corrupted", float(first.corrupted_prob)), ("clean", float(first.clean_prob))]
     note = small_effect_note(scores, first.corrupted_prob)
-    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, note)
+    unit = f"p({first.target_token})"
+    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, unit, note)
 
 
 def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **options) -> Path:
@@ -278,14 +286,16 @@ def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **opt
                 )
     for r, label in enumerate(g.row_labels):
         out.append(f'<text x="{g.left - 6}" y="{g.top + r * ch + ch - 3}" text-anchor="end">{esc(label)}</text>')
-    lx = width - g.legend + 12
+    out.append(f'<text class="axis" x="{g.left}" y="{g.axis_y + 28}">layer</text>')
+    lx = g.legend_x
+    out.append(f'<text class="unit" x="{lx}" y="{g.top - 8}" font-size="9">{esc(g.unit)}</text>')
     out.append(f'<rect class="legend" x="{lx}" y="{g.top}" width="12" height="{rows * ch}" fill="url(#scale)"/>')
     for t, text in g.legend_labels():
         mark_y = g.top + (1 - t) * rows * ch
         out.append(f'<line x1="{lx}" x2="{lx + 15}" y1="{mark_y:.1f}" y2="{mark_y:.1f}" stroke="black"/>')
         out.append(f'<text class="legend-label" x="{lx + 17}" y="{mark_y + 3:.1f}" font-size="9">{esc(text)}</text>')
     if g.note:
-        out.append(f'<text class="note" x="{g.left}" y="{height - 4}">{esc(g.note)}</text>')
+        out.append(f'<text class="note" x="10" y="{height - 4}">{esc(g.note)}</text>')
     out.append("</svg>")
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -318,7 +328,9 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
         draw.text(
             ((g.left - 6) * scale, (g.top + r * ch + ch / 2) * scale), label, fill="black", font=font, anchor="rm"
         )
-    lx = width - g.legend + 12
+    draw.text((g.left * scale, (g.axis_y + 18) * scale), "layer", fill="black", font=font)
+    lx = g.legend_x
+    draw.text((lx * scale, 8 * scale), g.unit, fill="black", font=ImageFont.load_default(size=9 * scale))
     ramp = rgb(np.linspace(g.vmax, g.vmin, rows * ch * scale), g.vmin, g.vmax)
     for i, colour in enumerate(ramp):
         y = g.top * scale + i
@@ -329,7 +341,7 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
         draw.line((lx * scale, mark_y, (lx + 15) * scale, mark_y), fill="black", width=scale)
         draw.text(((lx + 17) * scale, mark_y), text, fill="black", font=small, anchor="lm")
     if g.note:
-        draw.text((g.left * scale, (height - 6) * scale), g.note, fill="black", font=font, anchor="ls")
+        draw.text((10 * scale, (height - 6) * scale), g.note, fill="black", font=font, anchor="ls")
     path = Path(path)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

@@ -79,7 +79,7 @@ def test_png_has_the_layout_size(tmp_path):
     with Image.open(result.to_png(tmp_path / "t.png", scale=2)) as image:
         assert image.size == (2 * g.size[0], 2 * g.size[1])
         assert image.getpixel((2 * g.left + 4, 2 * g.top + 4)) == (220, 220, 220)  # the NaN <s> row
-    assert g.size == (g.left + 6 * 14 + g.legend, 26 + 6 * 14 + 22) and g.note is None
+    assert g.size == (g.left + 6 * 14 + g.legend, 26 + 6 * 14 + g.bottom) and g.note is None
 
 
 def test_colour_band_value_is_the_best_image_score():
@@ -124,13 +124,15 @@ def test_a_tiny_effect_is_not_painted_at_full_scale_and_is_said_in_words(tmp_pat
     assert g.note == note
     assert svg_texts(tiny_effect().to_svg(tmp_path / "t.svg"), "note") == [note]
     with Image.open(tiny_effect().to_png(tmp_path / "t.png", scale=1)) as image:
-        assert image.size == g.size and g.size[1] == 26 + 6 * 14 + 22 + 16
+        assert image.size == g.size and g.size[1] == 26 + 6 * 14 + g.bottom + 16
 
 
 def test_the_colour_bar_ends_at_the_anchored_range_and_marks_clean_and_corrupted(tmp_path):
     g = export.grid(synthetic())  # clean 0.9, corrupted 0.1, scores spread over [0, 1]
     assert (g.vmin, g.vmax) == (0.1, 0.9)
     assert svg_texts(synthetic().to_svg(tmp_path / "a.svg"), "legend-label") == ["0.900 clean", "0.100 corrupted"]
+    assert svg_texts(tmp_path / "a.svg", "unit") == ["p(ans</script>)"]
+    assert svg_texts(tmp_path / "a.svg", "axis") == ["layer"]
     auto = export.grid(synthetic(), scale="auto")
     finite = auto.values[np.isfinite(auto.values)]
     assert (auto.vmin, auto.vmax) == (finite.min(), finite.max())
