@@ -5,7 +5,7 @@ import { finiteRange, scale } from "./colormap.js";
 import { fmt } from "./format.js";
 import { buildRows, cellOrigin, hitTest, moveFocus, rowValue } from "./layout.js";
 import { clickedText, heatmapHint, unreadable } from "./messages.js";
-import { POLICIES, colorRange, legendMarks, legendSummary, smallEffectNote } from "./policy.js";
+import { POLICIES, colorRange, legendMarks, legendSummary, policyOf, smallEffectNote } from "./policy.js";
 import { drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const LABEL_FONT = "11px sans-serif";
@@ -66,9 +66,9 @@ export function renderHeatmap({ model, el }) {
   function valueRange() {
     const value = model.get("value");
     const shift = value === "indirect_effect" ? model.get("corrupted_prob") : 0;
-    const data = model.get("scale") === "auto" ? finiteRange(scores.data).map((v) => v - shift) : [];
+    const data = policyOf(model) === "auto" ? finiteRange(scores.data).map((v) => v - shift) : [];
     const options = { value, data, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob") };
-    return [colorRange({ ...options, policy: model.get("scale"), vmin: model.get("vmin"), vmax: model.get("vmax") }), shift];
+    return [colorRange({ ...options, policy: policyOf(model), vmin: model.get("vmin"), vmax: model.get("vmax") }), shift];
   }
 
   function drawScale(colorOf, range, colors) {
@@ -76,8 +76,8 @@ export function renderHeatmap({ model, el }) {
     const unit = value === "indirect_effect" ? "indirect effect" : `p(${model.get("target_token")})`;
     const marks = legendMarks({ value, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob"), ...range });
     drawLegend(legend, colorOf, range, { unit, marks, colors });
-    legend.setAttribute("aria-label", legendSummary(unit, range, model.get("scale"), marks));
-    policy.value = model.get("scale");
+    legend.setAttribute("aria-label", legendSummary(unit, range, policyOf(model), marks));
+    policy.value = policyOf(model);
     const text = smallEffectNote(scores.data, model.get("corrupted_prob"), { partial: model.get("status") === "tracing" });
     note.hidden = !text;
     note.textContent = text ?? "";

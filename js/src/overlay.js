@@ -7,7 +7,7 @@ import { curveChart } from "./curve.js";
 import { fmt } from "./format.js";
 import { patchAt, patchesInBox } from "./layout.js";
 import { clickedText, overlayHint, unreadable } from "./messages.js";
-import { POLICIES, colorRange, legendMarks, legendSummary } from "./policy.js";
+import { POLICIES, colorRange, legendMarks, legendSummary, policyOf } from "./policy.js";
 import { drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const MAX_SIDE = 360;
@@ -97,7 +97,7 @@ export function renderOverlay({ model, el }) {
     opacity.value = String(model.get("opacity"));
     const [clean, corrupted] = [model.get("clean_prob"), model.get("corrupted_prob")];
     const options = { value: "indirect_effect", clean, corrupted, data: values.data, vmin: model.get("vmin"), vmax: model.get("vmax") };
-    const range = colorRange({ ...options, policy: model.get("scale") });
+    const range = colorRange({ ...options, policy: policyOf(model) });
     const colorOf = scale(model.get("colormap"), range.lo, range.hi);
     const [pw, ph] = [size[0] / cols, size[1] / rows];
     ctx.globalAlpha = model.get("opacity");
@@ -123,8 +123,8 @@ export function renderOverlay({ model, el }) {
     const marks = legendMarks({ value: "indirect_effect", clean, corrupted, ...range });
     const unit = model.get("value_label");
     drawLegend(legend, colorOf, range, { unit, marks, colors: themeColors(root) });
-    legend.setAttribute("aria-label", legendSummary(unit, range, model.get("scale"), marks));
-    policy.value = model.get("scale");
+    legend.setAttribute("aria-label", legendSummary(unit, range, policyOf(model), marks));
+    policy.value = policyOf(model);
     title.textContent = model.get("title");
     const st = model.get("status");
     status.textContent = st === "idle" ? "" : st;

@@ -72,3 +72,9 @@ export function legendSummary(unit, { lo, hi }, policy, marks) {
   const where = marks.map((m) => `${m.label} ${fmt(m.value)}`).join(", ");
   return `colour scale of ${unit} from ${fmt(lo)} to ${fmt(hi)} (${POLICIES[policy] ?? policy})${where ? `; ${where}` : ""}`;
 }
+
+/** The model's `scale` policy; "anchored" for a state saved before the trait existed. */
+export function policyOf(model) {
+  const name = model.get("scale");
+  return name in POLICIES ? name : "anchored";
+}

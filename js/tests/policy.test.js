@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { scale } from "../src/colormap.js";
-import { MIN_SPAN, colorRange, legendMarks, legendSummary, smallEffectNote } from "../src/policy.js";
+import { MIN_SPAN, colorRange, legendMarks, legendSummary, policyOf, smallEffectNote } from "../src/policy.js";
 
 const brightness = (css) => {
   const [r, g, b] = css.match(/\d+/g).map(Number);
@@ -91,5 +91,14 @@ describe("small effects are said in words", () => {
     expect(smallEffectNote(Float32Array.from([0.1, 0.7]), 0.1)).toBeNull();
     expect(smallEffectNote(Float32Array.from([Number.NaN]), 0.1)).toBeNull();
     expect(smallEffectNote(tinyScores, null)).toBeNull();
+  });
+});
+
+describe("policy of a saved state", () => {
+  it("falls back to anchored for a missing or unknown scale", () => {
+    const model = (scale) => ({ get: () => scale });
+    expect(policyOf(model("auto"))).toBe("auto");
+    expect(policyOf(model(undefined))).toBe("anchored");
+    expect(policyOf(model("rainbow"))).toBe("anchored");
   });
 });
