@@ -21,7 +21,7 @@ const CSS = `
 .mll-error details{color:var(--mll-fg2);margin-top:2px}
 .mll-error summary{cursor:pointer}
 .mll-error pre{margin:2px 0 0;max-height:12em;overflow:auto;white-space:pre-wrap;font-size:11px}
-.mll-note{color:var(--mll-warn)}
+.mll-note{border-left:3px solid var(--mll-warn);padding-left:6px}
 .mll-body{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .mll-scroll{max-height:640px;max-width:100%;overflow:auto}
 .mll-side{display:flex;flex-direction:column;gap:8px;min-width:220px}
