@@ -89,3 +89,79 @@ def test_route_penalty_training_runs_unmasked_and_records_its_terms(tmp_path):
     assert model.config._attn_implementation == "sdpa"  # eager only while training
     assert all("loss" in point for point in curve)
     assert any("image_mass" in point or "noised_mass" in point for point in curve)
+
+
+def test_phrase_targets_put_the_compared_attribute_at_the_phrase_of_yes_no_questions():
+    from mllm_lens.demo.train import phrase_targets
+
+    forms = {f[0].name: f for f in question_forms()}
+    countries, answers = ["Peru", "Japan"], ["yes", "no"]
+    assert phrase_targets(forms["in_continent"], countries, answers, "attribute") == ["Americas", "Asia"]
+    assert phrase_targets(forms["uses_currency"], countries, answers, "attribute") == ["sol", "yen"]
+    assert phrase_targets(forms["in_continent"], countries, answers, "fact") == countries
+    assert phrase_targets(forms["capital"], countries, ["Lima", "Tokyo"], "attribute") == ["Lima", "Tokyo"]
+    assert phrase_targets(forms["capital"], countries, ["Lima", "Tokyo"], "name") == countries
+
+
+def test_answer_options_cover_each_relations_answers():
+    from mllm_lens.demo.train import answer_options
+
+    _, processor = build_demo_model(0)
+    tokenizer = processor.tokenizer
+    countries = world.training_countries()
+    words = tokenizer.convert_ids_to_tokens(answer_options(tokenizer, "continent", countries).tolist())
+    assert sorted(words) == sorted(world.CONTINENTS)
+    yes_no = tokenizer.convert_ids_to_tokens(answer_options(tokenizer, "uses_currency", countries).tolist())
+    assert yes_no == ["yes", "no"]
+    capitals = answer_options(tokenizer, "capital", countries)
+    assert len(capitals) == len(countries) and tokenizer.unk_token_id not in capitals.tolist()
+
+
+def test_noised_answer_and_early_phrase_layer_are_trained_and_recorded(tmp_path):
+    import json
+
+    from mllm_lens.demo.train import train
+
+    train(
+        steps=8,
+        batch=4,
+        renderings=1,
+        seed=0,
+        lr=1e-3,
+        out=tmp_path,
+        log_every=2,
+        identity_steps=2,
+        route_penalty=3.0,
+        name_at_phrase=1.0,
+        phrase_target="attribute",
+        phrase_layer=1,
+        noised_share=0.9,
+        noised_answer=True,
+        reader="last",
+    )
+    saved = json.loads((tmp_path / "training_curve.json").read_text())
+    assert saved["phrase_layer"] == 1 and saved["noised_answer"] is True and saved["reader"] == "last"
+    assert any("noised_answer" in point for point in saved["curve"])
+    assert any("name_loss" in point for point in saved["curve"])
+
+
+def test_vision_pretraining_learns_to_tell_flags_apart():
+    from mllm_lens.demo.train import pretrain_vision, render_pool
+
+    torch.manual_seed(0)
+    model, processor = build_demo_model(0)
+    pool = render_pool(processor, ["Japan", "Peru", "Germany", "Italy"], 2, seed=0)
+    before = [p.detach().clone() for p in model.model.language_model.parameters()]
+    losses = pretrain_vision(model, pool, steps=40, batch=16, lr=1e-3, rng=random.Random(0))
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    after = list(model.model.language_model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))  # the decoder is left alone
+
+
+def test_image_readers_is_the_phrase_or_its_last_token():
+    from mllm_lens.demo.train import image_readers
+
+    assert image_readers((8, 10), "phrase") == (8, 10)
+    assert image_readers((8, 10), "last") == (9, 10)
+    with pytest.raises(ValueError, match="reader"):
+        image_readers((8, 10), "first")

@@ -54,6 +54,8 @@ from mllm_lens.demo.build import MODEL_DIR, build_demo_model, prompt_ids
 from mllm_lens.io import atomic_path
 
 _YES_NO = ("in_continent", "uses_currency")
+#: The attribute a yes/no relation compares against its textual constraint.
+_COMPARED = {"in_continent": "continent", "uses_currency": "currency"}
 #: The sentence that names the country before a question in the text-first stage.
 MENTION = "is shown."
 
@@ -136,6 +138,16 @@ def route_mask(length: int, image: tuple[int, int], entity: tuple[int, int], bat
     return mask.expand(batch, 1, length, length)
 
 
+def image_readers(entity: tuple[int, int], reader: str) -> tuple[int, int]:
+    """The span the route penalty lets read the image: the whole visual phrase (``"phrase"``) or
+    only its last token (``"last"``, where the paper's edit key sits). With the whole phrase,
+    "this" of "this country" took the flag and the answer position read it in layer 1, past the
+    reach of an MLP edit at "country" (recipe E in RESULTS.md)."""
+    if reader not in ("phrase", "last"):
+        raise ValueError(f"reader must be 'phrase' or 'last', got {reader!r}")
+    return entity if reader == "phrase" else (entity[1] - 1, entity[1])
+
+
 def image_attention_mass(attentions, image: tuple[int, int], entity: tuple[int, int], named: bool) -> torch.Tensor:
     """Mean share of attention that text positions other than the entity phrase (every text
     position when the phrase is a name) give to the image tokens, over layers, heads and batch.
@@ -151,6 +163,52 @@ def image_attention_mass(attentions, image: tuple[int, int], entity: tuple[int, 
         queries[entity[0] : entity[1]] = False
     masses = [a[:, :, queries, image[0] : image[1]].sum(-1).mean() for a in attentions]
     return torch.stack(masses).mean()
+
+
+def phrase_targets(form, countries: list[str], answers: list[str], phrase_target: str) -> list[str]:
+    """What the visual phrase's last token learns to predict for each question of a batch.
+
+    ``name``: the country's name; ``fact``: the answer on open questions, the name on yes/no ones;
+    ``attribute``: the answer on open questions, and on yes/no ones the attribute the question
+    compares (the continent for "Is this country in Asia?"), so the fact sits at the phrase and
+    the last position only compares it with the textual constraint.
+    """
+    relation = form[0].relation
+    if phrase_target == "name" or (phrase_target == "fact" and relation in _YES_NO):
+        return countries
+    if relation in _YES_NO:
+        return [world.fact(c, _COMPARED[relation]) for c in countries]
+    return answers
+
+
+def answer_options(tokenizer, relation: str, countries: list[str]) -> torch.Tensor:
+    """Token ids of every answer ``relation`` can have over ``countries`` (yes/no for yes/no ones)."""
+    if relation in _YES_NO:
+        words = ["yes", "no"]
+    else:
+        words = sorted({world.fact(c, relation) for c in countries})
+    return torch.tensor(tokenizer.convert_tokens_to_ids(words))
+
+
+def pretrain_vision(model, pool: torch.Tensor, steps: int, batch: int, lr: float, rng: random.Random) -> list[float]:
+    """Train the vision tower alone to tell the countries' flags apart (a linear classifier on its
+    mean patch feature), as LLaVA starts from a CLIP tower trained on its own task; the decoder
+    then learns its route on features that already name the flag. Returns the loss per step."""
+    tower = model.model.vision_tower
+    head = torch.nn.Linear(tower.config.hidden_size, pool.shape[0])
+    params = list(tower.parameters()) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    losses = []
+    for _ in tqdm(range(steps), desc="pretraining the vision tower", unit="step"):
+        picks = [rng.randrange(pool.shape[0]) for _ in range(batch)]
+        pixels = torch.stack([pool[i, rng.randrange(pool.shape[1])] for i in picks])
+        features = tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:].mean(1)  # patches, no CLS
+        loss = torch.nn.functional.cross_entropy(head(features), torch.tensor(picks))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 def train(
@@ -173,6 +231,10 @@ def train(
     name_at_phrase: float = 0.0,
     noised_share: float = 0.0,
     phrase_target: str = "name",
+    noised_answer: bool = False,
+    phrase_layer: int | None = None,
+    vision_steps: int = 0,
+    reader: str = "phrase",
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -205,6 +267,7 @@ def train(
     one_constraint_forms = [f for f in forms if f not in two_constraint_forms]
     named_forms = [f for f in forms if f[0].relation != "country"]
     rng = random.Random(seed)
+    vision_losses = pretrain_vision(model, pool, vision_steps, batch, lr, rng) if vision_steps else []
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     total = text_steps + steps
@@ -254,24 +317,35 @@ def train(
             noise = torch.zeros_like(embeds)
             noise[:, entity[0] : entity[1]] = 3.0 * sigma * torch.randn(batch, entity[1] - entity[0], embeds.shape[-1])
             inputs["inputs_embeds"] = embeds + noise
-        forward = model(**inputs, output_attentions=penalised)
+        read_early = phrase_layer is not None and name_at_phrase and not noised
+        forward = model(**inputs, output_attentions=penalised, output_hidden_states=read_early)
         logits = forward.logits[:, -2:]
         answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
         loss, extras = answer_loss, {}
-        if noised:  # only the penalty: with the phrase garbled, no text position may read the flag
+        if noised:  # with the phrase garbled, no text position may read the flag
             extras["noised_mass"] = image_attention_mass(forward.attentions, image, entity, True)
             loss = route_penalty * extras["noised_mass"]
+            if noised_answer:  # ... and the answer is unknown: uniform over the relation's answers
+                options = answer_options(tokenizer, form[0].relation, countries)
+                log_p = forward.logits[:, -2].log_softmax(-1)[:, options]
+                extras["noised_answer"] = -log_p.mean()
+                loss = loss + extras["noised_answer"]
         elif penalised:
-            extras["image_mass"] = image_attention_mass(forward.attentions, image, entity, kind == "named_image")
+            readers = image_readers(entity, reader)
+            extras["image_mass"] = image_attention_mass(forward.attentions, image, readers, kind == "named_image")
             loss = loss + route_penalty * extras["image_mass"]
         if name_at_phrase and not noised:
             # the entity phrase's last token ("this country", or a name) predicts the country it
             # stands for: the phrase is resolved to an entity at its own tokens, as a text decoder does
             # "fact": the answer itself where the relation precedes the phrase (every open question),
             # as ROME's subject enrichment; yes/no questions name the country
-            facts = phrase_target == "fact" and form[0].relation not in _YES_NO
-            targets = torch.tensor(tokenizer.convert_tokens_to_ids(answers if facts else names))
-            extras["name_loss"] = torch.nn.functional.cross_entropy(forward.logits[:, entity[1] - 1], targets)
+            targets = torch.tensor(tokenizer.convert_tokens_to_ids(phrase_targets(form, names, answers, phrase_target)))
+            if read_early:  # the logit lens on the phrase after decoder layer ``phrase_layer``
+                hidden = forward.hidden_states[phrase_layer + 1][:, entity[1] - 1]
+                phrase_logits = model.lm_head(model.model.language_model.norm(hidden))
+            else:
+                phrase_logits = forward.logits[:, entity[1] - 1]
+            extras["name_loss"] = torch.nn.functional.cross_entropy(phrase_logits, targets)
             loss = loss + name_at_phrase * extras["name_loss"]
         optimizer.zero_grad()
         loss.backward()
@@ -291,6 +365,11 @@ def train(
         "name_at_phrase": name_at_phrase,
         "noised_share": noised_share,
         "phrase_target": phrase_target,
+        "noised_answer": noised_answer,
+        "phrase_layer": phrase_layer,
+        "vision_steps": vision_steps,
+        "reader": reader,
+        "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
         "mention_share": mention_share,
@@ -339,7 +418,27 @@ def main(argv: list[str] | None = None) -> None:
         "--noised-share", type=float, default=0.0, help="share of image batches with the visual phrase noised"
     )
     parser.add_argument(
-        "--phrase-target", choices=("name", "fact"), default="name", help="what --name-at-phrase predicts"
+        "--phrase-target", choices=("name", "fact", "attribute"), default="name", help="what --name-at-phrase predicts"
+    )
+    parser.add_argument(
+        "--noised-answer",
+        action="store_true",
+        help="noised batches also learn a uniform answer over the relation's options (the referent is unknown)",
+    )
+    parser.add_argument(
+        "--phrase-layer",
+        type=int,
+        default=None,
+        help="read the phrase's target after this decoder layer (logit lens; default: the model's output)",
+    )
+    parser.add_argument(
+        "--vision-steps", type=int, default=0, help="steps pretraining the vision tower alone (flag classifier)"
+    )
+    parser.add_argument(
+        "--reader",
+        choices=("phrase", "last"),
+        default="phrase",
+        help="which visual-phrase tokens the route penalty lets read the image: all, or only the last one",
     )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -365,6 +464,10 @@ def main(argv: list[str] | None = None) -> None:
         name_at_phrase=args.name_at_phrase,
         noised_share=args.noised_share,
         phrase_target=args.phrase_target,
+        noised_answer=args.noised_answer,
+        phrase_layer=args.phrase_layer,
+        vision_steps=args.vision_steps,
+        reader=args.reader,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 
