@@ -11,7 +11,7 @@ export function uploadTooLarge(name, size, limit) {
 export function heatmapHint(clickable) {
   return clickable
     ? "Hover a cell to read it; click it (or press Enter) to re-run that restoration."
-    : "Hover a cell to read its value. Clicks cannot re-run restorations here (no kernel session behind this figure).";
+    : "Hover a cell to read its value. No kernel session is behind this figure, so a click only selects a cell.";
 }
 
 /** The overlay readout before any hover. */
