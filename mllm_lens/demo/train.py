@@ -340,7 +340,7 @@ def train(
             # "fact": the answer itself where the relation precedes the phrase (every open question),
             # as ROME's subject enrichment; yes/no questions name the country
             targets = torch.tensor(tokenizer.convert_tokens_to_ids(phrase_targets(form, names, answers, phrase_target)))
-            if read_early:  # the logit lens on the phrase after decoder layer ``phrase_layer``
+            if read_early and phrase_layer is not None:  # the logit lens on the phrase after ``phrase_layer``
                 hidden = forward.hidden_states[phrase_layer + 1][:, entity[1] - 1]
                 phrase_logits = model.lm_head(model.model.language_model.norm(hidden))
             else:
