@@ -86,6 +86,18 @@ def test_run_shows_heatmap_overlay_and_the_answer(explorer):
     assert explorer.heatmap is not first and c.runs_done == 2 and first.comm is None
 
 
+def test_the_overlay_names_its_corruption_and_the_heatmaps_when_they_differ(explorer):
+    run(explorer)  # image noise: the overlay reuses the heatmap's trace
+    assert explorer.overlay.corruption == "image noise on all visual tokens"
+    assert explorer.overlay.target_token == "Brasilia"
+    explorer.request({"type": "corruption", "value": "noise:this country"})
+    run(explorer)  # phrase noise on the heatmap; the overlay still traces the image noised
+    assert explorer.heatmap.results["hidden"].settings["corruption"]["kind"] == "constraint_noise"
+    assert explorer.overlay.corruption == (
+        "image noise on all visual tokens (the heatmap above used noise on 'this country')"
+    )
+
+
 def demo_layers(ex: Explorer) -> int:
     return ex.model.num_layers
 

@@ -18,6 +18,7 @@ from mllm_lens.widgets import MAX_PENDING, PatchOverlay, TraceHeatmap, patch_cur
 from mllm_lens.widgets._base import MessageError
 from mllm_lens.widgets._codec import array_from_json, array_to_json
 from mllm_lens.widgets._errors import shown
+from mllm_lens.widgets._overlay import describe_corruption
 
 
 @pytest.fixture(scope="module")
@@ -233,9 +234,31 @@ def test_overlay_click_without_a_callback_selects_and_promises_no_run(session):
 
 def test_overlay_from_a_trace_anchors_its_scale_on_the_trace(results):
     ov = PatchOverlay.from_trace(results[0], Image.new("RGB", (8, 8)))
-    assert ov.scale == "anchored" and ov.value_label == "indirect effect"
+    assert ov.scale == "anchored" and ov.value_label == "indirect effect of restoring the patch's hidden state"
     assert ov.clean_prob == pytest.approx(results[0].clean_prob)
     assert ov.corrupted_prob == pytest.approx(results[0].corrupted_prob)
+
+
+def test_overlay_from_a_trace_names_its_corruption_and_the_curve_target(results):
+    ov = PatchOverlay.from_trace(results[0], Image.new("RGB", (8, 8)))
+    assert ov.corruption == "noise on 'e0'"  # the session's constraint noise, in words
+    assert ov.target_token == results[0].target_token != ""
+    assert "value" not in ov.value_label and ov.title == "hidden state indirect effect per patch"
+    assert PatchOverlay.from_trace(results[0], Image.new("RGB", (8, 8)), corruption="x").corruption == "x"
+
+
+@pytest.mark.parametrize(
+    ("described", "words"),
+    [
+        ({"kind": "image_noise", "patches": None, "scale": 3.0, "seed": 0}, "image noise on all visual tokens"),
+        ({"kind": "image_noise", "patches": [[0, 1], 3]}, "image noise on 2 patches"),
+        ({"kind": "constraint_noise", "constraint": "this country"}, "noise on 'this country'"),
+        ({"kind": "replace", "constraint": "red", "by": "blue"}, "'red' replaced by 'blue'"),
+        (None, ""),
+    ],
+)
+def test_corruptions_are_described_in_words(described, words):
+    assert describe_corruption(described) == words
 
 
 def test_heatmap_is_clickable_only_with_a_session(session, results):

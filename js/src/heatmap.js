@@ -23,6 +23,15 @@ function topTable(title, entries, target) {
   return h("div", {}, h("div", { class: "mll-muted", text: title }), h("table", {}, ...rows));
 }
 
+/**
+ * The heatmap cell {panel, layer, row} a `cell_result` is for, in the current rows (pure): the
+ * row holding its position (the image band when collapsed), or null.
+ */
+export function resultCell(out, geom) {
+  const row = geom?.rows.findIndex((r) => r.positions.includes(out.position)) ?? -1;
+  return row < 0 ? null : { panel: out.panel ?? 0, layer: out.layer, row };
+}
+
 export function renderHeatmap({ model, el }) {
   injectStyle(el);
   const canvas = h("canvas", { tabindex: "0", "data-lm-suppress-shortcuts": "true", "data-testid": "heatmap-canvas", role: "grid", "aria-label": "causal trace heatmap: arrow keys move, Enter restores the cell" });
@@ -270,7 +279,14 @@ export function renderHeatmap({ model, el }) {
         topTable("restored", out.restored_top, out.target_token),
       ),
     );
-    readout.textContent = describe(focus ?? { panel: 0, layer: out.layer, row: 0 });
+    // the readout describes the cell this result is for (not wherever the focus or row 0 is):
+    // both come from cell_result, so they never disagree
+    const cell = resultCell(out, geom);
+    if (cell && geom.rows[cell.row].kind !== "band") {
+      focus = cell;
+      readout.textContent = describe(cell);
+      schedule();
+    } else readout.textContent = `${out.site} · layer ${out.layer} · ${JSON.stringify(out.label)} (pos ${out.position})`;
   }
 
   const redrawOn = ["scores", "expanded", "colormap", "value", "scale", "vmin", "vmax", "highlight", "labels", "panels", "clean_prob", "corrupted_prob"];

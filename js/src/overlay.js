@@ -1,23 +1,60 @@
-// PatchOverlay front end: the probe image with its patch grid coloured by per-patch values
-// [layers, rows, cols]; layer and opacity sliders; click or drag a box to ask the kernel for
+// PatchOverlay front end: the probe image beside its patch grid coloured by per-patch values
+// [layers, rows, cols]; a layer slider; click or drag a box (on either) to ask the kernel for
 // the selected patches' layer curve.
+//
+// Side by side, not blended: a heat colour mixed with the photo (the old 0.6 opacity) takes the
+// photo's hue (a flag's green, yellow or gold), so no cell could be read off the legend. The
+// grid is drawn at full opacity in exactly the legend's colours, beside the untouched photo
+// with the same grid lines; hovering or selecting a patch outlines it in both, so which part of
+// the photo a cell is stays one glance away. (A greyscale underlay would still tint the cells.)
 import { at, asBytes, decodeArray } from "./codec.js";
 import { scale } from "./colormap.js";
-import { curveChart } from "./curve.js";
+import { curveChart, curveWords } from "./curve.js";
 import { fmt } from "./format.js";
 import { patchAt, patchesInBox } from "./layout.js";
 import { clickedText, overlayHint, unreadable } from "./messages.js";
 import { POLICIES, colorRange, legendMarks, legendSummary, policyOf } from "./policy.js";
 import { drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
-const MAX_SIDE = 360;
+const MAX_SIDE = 280;
+
+/** Every cell of `values` at `layer`: {r, c, value, fill} with fill = colorOf(value) (pure). */
+export function heatCells(values, layer, colorOf) {
+  const [, rows, cols] = values.shape;
+  const cells = [];
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
+    const value = at(values, layer, r, c);
+    cells.push({ r, c, value, fill: colorOf(value) });
+  }
+  return cells;
+}
+
+/** Paint `cells` as opaque pw x ph rectangles: nothing of the photo shows through. */
+export function paintHeatGrid(ctx, cells, pw, ph) {
+  ctx.globalAlpha = 1;
+  for (const { r, c, fill } of cells) {
+    ctx.fillStyle = fill;
+    ctx.fillRect(c * pw, r * ph, pw, ph);
+  }
+}
+
+/** The words above the legend: what the colours are, at which layer (pure). */
+export function legendCaption(valueLabel, layer) {
+  return `colour: ${valueLabel || "value"} · layer ${layer}`;
+}
+
+/** The line above the figure naming the corruption its values were traced under ("" if unknown). */
+export function corruptionLine(corruption) {
+  return corruption ? `patches traced under ${corruption}` : "";
+}
 
 export function renderOverlay({ model, el }) {
   injectStyle(el);
   const canvas = h("canvas", { tabindex: "0", "data-lm-suppress-shortcuts": "true", "data-testid": "overlay-canvas", role: "grid", "aria-label": "image patches: arrow keys move, Enter computes the patch's layer curve" });
+  const heat = h("canvas", { "data-testid": "heat-canvas", role: "img", "aria-label": "patch values in the legend's colours, beside the image" });
   const layer = h("input", { type: "range", min: "0", step: "1", "data-testid": "layer-slider", "aria-label": "layer" });
   const layerText = h("span", { class: "mll-muted" });
-  const opacity = h("input", { type: "range", min: "0", max: "1", step: "0.05", "data-testid": "opacity-slider", "aria-label": "opacity" });
+  const caption = h("div", { "data-testid": "legend-caption" });
   const legend = h("canvas", { "data-testid": "legend", role: "img", "aria-label": "colour scale" });
   const policy = h("select", { "data-testid": "scale-select", "aria-label": "colour scale" }, ...Object.entries(POLICIES).map(([value, text]) => h("option", { value, text })));
   policy.addEventListener("change", () => {
@@ -29,12 +66,14 @@ export function renderOverlay({ model, el }) {
   const error = errorBox("error");
   const status = h("span", { class: "mll-muted", "data-testid": "status" });
   const title = h("span", { class: "mll-title" });
+  const used = h("div", { class: "mll-muted", "data-testid": "corruption" });
   const root = h(
     "div",
     { class: "mll-root", "data-testid": "patch-overlay" },
     h("div", { class: "mll-head" }, title, status),
-    h("div", { class: "mll-controls" }, h("label", {}, "layer ", layer), layerText, h("label", {}, "opacity ", opacity), h("label", {}, "scale ", policy)),
-    h("div", { class: "mll-body" }, canvas, h("div", { class: "mll-side" }, legend, readout, error, result)),
+    used,
+    h("div", { class: "mll-controls" }, h("label", {}, "layer ", layer), layerText, h("label", {}, "scale ", policy)),
+    h("div", { class: "mll-body" }, h("div", { class: "mll-canvases" }, canvas, heat), h("div", { class: "mll-side" }, caption, legend, readout, error, result)),
   );
   el.replaceChildren(root);
 
@@ -42,15 +81,12 @@ export function renderOverlay({ model, el }) {
   let values = null;
   let size = [MAX_SIDE, MAX_SIDE];
   let focus = [0, 0];
+  let hover = null;
   let dragStart = null;
   let dragNow = null;
 
   layer.addEventListener("input", () => {
     model.set("layer", Number(layer.value));
-    model.save_changes();
-  });
-  opacity.addEventListener("input", () => {
-    model.set("opacity", Number(opacity.value));
     model.save_changes();
   });
 
@@ -72,60 +108,85 @@ export function renderOverlay({ model, el }) {
     return values ? [values.shape[1], values.shape[2]] : [1, 1];
   }
 
+  function prepare(target) {
+    const ratio = globalThis.devicePixelRatio || 1;
+    target.width = size[0] * ratio;
+    target.height = size[1] * ratio;
+    target.style.width = `${size[0]}px`;
+    target.style.height = `${size[1]}px`;
+    const ctx = target.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, size[0], size[1]);
+    return ctx;
+  }
+
+  function gridLines(ctx, rows, cols, styles) {
+    const [pw, ph] = [size[0] / cols, size[1] / rows];
+    for (const [color, width] of styles) {
+      ctx.strokeStyle = color;
+      ctx.lineWidth = width;
+      ctx.beginPath();
+      for (let r = 1; r < rows; r++) ctx.moveTo(0, r * ph), ctx.lineTo(size[0], r * ph);
+      for (let c = 1; c < cols; c++) ctx.moveTo(c * pw, 0), ctx.lineTo(c * pw, size[1]);
+      ctx.stroke();
+    }
+  }
+
+  function outlines(ctx, rows, cols, colors) {
+    const [pw, ph] = [size[0] / cols, size[1] / rows];
+    const outline = (patches, color, dash = []) => {
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 2;
+      ctx.setLineDash(dash);
+      for (const [r, c] of patches) ctx.strokeRect(c * pw + 1, r * ph + 1, pw - 2, ph - 2);
+      ctx.setLineDash([]);
+    };
+    outline(model.get("selected") ?? [], colors.visual);
+    if (dragStart && dragNow) outline(patchesInBox(dragStart, dragNow), "#ffffff");
+    if (document.activeElement === canvas) outline([focus], "#d50000");
+    if (hover) outline([hover], colors.fg, [4, 3]);
+  }
+
   function draw() {
     const t0 = performance.now();
-    values = decodeArray(model.get("values"));
+    try {
+      values = decodeArray(model.get("values"));
+    } catch (err) {
+      error.show(unreadable("patch values"), err.message);
+      return;
+    }
+    const colors = themeColors(root);
     const [rows, cols] = grid();
     const iw = bitmap?.width ?? cols * 16;
     const ih = bitmap?.height ?? rows * 16;
     const k = MAX_SIDE / Math.max(iw, ih);
     size = [Math.round(iw * k), Math.round(ih * k)];
-    const ratio = globalThis.devicePixelRatio || 1;
-    canvas.width = size[0] * ratio;
-    canvas.height = size[1] * ratio;
-    canvas.style.width = `${size[0]}px`;
-    canvas.style.height = `${size[1]}px`;
-    const ctx = canvas.getContext("2d");
-    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
-    ctx.clearRect(0, 0, size[0], size[1]);
-    if (bitmap) ctx.drawImage(bitmap, 0, 0, size[0], size[1]);
+    const photo = prepare(canvas);
+    if (bitmap) photo.drawImage(bitmap, 0, 0, size[0], size[1]);
     const nLayers = values.shape[0];
     const l = Math.min(model.get("layer"), nLayers - 1);
     layer.max = String(nLayers - 1);
     layer.value = String(l);
     layerText.textContent = `${l} / ${nLayers - 1}`;
-    opacity.value = String(model.get("opacity"));
     const [clean, corrupted] = [model.get("clean_prob"), model.get("corrupted_prob")];
     const options = { value: "indirect_effect", clean, corrupted, data: values.data, vmin: model.get("vmin"), vmax: model.get("vmax") };
     const range = colorRange({ ...options, policy: policyOf(model) });
     const colorOf = scale(model.get("colormap"), range.lo, range.hi);
-    const [pw, ph] = [size[0] / cols, size[1] / rows];
-    ctx.globalAlpha = model.get("opacity");
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        ctx.fillStyle = colorOf(at(values, l, r, c));
-        ctx.fillRect(c * pw, r * ph, pw, ph);
-      }
-    }
-    ctx.globalAlpha = 1;
-    ctx.strokeStyle = "rgba(255,255,255,0.5)";
-    ctx.lineWidth = 1;
-    for (let r = 0; r <= rows; r++) ctx.strokeRect(0, r * ph, size[0], 0);
-    for (let c = 0; c <= cols; c++) ctx.strokeRect(c * pw, 0, 0, size[1]);
-    const outline = (patches, color) => {
-      ctx.strokeStyle = color;
-      ctx.lineWidth = 2;
-      for (const [r, c] of patches) ctx.strokeRect(c * pw + 1, r * ph + 1, pw - 2, ph - 2);
-    };
-    outline(model.get("selected") ?? [], "#e65100");
-    if (dragStart && dragNow) outline(patchesInBox(dragStart, dragNow), "#ffffff");
-    if (document.activeElement === canvas) outline([focus], "#d50000");
+    const cells = prepare(heat);
+    paintHeatGrid(cells, heatCells(values, l, colorOf), size[0] / cols, size[1] / rows);
+    gridLines(photo, rows, cols, [["rgba(0,0,0,0.45)", 2], ["rgba(255,255,255,0.8)", 1]]);
+    gridLines(cells, rows, cols, [[colors.bg, 1]]);
+    outlines(photo, rows, cols, colors);
+    outlines(cells, rows, cols, colors);
     const marks = legendMarks({ value: "indirect_effect", clean, corrupted, ...range });
     const unit = model.get("value_label");
-    drawLegend(legend, colorOf, range, { unit, marks, colors: themeColors(root) });
+    caption.textContent = legendCaption(unit, l);
+    drawLegend(legend, colorOf, range, { unit: "", marks, colors });
     legend.setAttribute("aria-label", legendSummary(unit, range, policyOf(model), marks));
     policy.value = policyOf(model);
     title.textContent = model.get("title");
+    used.textContent = corruptionLine(model.get("corruption"));
+    used.hidden = !used.textContent;
     const st = model.get("status");
     status.textContent = st === "idle" ? "" : st;
     error.show(model.get("error"), model.get("error_details"));
@@ -134,7 +195,7 @@ export function renderOverlay({ model, el }) {
   }
 
   function patchOf(event) {
-    const box = canvas.getBoundingClientRect();
+    const box = event.currentTarget.getBoundingClientRect();
     const [rows, cols] = grid();
     return patchAt(event.clientX - box.left, event.clientY - box.top, size[0], size[1], rows, cols);
   }
@@ -149,32 +210,35 @@ export function renderOverlay({ model, el }) {
     }
   }
 
-  canvas.addEventListener("mousedown", (event) => {
-    dragStart = patchOf(event);
-    dragNow = dragStart;
-  });
-  canvas.addEventListener("mousemove", (event) => {
-    const p = patchOf(event);
-    if (!p || !values) return;
-    const l = Math.min(model.get("layer"), values.shape[0] - 1);
-    readout.textContent = `patch (${p[0]}, ${p[1]}) · layer ${l} · value ${fmt(at(values, l, p[0], p[1]))}`;
-    if (dragStart) {
-      dragNow = p;
+  for (const target of [canvas, heat]) {
+    target.addEventListener("mousedown", (event) => {
+      dragStart = patchOf(event);
+      dragNow = dragStart;
+    });
+    target.addEventListener("mousemove", (event) => {
+      const p = patchOf(event);
+      if (!p || !values) return;
+      const l = Math.min(model.get("layer"), values.shape[0] - 1);
+      readout.textContent = `patch (${p[0]}, ${p[1]}) · layer ${l} · ${model.get("value_label") || "value"} ${fmt(at(values, l, p[0], p[1]))}`;
+      const moved = !hover || hover[0] !== p[0] || hover[1] !== p[1];
+      hover = p;
+      if (dragStart) dragNow = p;
+      if (moved || dragStart) draw();
+    });
+    target.addEventListener("mouseup", (event) => {
+      const end = patchOf(event) ?? dragNow;
+      if (dragStart && end) {
+        focus = end;
+        request(patchesInBox(dragStart, end));
+      }
+      dragStart = dragNow = null;
       draw();
-    }
-  });
-  canvas.addEventListener("mouseup", (event) => {
-    const end = patchOf(event) ?? dragNow;
-    if (dragStart && end) {
-      focus = end;
-      request(patchesInBox(dragStart, end));
-    }
-    dragStart = dragNow = null;
-    draw();
-  });
-  canvas.addEventListener("mouseleave", () => {
-    dragStart = dragNow = null;
-  });
+    });
+    target.addEventListener("mouseleave", () => {
+      dragStart = dragNow = hover = null;
+      draw();
+    });
+  }
   canvas.addEventListener("focus", draw);
   canvas.addEventListener("blur", draw);
   canvas.addEventListener("keydown", (event) => {
@@ -197,17 +261,19 @@ export function renderOverlay({ model, el }) {
       return;
     }
     const label = model.get("curve_label");
+    const words = curveWords(model.get("target_token"));
     let best = 0;
     for (let i = 1; i < curve.data.length; i++) if (curve.data[i] > curve.data[best]) best = i;
+    const [clean, corrupted] = [model.get("clean_prob"), model.get("corrupted_prob")];
     result.replaceChildren(
-      h("div", { class: "mll-title", text: label }),
+      h("div", { class: "mll-title", "data-testid": "curve-title", text: `${words.title}: ${label}` }),
       h("div", { text: `peak ${fmt(curve.data[best])} at layer ${best} · run #${model.get("clicks_done")}` }),
-      curveChart(curve.data, { label: "per-layer value" }),
+      curveChart(curve.data, { label: `${words.title}: ${label}`, yLabel: words.yLabel, clean, corrupted }),
     );
     readout.textContent = `done: ${label}`;
   }
 
-  const redrawOn = ["values", "layer", "opacity", "colormap", "scale", "vmin", "vmax", "selected", "status", "error", "error_details", "title", "value_label"];
+  const redrawOn = ["values", "layer", "colormap", "scale", "vmin", "vmax", "selected", "status", "error", "error_details", "title", "value_label", "corruption", "clean_prob", "corrupted_prob"];
   for (const name of redrawOn) model.on(`change:${name}`, draw);
   model.on("change:image", loadImage);
   model.on("change:curve", renderCurve);

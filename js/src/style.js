@@ -35,6 +35,9 @@ const CSS = `
 .mll-curve .mll-frame{fill:none;stroke:var(--mll-border)}
 .mll-curve .mll-line{fill:none;stroke:var(--mll-accent);stroke-width:2}
 .mll-curve circle{fill:var(--mll-accent)}
+.mll-curve .mll-ref{stroke:var(--mll-fg2);stroke-dasharray:4 3}
+.mll-curve .mll-reftext{fill:var(--mll-fg2)}
+.mll-canvases{display:flex;gap:8px;align-items:flex-start}
 .mll-grow{flex:1 1 320px}
 .mll-question{min-width:28em}
 .mll-preview{width:120px;height:120px;object-fit:contain;border:1px solid var(--mll-border);image-rendering:pixelated}

@@ -45,7 +45,7 @@ from mllm_lens.widgets import _examples as ex
 from mllm_lens.widgets._base import MessageError, Worker, binary_payload, index, parse_message, text
 from mllm_lens.widgets._errors import shown
 from mllm_lens.widgets._heatmap import TraceHeatmap
-from mllm_lens.widgets._overlay import PatchOverlay, patch_curve, png_bytes
+from mllm_lens.widgets._overlay import PatchOverlay, describe_corruption, patch_curve, png_bytes
 from mllm_lens.widgets._panel import (
     IMAGE,
     MAX_UPLOAD_BYTES,
@@ -336,13 +336,17 @@ class Explorer(ipywidgets.VBox):
                 c.status = "idle"
 
     def _overlay(self, job: _Job, heatmap: TraceHeatmap, notes: list[str]) -> PatchOverlay:
-        """Per-patch effects of restoring each visual token's hidden state, with the image noised."""
+        """Per-patch effects of restoring each visual token's hidden state, with the image noised
+        (whatever the heatmap's corruption was: its line above the figure names both)."""
         if job.corruption == IMAGE and "hidden" in heatmap.results:
             session, result = heatmap.require_session(), heatmap.results["hidden"]
         else:
             session = self._session(job.probe, IMAGE, ("hidden",), notes)
             result = session.trace("hidden", progress=False)
-        overlay = PatchOverlay.from_trace(result, job.probe.image, patch_curve(session))
+        used = describe_corruption(result.settings.get("corruption"))
+        if job.corruption != IMAGE:  # say so: the overlay's corruption is not the heatmap's
+            used += f" (the heatmap above used {corruption_label(job.corruption)})"
+        overlay = PatchOverlay.from_trace(result, job.probe.image, patch_curve(session), corruption=used)
         heatmap.link(overlay)
         return overlay
 

@@ -11,6 +11,7 @@ import numpy as np
 import traitlets as t
 from PIL import Image
 
+from mllm_lens.export import SITE_TITLES
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import TraceSession
 from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
@@ -30,10 +31,32 @@ def png_bytes(image: Image.Image, side: int = IMAGE_SIDE) -> bytes:
     return buffer.getvalue()
 
 
-class PatchOverlay(anywidget.AnyWidget):
-    """``image`` with its ``rows x cols`` patch grid coloured by ``values[layer]`` (``[layers, rows, cols]``).
+def describe_corruption(described: Any) -> str:
+    """Plain words for a corruption's ``describe()`` dict (a trace's ``settings["corruption"]``):
+    "image noise on all visual tokens", "noise on 'this country'", "'x' replaced by 'y'"."""
+    if not isinstance(described, dict):
+        return ""
+    kind = described.get("kind")
+    if kind == "image_noise":
+        patches = described.get("patches")
+        return "image noise on all visual tokens" if patches is None else f"image noise on {len(patches)} patches"
+    if kind == "constraint_noise":
+        return f"noise on {described.get('constraint')!r}"
+    if kind == "replace":
+        return f"{described.get('constraint')!r} replaced by {described.get('by')!r}"
+    return str(kind or "")
 
-    A layer slider and an opacity slider change the view in the browser alone. Clicking a patch,
+
+class PatchOverlay(anywidget.AnyWidget):
+    """``image`` beside its ``rows x cols`` patch grid coloured by ``values[layer]`` (``[layers, rows, cols]``).
+
+    The photo (with the grid lines) and the heat grid are drawn side by side, the grid in the
+    legend's colours at full opacity, so a cell's colour is the legend's colour for its value
+    whatever the photo looks like (``opacity`` is kept for saved states and no longer drawn);
+    hovering or selecting a patch outlines it in both. ``corruption`` (the line above the
+    figure) names the corruption the values were traced under; ``value_label`` heads the legend.
+
+    A layer slider changes the view in the browser alone. Clicking a patch,
     dragging a box over several, or Enter on the keyboard-focused patch sends ``{type:
     "patches", patches: [[row, col], ...]}``; the kernel calls ``on_patch(patches)`` on the worker
     thread and shows the returned per-layer curve (``curve``, ``[layers]``) beside the image.
@@ -50,11 +73,13 @@ class PatchOverlay(anywidget.AnyWidget):
     image = t.Bytes(b"").tag(sync=True)  # PNG
     values = t.Any(None).tag(sync=True, **ARRAY)  # float32 [layers, rows, cols]
     layer = t.Int(0).tag(sync=True)
-    opacity = t.Float(0.6, min=0.0, max=1.0).tag(sync=True)
+    opacity = t.Float(0.6, min=0.0, max=1.0).tag(sync=True)  # unused: the grid is beside the photo
     title = t.Unicode("").tag(sync=True)
     colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
     scale = t.Enum(("anchored", "fixed", "auto"), "anchored").tag(sync=True)
     value_label = t.Unicode("value").tag(sync=True)  # what the values are, for the legend
+    corruption = t.Unicode("").tag(sync=True)  # the line above the figure: which corruption the values used
+    target_token = t.Unicode("").tag(sync=True)  # the answer token whose restored p the curve plots
     clean_prob = t.Float(None, allow_none=True).tag(sync=True)
     corrupted_prob = t.Float(None, allow_none=True).tag(sync=True)
     vmin = t.Float(None, allow_none=True).tag(sync=True)
@@ -100,14 +125,18 @@ class PatchOverlay(anywidget.AnyWidget):
     def from_trace(
         cls, result: TraceResult, image: Image.Image, on_patch: PatchCallback | None = None, **kwargs: Any
     ) -> PatchOverlay:
-        """Values = the trace's indirect effect at each patch's position, ``[layers, rows, cols]``."""
+        """Values = the trace's indirect effect at each patch's position, ``[layers, rows, cols]``;
+        the legend, the curve's title and the corruption line are worded from the trace."""
         rows, cols = result.patch_grid
         values = np.full((result.num_layers, rows, cols), np.nan, dtype=np.float32)
         for (r, c), pos in patch_positions(result.labels).items():
             if r < rows and c < cols:
                 values[:, r, c] = result.indirect_effect[:, pos]
-        kwargs.setdefault("title", f"{result.site} indirect effect per patch")
-        kwargs.setdefault("value_label", "indirect effect")
+        site = SITE_TITLES.get(result.site, result.site)
+        kwargs.setdefault("title", f"{site} indirect effect per patch")
+        kwargs.setdefault("value_label", f"indirect effect of restoring the patch's {site}")
+        kwargs.setdefault("corruption", describe_corruption(result.settings.get("corruption")))
+        kwargs.setdefault("target_token", result.target_token)
         kwargs.setdefault("clean_prob", float(result.clean_prob))
         kwargs.setdefault("corrupted_prob", float(result.corrupted_prob))
         return cls(image, values, on_patch, **kwargs)
