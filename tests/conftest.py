@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +19,21 @@ def key_stats_cache(tmp_path_factory):
     patch.setenv("MLLM_LENS_CACHE", str(tmp_path_factory.mktemp("cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def planted_layer2_trained():
+    """The planted-fact model with its facts in layer 2, trained once per session (~15-35 s)."""
+    from mllm_lens.testing.planted import planted_fact_model
+
+    return planted_fact_model(2)
+
+
+@pytest.fixture(scope="module")
+def planted(planted_layer2_trained):
+    """A private copy of the layer-2 planted-fact model for each test module, so an edit a module
+    makes cannot reach another module's tests."""
+    return copy.deepcopy(planted_layer2_trained)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import torch
 
 import mllm_lens as ml
 from mllm_lens.editing import EditReport, EditRequest, ProbeSet, edit, evaluate_edit, world_request
-from mllm_lens.testing.planted import planted_fact_model
 
 PLANTED = dict(lr=5.0, steps=40, weight_decay=0.0, stop_prob=0.9)
 
@@ -48,11 +47,6 @@ def test_report_table_and_dict():
     assert data["specificity_drop"] == pytest.approx(1.5) and data["generalisation"] == pytest.approx(0.7)
     table = report.table()
     assert "efficacy" in table and "drop 1.50 pts" in table and "layers [1]" in table
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_fact_model(2)
 
 
 def test_evaluate_edit_on_the_planted_model(planted):

@@ -16,17 +16,11 @@ from mllm_lens.editing import EditRequest, edit, edit_many, multi_key_update, ra
 from mllm_lens.errors import EditError, UnsupportedModelError
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.testing import tiny_llava
-from mllm_lens.testing.planted import planted_fact_model
 
-LAYER = 2
+LAYER = 2  # where conftest's ``planted`` model stores its facts
 # The planted model's MLP writes outputs of norm ~400 into the residual stream, so the
 # paper's absolute Adam settings (lr 0.1, weight decay 1e-3) barely move δ; these scale up.
 PLANTED = dict(lr=5.0, steps=40, weight_decay=0.0, stop_prob=0.9)
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_fact_model(LAYER)
 
 
 def answers(planted) -> dict[str, str]:

@@ -21,7 +21,6 @@ from mllm_lens.experiments import Example, RunSettings, demo_world, from_probes,
 from mllm_lens.experiments import runner as runner_module
 from mllm_lens.experiments.aggregate import peak_layer
 from mllm_lens.experiments.compute import ROLES
-from mllm_lens.testing.planted import planted_fact_model
 
 pytest.importorskip("pyarrow", reason="the runs extra (pyarrow, pandas) is part of the test install")
 
@@ -38,11 +37,6 @@ def probes(n: int) -> list[ml.Probe]:
             ml.Probe(Image.fromarray(pixels), "which continent is this country in?", [ml.visual("this country")])
         )
     return out
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_fact_model(2)
 
 
 def test_resume_computes_only_what_is_missing(models, tmp_path, monkeypatch):

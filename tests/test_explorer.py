@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 import mllm_lens as ml
-from mllm_lens.testing.planted import planted_fact_model
 from mllm_lens.widgets import Explorer, PatchOverlay, TraceHeatmap
 from mllm_lens.widgets._base import MODEL_LOCK
 from mllm_lens.widgets._examples import question_tokens
@@ -23,11 +22,6 @@ PLANTED_EDIT = dict(lr=5.0, steps=40, weight_decay=0.0, stop_prob=0.9)
 @pytest.fixture(scope="module")
 def demo():
     return ml.load("demo")
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_fact_model(2)
 
 
 @pytest.fixture

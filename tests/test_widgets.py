@@ -13,17 +13,11 @@ from PIL import Image
 
 import mllm_lens as ml
 from mllm_lens.errors import EditError
-from mllm_lens.testing.planted import planted_fact_model
 from mllm_lens.widgets import MAX_PENDING, PatchOverlay, TraceHeatmap, patch_curve
 from mllm_lens.widgets._base import MessageError
 from mllm_lens.widgets._codec import array_from_json, array_to_json
 from mllm_lens.widgets._errors import shown
 from mllm_lens.widgets._overlay import describe_corruption
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return planted_fact_model(2)
 
 
 @pytest.fixture(scope="module")
