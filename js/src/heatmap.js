@@ -224,7 +224,11 @@ export function renderHeatmap({ model, el }) {
     }
     const clickable = model.get("clickable");
     readout.textContent = clickedText(describe(cell), clickable);
-    if (clickable) model.send({ type: "cell", panel: cell.panel, layer: cell.layer, position: row.positions[0] });
+    if (clickable) {
+      // the result shown is now the previous cell's: dimmed until this one's arrives
+      result.classList.toggle("mll-stale", result.childElementCount > 0);
+      model.send({ type: "cell", panel: cell.panel, layer: cell.layer, position: row.positions[0] });
+    }
   }
 
   function eventCell(event) {
@@ -262,6 +266,7 @@ export function renderHeatmap({ model, el }) {
   });
 
   function renderResult() {
+    result.classList.remove("mll-stale");
     const out = model.get("cell_result");
     if (!out || !out.restored_top) {
       result.replaceChildren();

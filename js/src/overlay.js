@@ -268,7 +268,8 @@ export function renderOverlay({ model, el }) {
     result.replaceChildren(
       h("div", { class: "mll-title", "data-testid": "curve-title", text: `${words.title}: ${label}` }),
       h("div", { text: `peak ${fmt(curve.data[best])} at layer ${best} · run #${model.get("clicks_done")}` }),
-      curveChart(curve.data, { label: `${words.title}: ${label}`, yLabel: words.yLabel, clean, corrupted }),
+      // the chart's own accessible title leaves out the patch list, which the line above names
+      curveChart(curve.data, { label: words.title, yLabel: words.yLabel, clean, corrupted }),
     );
     readout.textContent = `done: ${label}`;
   }

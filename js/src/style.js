@@ -42,7 +42,7 @@ const CSS = `
 .mll-question{min-width:28em}
 .mll-preview{width:120px;height:120px;object-fit:contain;border:1px solid var(--mll-border);image-rendering:pixelated}
 .mll-chips{display:flex;flex-wrap:wrap;gap:3px}
-.mll-chips.mll-stale{opacity:.55}
+.mll-chips.mll-stale,.mll-result.mll-stale{opacity:.55}
 .mll-root input[aria-invalid=true]{border-color:var(--mll-error)}
 .mll-chip{padding:1px 5px;border:1px solid var(--mll-border);border-radius:3px;cursor:pointer;user-select:none;background:var(--mll-bg);color:var(--mll-fg)}
 .mll-chip:focus-visible{outline:2px solid var(--mll-accent);outline-offset:1px}

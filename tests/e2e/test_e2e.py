@@ -170,6 +170,8 @@ def exercise(page, name: str) -> dict:
     text = result.inner_text()
     assert "MLP restored at layer 2" in text or "mlp restored at layer 2" in text
     assert "(pos 19)" in text
+    readout = heatmap.locator("[data-testid=readout]").inner_text()  # the readout names the result's cell
+    assert readout.startswith("MLP · layer 2 ·") and "(pos 19)" in readout and "running" not in readout
 
     page.keyboard.press("ArrowUp")  # keyboard: move to position 18, Enter restores it
     page.keyboard.press("Enter")
@@ -186,6 +188,7 @@ def exercise(page, name: str) -> dict:
     patch_ms = 1000 * (time.monotonic() - started)
     assert overlay.locator("[data-testid=curve]").bounding_box()["width"] > 0
     assert overlay.locator("[data-testid=error]").is_hidden() and heatmap.locator("[data-testid=error]").is_hidden()
+    check_overlay_legibility(overlay)
 
     rerun_cell(page, 2)
     page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="cells=2").wait_for()
@@ -207,6 +210,43 @@ def exercise(page, name: str) -> dict:
     ours = [e for e in page.errors if "blob:" in e or "mll" in e]  # the Jupyter front ends log their own errors
     assert not ours, ours
     return {"cell_click_ms": cell_ms, "patch_click_ms": patch_ms, "render_ms": collapsed_ms, "expanded_ms": expanded_ms}
+
+
+# Each heat-grid cell's centre pixel, matched against the legend's ramp: [(row, col, rgb)] of
+# cells whose colour is on no legend pixel (a NaN patch is grey: allowed).
+CELL_COLOURS = """([heat, legend, rows, cols]) => {
+  const px = (canvas, x, y) => Array.from(canvas.getContext("2d").getImageData(x, y, 1, 1).data.slice(0, 3));
+  const lr = legend.width / parseFloat(legend.style.width);
+  const ramp = [];
+  for (let x = 0; x < legend.width; x++) ramp.push(px(legend, x, Math.round(19 * lr)));
+  const near = (a, b) => a.every((v, i) => Math.abs(v - b[i]) <= 3);
+  const off = [];
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) {
+    const rgb = px(heat, Math.floor(((c + 0.5) * heat.width) / cols), Math.floor(((r + 0.5) * heat.height) / rows));
+    if (!near(rgb, [220, 220, 220]) && !ramp.some((q) => near(rgb, q))) off.push([r, c, rgb]);
+  }
+  return off;
+}"""
+
+
+def check_overlay_legibility(overlay) -> None:
+    """The heat grid beside the photo is in the legend's colours, the legend and the curve say
+    what they show, and the line above names the corruption."""
+    photo = overlay.locator("[data-testid=overlay-canvas]").bounding_box()
+    heat = overlay.locator("[data-testid=heat-canvas]")
+    box = heat.bounding_box()
+    assert (round(box["width"]), round(box["height"])) == (round(photo["width"]), round(photo["height"]))
+    assert box["x"] >= photo["x"] + photo["width"]  # beside the photo, not over it
+    legend = overlay.locator("[data-testid=legend]")
+    off = overlay.page.evaluate(CELL_COLOURS, [heat.element_handle(), legend.element_handle(), 4, 4])
+    assert off == [], off
+    assert "indirect effect of restoring the patch" in overlay.locator("[data-testid=legend-caption]").inner_text()
+    used = overlay.locator("[data-testid=corruption]").inner_text()
+    assert used == "patches traced under image noise on all visual tokens"
+    assert overlay.locator("[data-testid=curve-title]").inner_text().startswith("restored p(")
+    curve = overlay.locator("[data-testid=curve]")
+    lo, hi = float(curve.get_attribute("data-lo")), float(curve.get_attribute("data-hi"))
+    assert hi - lo >= 0.05 - 1e-9  # anchored at corrupted → clean, not the curve's own min–max
 
 
 def check_clicks_without_a_kernel_job(page) -> None:
