@@ -219,7 +219,7 @@ export function renderOverlay({ model, el }) {
       const p = patchOf(event);
       if (!p || !values) return;
       const l = Math.min(model.get("layer"), values.shape[0] - 1);
-      readout.textContent = `patch (${p[0]}, ${p[1]}) · layer ${l} · ${model.get("value_label") || "value"} ${fmt(at(values, l, p[0], p[1]))}`;
+      readout.textContent = `patch (${p[0]}, ${p[1]}) · layer ${l} · ${model.get("value_label") || "value"}: ${fmt(at(values, l, p[0], p[1]))}`;
       const moved = !hover || hover[0] !== p[0] || hover[1] !== p[1];
       hover = p;
       if (dragStart) dragNow = p;
