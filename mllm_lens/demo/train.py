@@ -27,12 +27,18 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    ``--phrase-target fact``, the answer of an open question); ``--noised-share`` adds batches
    with the trace's noise on the phrase, trained only to keep the image out of every text position.
 
+4. **Session 5** options: ``--phrase-target attribute`` (yes/no questions put the compared
+   attribute at the phrase), ``--phrase-layer`` (the phrase's target read by the logit lens after
+   an early layer), ``--noised-answer`` (noised batches learn a uniform answer), ``--vision-steps``
+   (the vision tower first trained alone as a flag classifier), ``--reader last`` (only the
+   phrase's last token, the paper's edit key, may read the image).
+
 The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
 every question form, no mask, no named or mention questions; the shipped weights came from the
 same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
 The routing options (``--text-steps``, ``--route-mask-share``, ``--named-share``,
 ``--mention-share``, ``--unmasked-tail``, ``--init``, ``--route-penalty``, ``--name-at-phrase``,
-``--phrase-target``, ``--noised-share``) are the recipes tried for issue 11;
+``--phrase-target``, ``--noised-share`` and the session-5 ones) are the recipes tried for issue 11;
 ``benchmarks/RESULTS.md`` ("Demo model recipes") lists what each gave. None has yet reached the
 accuracy target within the training budget, so none is the default.
 """
