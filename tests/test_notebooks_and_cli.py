@@ -27,6 +27,27 @@ def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
     assert any(isinstance(value, results) for value in namespace.values())
 
 
+#: Issue 17's ceiling for a notebook saved after a full run.
+MAX_SAVED_BYTES = 1_000_000
+
+
+def test_widgets_notebook_saved_after_a_run_in_a_kernel_stays_small(tmp_path):
+    """Notebook 03 run in a real kernel, as a user runs it, then saved: BokehJS must not be inlined
+    into it (``output_notebook(INLINE)`` stored two 4 MB copies in one output)."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(NOTEBOOKS[0].parent / "03_widgets.ipynb", as_version=4)
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    saved = tmp_path / "03_widgets.ipynb"
+    nbformat.write(notebook, saved)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)  # widgets shown
+    assert saved.stat().st_size <= MAX_SAVED_BYTES, f"{saved.stat().st_size} bytes"
+
+
 def test_notebooks_exist():
     assert NOTEBOOKS, "no notebooks found"
 
