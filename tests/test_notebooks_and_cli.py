@@ -7,45 +7,40 @@ from pathlib import Path
 
 import pytest
 
-import mllm_lens as ml
 from mllm_lens.cli import main
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-
-
-@pytest.mark.filterwarnings("ignore::mllm_lens.tracing.CorruptionIneffectiveWarning")  # notebooks show it
-@pytest.mark.filterwarnings("ignore::mllm_lens.editing.EditIneffectiveWarning")  # notebook 05 explains it
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_code_runs(notebook, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    cells = json.loads(notebook.read_text())["cells"]
-    namespace: dict = {}
-    for cell in cells:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), f"{notebook.name}", "exec"), namespace)
-    results = (ml.TraceResult, ml.PatchResult, ml.EditReport, ml.experiments.Run)
-    assert any(isinstance(value, results) for value in namespace.values())
 
 
 #: Issue 17's ceiling for a notebook saved after a full run.
 MAX_SAVED_BYTES = 1_000_000
 
 
-def test_widgets_notebook_saved_after_a_run_in_a_kernel_stays_small(tmp_path):
-    """Notebook 03 run in a real kernel, as a user runs it, then saved: BokehJS must not be inlined
-    into it (``output_notebook(INLINE)`` stored two 4 MB copies in one output)."""
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_in_a_kernel_and_checks_what_it_shows(notebook, tmp_path):
+    """Each notebook run top to bottom in a real Jupyter kernel (display hooks, widgets, bokeh as a
+    user gets them); its own ``assert`` lines state what it teaches, so a wrong claim fails here.
+    Saved after the run, it stays under 1 MB (``output_notebook(INLINE)`` once made 03 8 MB)."""
     import nbformat
     from nbclient import NotebookClient
 
-    notebook = nbformat.read(NOTEBOOKS[0].parent / "03_widgets.ipynb", as_version=4)
-    NotebookClient(
-        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    ).execute()
-    saved = tmp_path / "03_widgets.ipynb"
-    nbformat.write(notebook, saved)
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in outputs)  # widgets shown
-    assert saved.stat().st_size <= MAX_SAVED_BYTES, f"{saved.stat().st_size} bytes"
+    code = ["".join(c.source) for c in nbformat.read(notebook, as_version=4).cells if c.cell_type == "code"]
+    assert any(line.lstrip().startswith("assert ") for cell in code for line in cell.splitlines())
+    executed = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(
+        executed, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()  # raises CellExecutionError, with the failing cell, on any error or failed assert
+    saved = tmp_path / notebook.name
+    nbformat.write(executed, saved)
+    assert saved.stat().st_size <= MAX_SAVED_BYTES, f"{notebook.name} saved at {saved.stat().st_size} bytes"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_stored_without_outputs(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
 
 
 def test_notebooks_exist():
