@@ -38,7 +38,8 @@ def make_env(repo: Path, venv: Path) -> float:
     """Create ``venv`` and install what Binder would for ``repo``; returns the seconds it took."""
     start = time.time()
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    # an index that cannot be reached (a machine without the internet) fails fast instead of retrying
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--retries", "0"]
     subprocess.run([*pip, *BASE_IMAGE], check=True, cwd=repo)
     subprocess.run([*pip, "-r", "binder/requirements.txt"], check=True, cwd=repo)
     return time.time() - start
