@@ -69,23 +69,16 @@ def test_image_attention_mass_counts_only_the_other_text_positions():
     assert named == pytest.approx((0.5 + 2 * 1.0) / (2 * (queries + 2)))
 
 
-def test_route_penalty_training_runs_unmasked_and_records_its_terms(tmp_path):
+def tiny_routed_training(**options):
+    """A few steps of the demo recipe with the route penalty and the phrase's target, on 4 questions."""
     from mllm_lens.demo.train import train
 
-    model, _, curve = train(
-        steps=6,
-        batch=4,
-        renderings=1,
-        seed=0,
-        lr=1e-3,
-        out=None,
-        log_every=3,
-        identity_steps=2,
-        route_penalty=3.0,
-        name_at_phrase=1.0,
-        phrase_target="fact",
-        noised_share=0.5,
-    )
+    base = dict(steps=6, batch=4, renderings=1, seed=0, lr=1e-3, out=None, log_every=3, identity_steps=2)
+    return train(**(base | dict(route_penalty=3.0, name_at_phrase=1.0) | options))
+
+
+def test_route_penalty_training_runs_unmasked_and_records_its_terms():
+    model, _, curve = tiny_routed_training(phrase_target="fact", noised_share=0.5)
     assert model.config._attn_implementation == "sdpa"  # eager only while training
     assert all("loss" in point for point in curve)
     assert any("image_mass" in point or "noised_mass" in point for point in curve)
@@ -120,19 +113,10 @@ def test_answer_options_cover_each_relations_answers():
 def test_noised_answer_and_early_phrase_layer_are_trained_and_recorded(tmp_path):
     import json
 
-    from mllm_lens.demo.train import train
-
-    train(
+    tiny_routed_training(
         steps=8,
-        batch=4,
-        renderings=1,
-        seed=0,
-        lr=1e-3,
         out=tmp_path,
         log_every=2,
-        identity_steps=2,
-        route_penalty=3.0,
-        name_at_phrase=1.0,
         phrase_target="attribute",
         phrase_layer=1,
         noised_share=0.9,
