@@ -149,3 +149,34 @@ def test_image_readers_is_the_phrase_or_its_last_token():
     assert image_readers((8, 10), "last") == (9, 10)
     with pytest.raises(ValueError, match="reader"):
         image_readers((8, 10), "first")
+
+
+def test_decoder_lr_factor_freezes_the_decoder_for_the_alignment_steps_only():
+    from mllm_lens.demo.train import decoder_lr_factor
+
+    assert decoder_lr_factor(-5, frozen_steps=3, scale=0.3) == 1.0  # text stage: the decoder learns
+    assert [decoder_lr_factor(s, 3, 0.3) for s in range(5)] == [0.0, 0.0, 0.0, 0.3, 0.3]
+
+
+def test_frozen_decoder_steps_leave_the_decoder_unchanged_and_train_the_tower():
+    from mllm_lens.demo.build import build_demo_model as fresh
+    from mllm_lens.demo.train import decoder_parameters
+
+    before, _ = fresh(0)
+    model, _, _ = tiny_routed_training(steps=3, identity_steps=1, frozen_decoder_steps=3, decoder_lr_scale=0.5)
+    for old, new in zip(decoder_parameters(before), decoder_parameters(model), strict=True):
+        assert torch.equal(old, new)
+    tower_old = before.model.vision_tower.state_dict()
+    assert any(not torch.equal(tower_old[k], v) for k, v in model.model.vision_tower.state_dict().items())
+
+
+def test_text_route_penalty_trains_mention_questions_unmasked(tmp_path):
+    import json
+
+    tiny_routed_training(steps=2, text_steps=6, out=tmp_path, log_every=1, text_route="penalty", reader="last")
+    saved = json.loads((tmp_path / "training_curve.json").read_text())
+    assert saved["text_route"] == "penalty"
+    text_points = [p for p in saved["curve"] if p["step"] <= 6]
+    assert any("image_mass" in p for p in text_points)  # the mention's name, read by the phrase alone
+    with pytest.raises(ValueError, match="text_route"):
+        tiny_routed_training(steps=1, text_route="hard")

@@ -217,6 +217,21 @@ def pretrain_vision(model, pool: torch.Tensor, steps: int, batch: int, lr: float
     return losses
 
 
+def decoder_parameters(model) -> list[torch.nn.Parameter]:
+    """The text decoder's weights (language model and output head): what LLaVA's alignment stage
+    keeps frozen while the vision tower and projector learn to feed it."""
+    return list(model.model.language_model.parameters()) + list(model.lm_head.parameters())
+
+
+def decoder_lr_factor(image_step: int, frozen_steps: int, scale: float) -> float:
+    """The decoder's learning-rate factor at ``image_step`` (< 0 in the text stage): 1 as text,
+    0 for the first ``frozen_steps`` image steps (alignment: the image must take the place of the
+    name the decoder learned to read), then ``scale`` (a gentle full fine-tune)."""
+    if image_step < 0:
+        return 1.0
+    return 0.0 if image_step < frozen_steps else scale
+
+
 def train(
     steps: int,
     batch: int,
@@ -241,6 +256,9 @@ def train(
     phrase_layer: int | None = None,
     vision_steps: int = 0,
     reader: str = "phrase",
+    text_route: str = "mask",
+    frozen_decoder_steps: int = 0,
+    decoder_lr_scale: float = 1.0,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -260,6 +278,8 @@ def train(
     model, processor = build_demo_model(seed)
     if init is not None:  # continue from a saved demo model (same architecture and vocabulary)
         model.load_state_dict(type(model).from_pretrained(init).state_dict())
+    if text_route not in ("mask", "penalty"):
+        raise ValueError(f"text_route must be 'mask' or 'penalty', got {text_route!r}")
     if route_penalty:
         model.set_attn_implementation("eager")  # the penalty needs the attention weights
     tokenizer = processor.tokenizer
@@ -275,12 +295,22 @@ def train(
     rng = random.Random(seed)
     vision_losses = pretrain_vision(model, pool, vision_steps, batch, lr, rng) if vision_steps else []
     params = list(model.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    decoder = decoder_parameters(model)
+    groups = [
+        {"params": [p for p in params if all(p is not d for d in decoder)]},
+        {"params": decoder},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     total = text_steps + steps
     warmup = max(1, total // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
-    )
+
+    def cosine(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
+
+    def decoder_rate(s: int) -> float:
+        return cosine(s) * decoder_lr_factor(s - text_steps, frozen_decoder_steps, decoder_lr_scale)
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, [cosine, decoder_rate])
     model.train()
     curve, start, running = [], time.time(), 0.0
     bar = tqdm(range(total), desc="training demo model", unit="step")
@@ -311,11 +341,11 @@ def train(
             shown = [rng.randrange(len(countries)) for _ in picks] if kind == "named_image" else picks
             inputs["pixel_values"] = torch.stack([pool[i, rng.randrange(renderings)] for i in shown])
         masked = image_step < steps - unmasked_tail and rng.random() < route_mask_share
-        if kind == "mention":
+        if kind == "mention" and text_route == "mask":
             inputs["attention_mask"] = route_mask(length, mentioned, entity, batch)
         elif kind == "image" and masked:
             inputs["attention_mask"] = route_mask(length, image, entity, batch)
-        penalised = route_penalty > 0 and with_image
+        penalised = route_penalty > 0 and (with_image or (kind == "mention" and text_route == "penalty"))
         noised = penalised and kind == "image" and image_step >= identity_steps and rng.random() < noised_share
         if noised:  # the trace's corruption (3 x the embeddings' std) on the visual phrase: it must not read the image
             embeds = model.get_input_embeddings()(inputs.pop("input_ids"))
@@ -336,9 +366,10 @@ def train(
                 log_p = forward.logits[:, -2].log_softmax(-1)[:, options]
                 extras["noised_answer"] = -log_p.mean()
                 loss = loss + extras["noised_answer"]
-        elif penalised:
+        elif penalised:  # the image (or, text-only, the mentioned name) is read by the phrase alone
             readers = image_readers(entity, reader)
-            extras["image_mass"] = image_attention_mass(forward.attentions, image, readers, kind == "named_image")
+            source = mentioned if kind == "mention" else image
+            extras["image_mass"] = image_attention_mass(forward.attentions, source, readers, kind == "named_image")
             loss = loss + route_penalty * extras["image_mass"]
         if name_at_phrase and not noised:
             # the entity phrase's last token ("this country", or a name) predicts the country it
@@ -360,7 +391,7 @@ def train(
         schedule.step()
         if not noised:
             running = 0.98 * running + 0.02 * answer_loss.item() if step else answer_loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        if (step + 1) % log_every == 0 or step + 1 == total:
             point = {"step": step + 1, "loss": round(running, 4), "seconds": round(time.time() - start, 1)}
             curve.append(point | {k: round(v.item(), 4) for k, v in extras.items()})
             bar.set_postfix(loss=f"{running:.3f}")
@@ -375,6 +406,9 @@ def train(
         "phrase_layer": phrase_layer,
         "vision_steps": vision_steps,
         "reader": reader,
+        "text_route": text_route,
+        "frozen_decoder_steps": frozen_decoder_steps,
+        "decoder_lr_scale": decoder_lr_scale,
         "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
@@ -446,6 +480,21 @@ def main(argv: list[str] | None = None) -> None:
         default="phrase",
         help="which visual-phrase tokens the route penalty lets read the image: all, or only the last one",
     )
+    parser.add_argument(
+        "--text-route",
+        choices=("mask", "penalty"),
+        default="mask",
+        help="how mention questions keep the name to the phrase: a training mask, or the route penalty (unmasked)",
+    )
+    parser.add_argument(
+        "--frozen-decoder-steps",
+        type=int,
+        default=0,
+        help="first flag steps with the decoder frozen (LLaVA's alignment: only the tower and projector learn)",
+    )
+    parser.add_argument(
+        "--decoder-lr-scale", type=float, default=1.0, help="decoder learning-rate factor after the frozen steps"
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -474,6 +523,9 @@ def main(argv: list[str] | None = None) -> None:
         phrase_layer=args.phrase_layer,
         vision_steps=args.vision_steps,
         reader=args.reader,
+        text_route=args.text_route,
+        frozen_decoder_steps=args.frozen_decoder_steps,
+        decoder_lr_scale=args.decoder_lr_scale,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 
