@@ -17,8 +17,10 @@ from typing import cast
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
+from mllm_lens.models.decoder_call import decoder_call_refusal
 from mllm_lens.models.layouts import PatchLayout, llava_next_layout, square_grid_layout
 
 SITES = ("hidden", "mlp", "attn")
@@ -188,24 +190,47 @@ class Adapter:
         return self.patch_layout_fn(model, model_inputs, n_image_tokens)
 
 
+_DECODER_PATHS = ("model.language_model", "language_model", "model.text_model", "text_model", "model.decoder")
+
+
+def _unmapped_parts(model: PreTrainedModel, hidden: int) -> list[str]:
+    """What an architecture without a wrapper spec lacks, found by looking for LLaVA's parts."""
+    stacks = (getattr(_get(model, p), "layers", None) for p in _DECODER_PATHS)
+    layers = next((s for s in stacks if isinstance(s, nn.ModuleList)), None)
+    if layers is None:
+        return [f"decoder layers (no ModuleList 'layers' under {', '.join(_DECODER_PATHS)})"]
+    _, missing = _introspect_backbone(layers[0], hidden)
+    return missing
+
+
 def resolve_adapter(model: PreTrainedModel) -> Adapter:
     """Map a loaded transformers model onto an :class:`Adapter`, or say what is missing."""
     config = model.config
     architecture = getattr(config, "model_type", "?")
+    name = type(model).__name__
     text_config = getattr(config, "text_config", None)
     if getattr(config, "vision_config", None) is None or text_config is None:
+        if architecture in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+            raise UnsupportedModelError(
+                f"{name} (model_type={architecture!r}) has no vision_config/text_config pair, so its decoder stack "
+                "and vision tower cannot be told apart (decoder layers, image-token layout)"
+            )
         raise NotMultimodalError(
-            f"{type(model).__name__} (model_type={architecture!r}) is a text-only model: it has no "
+            f"{name} (model_type={architecture!r}) is a text-only model: it has no "
             "vision_config/text_config. mllm_lens traces image-text-to-text models such as "
             "LlavaForConditionalGeneration."
         )
+    refusal = decoder_call_refusal(model)
     wrapper = WRAPPERS.get(architecture)
     if wrapper is None:
+        problems = [] if refusal is None else [refusal]
+        problems += _unmapped_parts(model, text_config.hidden_size)
+        problems.append("missing the wrapper layout (LM head, image-token layout: which prompt token is which patch)")
         raise UnsupportedModelError(
-            f"no adapter for the multimodal architecture {architecture!r} ({type(model).__name__}): "
-            f"missing the wrapper layout (decoder path, LM head, image patch layout). "
-            f"Supported: {', '.join(sorted(WRAPPERS))}."
+            f"no adapter for the multimodal architecture {architecture!r} ({name}): " + "; ".join(problems)
         )
+    if refusal is not None:
+        raise UnsupportedModelError(f"{name} (model_type={architecture!r}): {refusal}")
     language_model = _get(model, wrapper.language_model)
     lm_head = _get(model, wrapper.lm_head)
     missing = []

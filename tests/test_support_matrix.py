@@ -1,0 +1,77 @@
+"""The support matrix (docs/SUPPORTED_MODELS.md) is current, and refusals name what is missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mllm_lens as ml
+from mllm_lens.models.adapters import resolve_adapter
+from mllm_lens.testing import tiny_llava
+from mllm_lens.testing.shrink import tiny_model
+from mllm_lens.testing.support_matrix import COLUMNS, DOC, OK, main, parse_rows, render_row, support_row
+
+SUBSET = ("llava", "llava_next", "gemma3", "qwen2_vl")
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict[str, dict[str, str]]:
+    torch.set_num_threads(1)
+    return {t: support_row(t) for t in SUBSET}
+
+
+def test_checked_in_rows_are_current(rows):
+    on_disk = parse_rows(DOC.read_text())
+    assert len(on_disk) == 100
+    for model_type, row in rows.items():
+        assert on_disk[model_type] == render_row(model_type, row), f"regenerate the row of {model_type}"
+
+
+def test_llava_families_pass_every_column_and_refused_ones_are_not_tried(rows):
+    for model_type in ("llava", "llava_next"):
+        assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
+    for model_type in ("gemma3", "qwen2_vl"):
+        assert rows[model_type]["loads"] != OK
+        assert {rows[model_type][c] for c in COLUMNS[1:]} == {"–"}
+
+
+def test_check_flags_a_stale_row(tmp_path):
+    doc = tmp_path / "SUPPORTED_MODELS.md"
+    doc.write_text(DOC.read_text())
+    assert main(["--check", "--only", "gemma3", "--out", str(doc)]) == 0
+    row = parse_rows(doc.read_text())["gemma3"]
+    doc.write_text(doc.read_text().replace(row, row.replace("not causal", "causal")))
+    assert main(["--check", "--only", "gemma3", "--out", str(doc)]) == 1
+    assert main(["--only", "gemma3", "--out", str(doc)]) == 0  # rewrites that row
+    assert doc.read_text() == DOC.read_text()
+
+
+@pytest.mark.parametrize(
+    "model_type,reason",
+    [
+        ("gemma3", "attention pattern not causal: Gemma 3 lets an image's tokens attend to each other"),
+        ("paligemma", "attention pattern not causal: PaliGemma is a prefix-LM"),
+        ("qwen2_vl", "M-RoPE position ids"),
+        ("qwen3_vl", "M-RoPE position ids"),
+        ("mllama", "through cross-attention layers"),
+        ("llava_onevision", "missing the wrapper layout .*image-token layout"),
+    ],
+)
+def test_refusal_names_what_is_missing(model_type, reason):
+    with pytest.raises(ml.UnsupportedModelError, match=reason):
+        resolve_adapter(tiny_model(model_type))
+
+
+def test_known_wrapper_with_a_non_causal_backbone_is_refused():
+    """A wrapper in the adapter table is still refused when its decoder call is not plain causal."""
+    model, _ = tiny_llava()
+    resolve_adapter(model)
+    model.config.text_config.use_bidirectional_attention = True
+    with pytest.raises(ml.UnsupportedModelError, match="not causal.*use_bidirectional_attention"):
+        resolve_adapter(model)
+
+
+def test_multimodal_type_without_a_text_vision_pair_is_not_called_text_only():
+    with pytest.raises(ml.UnsupportedModelError, match="no vision_config/text_config pair") as info:
+        resolve_adapter(tiny_model("fuyu"))
+    assert not isinstance(info.value, ml.NotMultimodalError)
