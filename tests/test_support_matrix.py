@@ -11,7 +11,7 @@ from mllm_lens.testing import tiny_llava
 from mllm_lens.testing.shrink import tiny_model
 from mllm_lens.testing.support_matrix import COLUMNS, DOC, OK, main, parse_rows, render_row, support_row
 
-SUBSET = ("llava", "llava_next", "gemma3", "qwen2_vl")
+SUBSET = ("llava", "llava_next", "vipllava", "gemma3", "qwen2_vl")
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +27,8 @@ def test_checked_in_rows_are_current(rows):
         assert on_disk[model_type] == render_row(model_type, row), f"regenerate the row of {model_type}"
 
 
-def test_llava_families_pass_every_column_and_refused_ones_are_not_tried(rows):
-    for model_type in ("llava", "llava_next"):
+def test_llava_family_types_pass_every_column_and_refused_ones_are_not_tried(rows):
+    for model_type in ("llava", "llava_next", "vipllava"):
         assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
     for model_type in ("gemma3", "qwen2_vl"):
         assert rows[model_type]["loads"] != OK

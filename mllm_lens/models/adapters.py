@@ -63,6 +63,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 WRAPPERS: dict[str, WrapperSpec] = {
     "llava": WrapperSpec("model.language_model", "lm_head", square_grid_layout, paper_template=True),
     "llava_next": WrapperSpec("model.language_model", "lm_head", llava_next_layout),
+    "vipllava": WrapperSpec("model.language_model", "lm_head", square_grid_layout),
 }
 
 _ATTENTION_NAMES = ("self_attn", "attention", "attn", "self_attention")

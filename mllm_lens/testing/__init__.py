@@ -7,6 +7,15 @@ from mllm_lens.testing.tiny import (
     tiny_llava,
     tiny_llava_next,
     tiny_llava_phi,
+    tiny_vipllava,
 )
 
-__all__ = ["WORDS", "build_tokenizer", "random_llava", "tiny_llava", "tiny_llava_next", "tiny_llava_phi"]
+__all__ = [
+    "WORDS",
+    "build_tokenizer",
+    "random_llava",
+    "tiny_llava",
+    "tiny_llava_next",
+    "tiny_llava_phi",
+    "tiny_vipllava",
+]

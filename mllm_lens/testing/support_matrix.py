@@ -36,7 +36,7 @@ import mllm_lens as ml
 from mllm_lens.io import atomic_path
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.testing.shrink import tiny_model
-from mllm_lens.testing.tiny import tiny_llava, tiny_llava_next
+from mllm_lens.testing.tiny import tiny_llava, tiny_llava_next, tiny_vipllava
 from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.reference import reference_trace
 
@@ -49,7 +49,11 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "SUPPORTED_MODELS.md"
 COMMAND = "python -m mllm_lens.testing.support_matrix"
 
 #: Types whose tiny builder comes with a real processor (probes encode as for a checkpoint).
-BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {"llava": tiny_llava, "llava_next": tiny_llava_next}
+BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "llava": tiny_llava,
+    "llava_next": tiny_llava_next,
+    "vipllava": tiny_vipllava,
+}
 #: The oracle cases: (corruption, site), window 1, both window modes.
 ORACLE_CASES = (
     (ml.noise("this country"), "hidden"),

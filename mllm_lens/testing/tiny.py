@@ -24,6 +24,8 @@ from transformers import (
     PhiConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    VipLlavaConfig,
+    VipLlavaForConditionalGeneration,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
@@ -124,6 +126,27 @@ def tiny_llava(
     tokenizer = build_tokenizer(extra_words)
     text = _llama_text_config(len(tokenizer), **(text_overrides or {}))
     model, processor = random_llava(text, _vision_config(image_size, patch_size), tokenizer)
+    return _save(model, processor, path)
+
+
+def tiny_vipllava(path: str | Path | None = None, *, seed: int = 0, image_size: int = 32, patch_size: int = 8):
+    """A random ViP-LLaVA: LLaVA whose projector reads several vision layers (CLS dropped), concatenated."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    config = VipLlavaConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
+        vision_config=_vision_config(image_size, patch_size),
+        text_config=_llama_text_config(len(tokenizer)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layers=[-2, -1],
+    )
+    model = VipLlavaForConditionalGeneration(config)
+    processor = LlavaProcessor(  # ViP-LLaVA checkpoints ship LLaVA's processor
+        image_processor=_clip_processor(image_size),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     return _save(model, processor, path)
 
 
