@@ -8,7 +8,8 @@ from the clean ones, is identical in both runs. So
    (in LLaVA the 576 image tokens come first, so for a text constraint most work disappears);
 2. many cells share one forward: batch row ``i`` carries cell ``i``'s restore mask, applied
    by forward hooks that write clean activations with one ``index_put`` per (site, layer);
-3. the batch size comes from a memory budget, so a 7B model does not run out of memory.
+3. the batch size comes from a memory budget (:mod:`mllm_lens.tracing.budget`), so a 7B
+   model does not run out of memory.
 
 A replacement of another token count gives a corrupted run of another length; then
 ``position_map`` says onto which corrupted position each clean position is restored.
@@ -36,6 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mllm_lens.models.lens_model import LensModel
+from mllm_lens.tracing import budget
 from mllm_lens.tracing.prefix_cache import SharedPrefixCache
 
 if TYPE_CHECKING:
@@ -85,14 +87,6 @@ def forward_hooks(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]
         yield
 
 
-def default_memory_budget(device: torch.device) -> int:
-    """Bytes the executor may use for one batch: half the free GPU memory, else 2 GiB."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free * 0.5)
-    return 2 << 30
-
-
 class RestorationExecutor:
     """Clean activations, the shared prefix cache and the corrupted suffix of one trace."""
 
@@ -128,9 +122,11 @@ class RestorationExecutor:
         if len(self.position_map) != self.length:
             raise ValueError(f"position_map has {len(self.position_map)} entries for {self.length} clean positions")
         self.sites = tuple(sites)
-        self._config = model.adapter.decoder_config
         longest = max(self.length, corrupted.shape[1])
-        self.batch_size = batch_size or self._batch_size_from_budget(memory_budget, max_batch, longest)
+        # a row computes at most the suffix [p0, T) (the partial plan starts at or after p0)
+        self.batch_size = batch_size or budget.batch_size(
+            model, longest - self.p0, longest, budget=memory_budget, max_batch=max_batch
+        )
         with torch.no_grad():
             prefix = model.prefix_cache(clean[:, : self.p0]) if self.p0 > 0 else None
             self.shared = None if prefix is None else SharedPrefixCache(prefix, self.batch_size, longest - self.p0)
@@ -168,21 +164,6 @@ class RestorationExecutor:
         with forward_hooks(hooks):
             logits = self._suffix_logits(self.clean_suffix)
         return logits, store
-
-    def _batch_size_from_budget(self, budget: int | None, max_batch: int, length: int) -> int:
-        adapter = self.model.adapter
-        cfg = self._config
-        item = torch.finfo(self.model.dtype).bits // 8
-        suffix = length - self.p0
-        heads = cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or adapter.hidden_size // heads
-        kv_dim = getattr(cfg, "num_key_value_heads", None) or heads
-        cache = 2 * adapter.num_layers * length * kv_dim * head_dim * item
-        ffn = getattr(cfg, "intermediate_size", 4 * adapter.hidden_size)
-        acts = suffix * (8 * adapter.hidden_size + 3 * ffn) * item + heads * suffix * length * 4
-        per_row = cache + acts
-        budget = budget or default_memory_budget(self.model.device)
-        return int(max(1, min(max_batch, budget // max(per_row, 1))))
 
     def _plan(self, cells: Sequence[Cell]) -> dict[tuple[str, int], PlanEntry]:
         rows: dict[tuple[str, int], list[tuple[int, int, int]]] = {}

@@ -37,6 +37,7 @@ from mllm_lens.models.adapters import SITES
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import PatchResult
+from mllm_lens.tracing import budget
 from mllm_lens.tracing.corruption import ImageNoise
 from mllm_lens.tracing.partial import PartialDecoder
 from mllm_lens.tracing.session import check_batch_size
@@ -87,15 +88,6 @@ def _check(mode: str, site: str, noise: ImageNoise) -> None:
         raise CorruptionError("in corrupt mode the patches are the swept cells: pass ImageNoise without patches")
 
 
-def _batch_size(model: LensModel, length: int, budget: int = 1 << 30, max_batch: int = 32) -> int:
-    cfg = model.adapter.decoder_config
-    d, item = model.adapter.hidden_size, torch.finfo(model.dtype).bits // 8
-    ffn = getattr(cfg, "intermediate_size", 4 * d)
-    per_row = length * (8 * d + 3 * ffn) * item + cfg.num_attention_heads * length * length * 4
-    per_row += 2 * model.num_layers * length * d * item  # the cache buffers (upper bound)
-    return int(max(1, min(max_batch, budget // max(per_row, 1))))
-
-
 #: Rows x positions per partial run. Larger runs spill the elementwise work (norms, rotary,
 #: attention) out of the CPU caches; measured on benchmarks/patch_sweep.py's models.
 TOKENS_PER_RUN = 1536
@@ -127,6 +119,7 @@ def patch_sweep(
     target_id: int | None = None,
     patches: Sequence[tuple[int, int]] | None = None,
     batch_size: int | None = None,
+    memory_budget: int | None = None,
     tokens_per_run: int = TOKENS_PER_RUN,
     progress: bool = False,
 ) -> PatchResult:
@@ -136,11 +129,12 @@ def patch_sweep(
     sets the corruption's scale and seed (default ``ImageNoise()``: 3 sigma, seed 0);
     ``target_id`` defaults to the probe's answer, else the clean run's top-1 token;
     ``patches`` limits the sweep to these cells ``(i, j)`` of the result grid (others are NaN).
-    ``batch_size`` caps the rows of one partial run, ``tokens_per_run`` its rows x positions.
+    ``batch_size`` caps the rows of one partial run (default: what ``memory_budget`` bytes hold,
+    :mod:`mllm_lens.tracing.budget`), ``tokens_per_run`` its rows x positions.
     """
     noise = ImageNoise() if noise is None else noise
     _check(mode, site, noise)
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, memory_budget)
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     cells = patch_blocks(encoded, block, stride)
     rows, cols = _grid_shape(cells)
@@ -156,7 +150,8 @@ def patch_sweep(
     chosen = list(range(n_layers)) if layers is None else sorted({int(x) for x in layers})
     windows = [window_layers(layer, window, window_mode, n_layers) for layer in chosen]
     clean = model.decoder_inputs(encoded.model_inputs)
-    size = batch_size or _batch_size(model, encoded.length)
+    # a run may start at the first image token, so a row computes up to the whole prompt
+    size = batch_size or budget.batch_size(model, encoded.length, encoded.length, budget=memory_budget, max_batch=32)
     kept = [site] if mode == "restore" and site != "hidden" else []  # hidden = layer outputs, always kept
     base_clean = PartialDecoder(model, clean, kept, max_batch=size)
     clean_probs = torch.softmax(base_clean.logits, -1)
