@@ -117,17 +117,8 @@ def reference_trace(
     """``(scores [layers, positions], clean_prob, corrupted_prob, target_id)``, cell by cell.
 
     A clean position with no counterpart in a replaced run scores NaN."""
-    adapter = model.adapter
-    n_layers = adapter.num_layers
-    clean_outputs: dict[int, torch.Tensor] = {}
-
-    def record(layer):
-        def hook(_module, _args, output):
-            clean_outputs[layer] = _site_output(output).detach().clone()
-
-        return hook
-
-    clean = _full_forward(model, encoded, None, [(adapter.site_module(site, i), record(i)) for i in range(n_layers)])
+    n_layers = model.adapter.num_layers
+    clean, clean_outputs = reference_clean_outputs(model, encoded, site)
     target = int(clean.argmax()) if target_id is None else target_id
     corrupted = _full_forward(model, encoded, corruption, [])
     mapping = (
@@ -136,21 +127,38 @@ def reference_trace(
 
     scores = np.full((n_layers, encoded.length), np.nan)
     for layer in range(n_layers):
+        layers = oracle_window(layer, window, window_mode, n_layers)
         for pos in range(encoded.length):
-            into = mapping[pos]
-            if into is None:
-                continue
-            hooks = []
-            for restored in oracle_window(layer, window, window_mode, n_layers):
-
-                def restore(_module, _args, output, restored=restored, pos=pos, into=into):
-                    tensor = _site_output(output).clone()
-                    tensor[0, into] = clean_outputs[restored][0, pos]
-                    return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
-
-                hooks.append((adapter.site_module(site, restored), restore))
-            scores[layer, pos] = float(_full_forward(model, encoded, corruption, hooks)[target])
+            if mapping[pos] is not None:
+                probs = reference_cell(model, encoded, corruption, clean_outputs, site, layers, pos, mapping[pos])
+                scores[layer, pos] = float(probs[target])
     return scores, float(clean[target]), float(corrupted[target]), target
+
+
+def reference_cell(
+    model: LensModel,
+    encoded: EncodedProbe,
+    corruption: Corruption,
+    clean_outputs: dict,
+    site: str,
+    layers: list[int],
+    position: int,
+    into: int | None = None,
+) -> torch.Tensor:
+    """Probabilities ``[vocab]`` of one full forward: ``corruption`` on, the clean ``site``
+    output at ``position`` (``clean_outputs[layer] [1, T, d]``) written at corrupted position
+    ``into`` (default: the same) in each of ``layers``."""
+    into = position if into is None else into
+    hooks = []
+    for restored in layers:
+
+        def restore(_module, _args, output, restored=restored):
+            tensor = _site_output(output).clone()
+            tensor[0, into] = clean_outputs[restored][0, position]
+            return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+
+        hooks.append((model.adapter.site_module(site, restored), restore))
+    return _full_forward(model, encoded, corruption, hooks)
 
 
 def reference_clean_outputs(model: LensModel, encoded: EncodedProbe, site: str) -> tuple[torch.Tensor, dict]:
