@@ -11,7 +11,7 @@ from mllm_lens.testing import tiny_llava
 from mllm_lens.testing.shrink import tiny_model
 from mllm_lens.testing.support_matrix import COLUMNS, DOC, OK, main, parse_rows, render_row, support_row
 
-SUBSET = ("llava", "llava_next", "vipllava", "gemma3", "qwen2_vl")
+SUBSET = ("llava", "llava_next", "llava_onevision", "vipllava", "gemma3", "qwen2_vl")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_checked_in_rows_are_current(rows):
 
 
 def test_llava_family_types_pass_every_column_and_refused_ones_are_not_tried(rows):
-    for model_type in ("llava", "llava_next", "vipllava"):
+    for model_type in ("llava", "llava_next", "llava_onevision", "vipllava"):
         assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
     for model_type in ("gemma3", "qwen2_vl"):
         assert rows[model_type]["loads"] != OK
@@ -54,7 +54,7 @@ def test_check_flags_a_stale_row(tmp_path):
         ("qwen2_vl", "M-RoPE position ids"),
         ("qwen3_vl", "M-RoPE position ids"),
         ("mllama", "through cross-attention layers"),
-        ("llava_onevision", "missing the wrapper layout .*image-token layout"),
+        ("deepseek_vl", "missing the wrapper layout .*image-token layout"),
     ],
 )
 def test_refusal_names_what_is_missing(model_type, reason):

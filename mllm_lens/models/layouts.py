@@ -2,13 +2,15 @@
 
 A :class:`PatchLayout` maps the i-th image token of the prompt to a label (``<img r,c>``) and,
 for tokens of the base patch grid, to its (row, col). LLaVA-1.5 uses a square grid in
-row-major order after the CLS token is dropped; LLaVA-NeXT adds high-resolution tiles whose
-rows end in an image-newline token, and its layout is read off the model's own packing code.
+row-major order after the CLS token is dropped; LLaVA-NeXT and LLaVA-OneVision add
+high-resolution tiles whose rows end in an image-newline token, and their layout is read off the
+model's own packing code.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,17 +65,21 @@ def square_grid_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int
     return PatchLayout(labels=labels, rows=side, cols=side, grid_index=grid_index)
 
 
-def llava_next_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
-    """LLaVA-NeXT: base grid, then unpadded high-res tiles with a newline token per row.
+def _anyres_layout(
+    model: PreTrainedModel, model_inputs: dict, n_tokens: int, pack: Callable[[list, Any, torch.Tensor], Any]
+) -> PatchLayout:
+    """Base grid, then unpadded high-res tiles with a newline token per row (LLaVA-NeXT, OneVision).
 
-    The layout is computed by running the model's own ``pack_image_features`` on features that
-    carry their (kind, row, col) coordinates, so it follows the installed transformers exactly.
+    The layout is computed by running the model's own packing code (``pack(features, image_sizes,
+    newline)``) on features that carry their (kind, row, col) coordinates, so it follows the
+    installed transformers exactly. Where the packing shrinks the tiles bilinearly (OneVision's
+    anyres-max), a token's coordinates are those of the nearest source patch.
     """
+    family = model.config.model_type
     image_sizes = model_inputs.get("image_sizes")
     if image_sizes is None:
-        raise UnsupportedModelError("LLaVA-NeXT layout needs the processor's 'image_sizes' input")
+        raise UnsupportedModelError(f"{family} layout needs the processor's 'image_sizes' input")
     side = _vision_grid(model)
-    inner: Any = model.model  # the wrapper's LlavaNextModel (pack_image_features)
     from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
     tiles_h, tiles_w = get_anyres_image_grid_shape(
@@ -89,14 +95,10 @@ def llava_next_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int)
         coords[tile, :, 0] = 1
         coords[tile, :, 1] = (rr + ty * side).flatten().float()
         coords[tile, :, 2] = (cc + tx * side).flatten().float()
-    newline = torch.tensor([2.0, -1.0, -1.0])
-    packed, _ = inner.pack_image_features(
-        [coords], image_sizes, model.config.vision_feature_select_strategy, image_newline=newline
-    )
-    packed = packed[0]
+    packed = pack([coords], image_sizes, torch.tensor([2.0, -1.0, -1.0]))[0][0]
     if packed.shape[0] != n_tokens:
         raise UnsupportedModelError(
-            f"LLaVA-NeXT layout has {packed.shape[0]} tokens but the prompt has {n_tokens} image tokens"
+            f"{family} layout has {packed.shape[0]} tokens but the prompt has {n_tokens} image tokens"
         )
     labels, grid_index = [], []
     for kind, row, col in packed.round().long().tolist():
@@ -110,3 +112,25 @@ def llava_next_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int)
             labels.append("<img \\n>")
             grid_index.append(-1)
     return PatchLayout(labels=labels, rows=side, cols=side, grid_index=grid_index)
+
+
+def llava_next_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """LLaVA-NeXT: base grid, then unpadded high-res tiles, a newline token ending each row."""
+    inner: Any = model.model  # the wrapper's LlavaNextModel (pack_image_features)
+    strategy = model.config.vision_feature_select_strategy
+
+    def pack(features: list, image_sizes: Any, newline: torch.Tensor) -> Any:
+        return inner.pack_image_features(features, image_sizes, strategy, image_newline=newline)
+
+    return _anyres_layout(model, model_inputs, n_tokens, pack)
+
+
+def llava_onevision_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """LLaVA-OneVision: as LLaVA-NeXT, the tiles shrunk to at most anyres-max-N tiles' worth."""
+    inner: Any = model.model  # the wrapper's LlavaOnevisionModel (pack_image_features)
+    ratio = model.config.vision_aspect_ratio
+
+    def pack(features: list, image_sizes: Any, newline: torch.Tensor) -> Any:
+        return inner.pack_image_features(features, image_sizes, image_newline=newline, vision_aspect_ratio=ratio)
+
+    return _anyres_layout(model, model_inputs, n_tokens, pack)

@@ -6,6 +6,7 @@ from mllm_lens.testing.tiny import (
     random_llava,
     tiny_llava,
     tiny_llava_next,
+    tiny_llava_onevision,
     tiny_llava_phi,
     tiny_vipllava,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "random_llava",
     "tiny_llava",
     "tiny_llava_next",
+    "tiny_llava_onevision",
     "tiny_llava_phi",
     "tiny_vipllava",
 ]

@@ -20,15 +20,21 @@ from transformers import (
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
     PhiConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipVisionConfig,
     VipLlavaConfig,
     VipLlavaForConditionalGeneration,
 )
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
 from mllm_lens.models.word_tokenizer import word_level_tokenizer
 
@@ -198,3 +204,68 @@ def tiny_llava_next(path: str | Path | None = None, *, seed: int = 0, image_size
         num_additional_image_tokens=1,
     )
     return _save(model, processor, path)
+
+
+class ImageOnlyOnevisionProcessor(LlavaOnevisionProcessor):
+    """``LlavaOnevisionProcessor`` without its video processor, which needs torchvision (absent here).
+
+    Images go through the real class's code (token counts from ``image_sizes``, anyres-max); only
+    the video attribute is left out of the constructor, so it cannot be saved and reloaded through
+    ``AutoProcessor`` (which would build the video processor).
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs: Any) -> None:
+        super().__init__(image_processor, tokenizer, None, **kwargs)
+
+
+def tiny_llava_onevision(path: str | Path | None = None, *, seed: int = 0, image_size: int = 16, patch_size: int = 8):
+    """A random LLaVA-OneVision (SigLIP tower, all patches kept, anyres-max tiles + newlines, Qwen2 backbone).
+
+    ``path`` saves the model only: the processor cannot be reloaded without torchvision (see
+    :class:`ImageOnlyOnevisionProcessor`).
+    """
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
+    vision = SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    text = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        initializer_range=0.5,  # peaked next-token distributions, so oracle comparisons are sharp
+    )
+    config = LlavaOnevisionConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=pinpoints,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    image_processor = LlavaOnevisionImageProcessorPil(
+        size={"height": image_size, "width": image_size}, image_grid_pinpoints=pinpoints
+    )
+    processor = ImageOnlyOnevisionProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full",
+    )
+    if path is not None:
+        model.save_pretrained(path)
+    return model, processor
