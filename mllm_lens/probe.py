@@ -263,6 +263,26 @@ def _tokenized_view(tokens: list[str], image_span: tuple[int, int] | None = None
     return " ".join(items)
 
 
+def image_expansion(ids: list[int], plain_ids: list[int], image_id: int) -> tuple[int, int]:
+    """``(start, end)`` of the tokens that the processor put in place of the image placeholder.
+
+    ``plain_ids`` is the unexpanded prompt, holding the placeholder once; ``ids`` is the
+    processor's. The run may hold marker tokens beside the image tokens (LLaVA-NeXT's newlines,
+    Pixtral's row breaks, Idefics3's tile markers): the whole run is the image's span.
+    """
+    holders = [i for i, t in enumerate(plain_ids) if t == image_id]
+    if len(holders) > 1:
+        raise ProbeError("the prompt holds more than one image; mllm_lens traces one image per probe")
+    start = holders[0] if holders else -1
+    end = start + len(ids) - len(plain_ids) + 1
+    if start < 0 or end <= start or ids[:start] != plain_ids[:start] or ids[end:] != plain_ids[start + 1 :]:
+        raise ProbeError(
+            "the tokenizer and the processor disagree on the prompt's tokens, so constraint spans "
+            f"cannot be located: processor {ids}, tokenizer {plain_ids}"
+        )
+    return start, end
+
+
 def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
     processor = model.processor
     tokenizer = model.tokenizer
@@ -280,23 +300,13 @@ def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     ids = inputs["input_ids"][0]
     image_id = model.adapter.image_token_id
-    image_positions = (ids == image_id).nonzero().flatten()
-    if image_positions.numel() == 0:
+    if not bool((ids == image_id).any()):
         raise ProbeError(f"the processor put no image token (id {image_id}) into the prompt {prompt!r}")
-    start, end = int(image_positions[0]), int(image_positions[-1]) + 1
-    if end - start != image_positions.numel():
-        raise ProbeError("the prompt holds more than one image; mllm_lens traces one image per probe")
-
-    # Tokenize the unexpanded prompt with offsets; it must equal the processor's ids with the
-    # image run collapsed to one token.
+    # Tokenize the unexpanded prompt with offsets: the processor's ids are these with the one
+    # image placeholder expanded into the image's run of tokens, marker tokens included.
     plain = tokenizer(prompt, return_offsets_mapping=True)
     plain_ids = plain["input_ids"]
-    collapsed = ids[:start].tolist() + [image_id] + ids[end:].tolist()
-    if plain_ids != collapsed:
-        raise ProbeError(
-            "the tokenizer and the processor disagree on the prompt's tokens, so constraint spans "
-            f"cannot be located: processor {collapsed}, tokenizer {plain_ids}"
-        )
+    start, end = image_expansion(ids.tolist(), plain_ids, image_id)
     n_img = end - start
 
     def expanded(i: int) -> int:

@@ -11,7 +11,7 @@ from mllm_lens.testing import tiny_llava
 from mllm_lens.testing.shrink import tiny_model
 from mllm_lens.testing.support_matrix import COLUMNS, DOC, OK, main, parse_rows, render_row, support_row
 
-SUBSET = ("llava", "llava_next", "llava_onevision", "vipllava", "gemma3", "qwen2_vl")
+SUBSET = ("llava", "llava_next", "llava_onevision", "mistral3", "vipllava", "gemma3", "qwen2_vl")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def test_checked_in_rows_are_current(rows):
 
 
 def test_llava_family_types_pass_every_column_and_refused_ones_are_not_tried(rows):
-    for model_type in ("llava", "llava_next", "llava_onevision", "vipllava"):
+    for model_type in ("llava", "llava_next", "llava_onevision", "mistral3", "vipllava"):
         assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
     for model_type in ("gemma3", "qwen2_vl"):
         assert rows[model_type]["loads"] != OK

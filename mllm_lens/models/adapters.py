@@ -21,7 +21,13 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_
 
 from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
 from mllm_lens.models.decoder_call import decoder_call_refusal
-from mllm_lens.models.layouts import PatchLayout, llava_next_layout, llava_onevision_layout, square_grid_layout
+from mllm_lens.models.layouts import (
+    PatchLayout,
+    llava_next_layout,
+    llava_onevision_layout,
+    pixtral_layout,
+    square_grid_layout,
+)
 
 SITES = ("hidden", "mlp", "attn")
 
@@ -65,6 +71,7 @@ WRAPPERS: dict[str, WrapperSpec] = {
     "llava_next": WrapperSpec("model.language_model", "lm_head", llava_next_layout),
     "vipllava": WrapperSpec("model.language_model", "lm_head", square_grid_layout),
     "llava_onevision": WrapperSpec("model.language_model", "lm_head", llava_onevision_layout),
+    "mistral3": WrapperSpec("model.language_model", "lm_head", pixtral_layout),
 }
 
 _ATTENTION_NAMES = ("self_attn", "attention", "attn", "self_attention")

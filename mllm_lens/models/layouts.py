@@ -4,7 +4,8 @@ A :class:`PatchLayout` maps the i-th image token of the prompt to a label (``<im
 for tokens of the base patch grid, to its (row, col). LLaVA-1.5 uses a square grid in
 row-major order after the CLS token is dropped; LLaVA-NeXT and LLaVA-OneVision add
 high-resolution tiles whose rows end in an image-newline token, and their layout is read off the
-model's own packing code.
+model's own packing code. Mistral 3 (Pixtral) closes each row of merged patches with a break
+token. Marker tokens (newline, break, end) are labelled as such, outside the grid.
 """
 
 from __future__ import annotations
@@ -134,3 +135,29 @@ def llava_onevision_layout(model: PreTrainedModel, model_inputs: dict, n_tokens:
         return inner.pack_image_features(features, image_sizes, image_newline=newline, vision_aspect_ratio=ratio)
 
     return _anyres_layout(model, model_inputs, n_tokens, pack)
+
+
+def pixtral_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """Mistral 3 (Pixtral tower): rows of merged patches, each row closed by ``[IMG_BREAK]``, the
+    last by ``[IMG_END]`` instead.
+
+    The grid comes from the processor's ``image_sizes`` (the resized image, a multiple of the
+    merged patch) and the model's patch and merge sizes; a merged token covers
+    ``spatial_merge_size`` x ``spatial_merge_size`` source patches, in row-major order.
+    """
+    image_sizes = model_inputs.get("image_sizes")
+    if image_sizes is None:
+        raise UnsupportedModelError("Pixtral layout needs the processor's 'image_sizes' input")
+    cell = int(model.config.vision_config.patch_size) * int(model.config.spatial_merge_size)
+    height, width = (int(v) for v in image_sizes[0].tolist())
+    rows, cols = height // cell, width // cell
+    if rows * (cols + 1) != n_tokens:
+        raise UnsupportedModelError(
+            f"a {height}x{width} image in {cell} px merged patches is {rows} rows of {cols} tokens plus a break "
+            f"each ({rows * (cols + 1)} tokens), but the prompt has {n_tokens} image tokens"
+        )
+    labels, grid_index = [], []
+    for r in range(rows):
+        labels += [f"<img {r},{c}>" for c in range(cols)] + ["<img break>" if r < rows - 1 else "<img end>"]
+        grid_index += [r * cols + c for c in range(cols)] + [-1]
+    return PatchLayout(labels=labels, rows=rows, cols=cols, grid_index=grid_index)

@@ -8,6 +8,7 @@ from mllm_lens.testing.tiny import (
     tiny_llava_next,
     tiny_llava_onevision,
     tiny_llava_phi,
+    tiny_mistral3,
     tiny_vipllava,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "tiny_llava_next",
     "tiny_llava_onevision",
     "tiny_llava_phi",
+    "tiny_mistral3",
     "tiny_vipllava",
 ]

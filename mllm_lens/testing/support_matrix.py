@@ -36,7 +36,7 @@ import mllm_lens as ml
 from mllm_lens.io import atomic_path
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.testing.shrink import tiny_model
-from mllm_lens.testing.tiny import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_vipllava
+from mllm_lens.testing.tiny import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_mistral3, tiny_vipllava
 from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.reference import reference_trace
 
@@ -53,6 +53,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava": tiny_llava,
     "llava_next": tiny_llava_next,
     "llava_onevision": tiny_llava_onevision,
+    "mistral3": tiny_mistral3,
     "vipllava": tiny_vipllava,
 }
 #: The oracle cases: (corruption, site), window 1, both window modes.

@@ -24,7 +24,11 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionProcessor,
     LlavaProcessor,
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
+    MistralConfig,
     PhiConfig,
+    PixtralVisionConfig,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -35,8 +39,10 @@ from transformers import (
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
+from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImageProcessorPil
 
 from mllm_lens.models.word_tokenizer import word_level_tokenizer
+from mllm_lens.testing.pixtral_processor import PixtralProcessorStandIn
 
 WORDS = (
     "USER ASSISTANT : ? . , ! Answer in a few words what which who where is are the this that of "
@@ -265,6 +271,70 @@ def tiny_llava_onevision(path: str | Path | None = None, *, seed: int = 0, image
         tokenizer=tokenizer,
         num_image_tokens=(image_size // patch_size) ** 2,
         vision_feature_select_strategy="full",
+    )
+    if path is not None:
+        model.save_pretrained(path)
+    return model, processor
+
+
+#: Mistral's instruction format reduced to what a probe needs: ``[INST]`` image and text ``[/INST]``.
+MISTRAL_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{%- if message['role'] == 'user' %}[INST]"
+    "{%- for part in message['content'] %}{%- if part['type'] == 'image' %}[IMG]"
+    "{%- else %}{{ part['text'] }}{%- endif %}{%- endfor %}[/INST]{%- endif %}{%- endfor %}"
+)
+
+
+def tiny_mistral3(path: str | Path | None = None, *, seed: int = 0, longest_edge: int = 32, patch_size: int = 4):
+    """A random Mistral 3 (Pixtral tower with 2-D RoPE, 2 x 2 patch merger, Mistral backbone) and
+    a processor expanding the image into rows of ``[IMG]`` closed by ``[IMG_BREAK]``, then ``[IMG_END]``.
+
+    The processor is :class:`PixtralProcessorStandIn` (transformers' ``PixtralProcessor`` needs
+    torchvision); ``path`` saves the model only, as ``AutoProcessor`` could not reload it.
+    """
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(["[IMG]", "[IMG_BREAK]", "[IMG_END]", "[INST]", "[/INST]"], special_tokens=True)
+    vision = PixtralVisionConfig(  # type: ignore[call-arg]  # head_dim: taken by the config's **kwargs
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        head_dim=8,
+        image_size=longest_edge,
+        patch_size=patch_size,
+    )
+    text = MistralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=2048,
+        sliding_window=None,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        initializer_range=0.5,  # peaked next-token distributions, so oracle comparisons are sharp
+    )
+    config = Mistral3Config(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=cast(int, tokenizer.convert_tokens_to_ids("[IMG]")),
+        spatial_merge_size=2,
+        vision_feature_layer=-1,
+    )
+    model = Mistral3ForConditionalGeneration(config).eval()
+    processor = PixtralProcessorStandIn(
+        image_processor=PixtralImageProcessorPil(
+            size={"longest_edge": longest_edge}, patch_size={"height": patch_size, "width": patch_size}
+        ),
+        tokenizer=tokenizer,
+        patch_size=patch_size,
+        spatial_merge_size=2,
+        chat_template=MISTRAL_CHAT_TEMPLATE,
     )
     if path is not None:
         model.save_pretrained(path)
