@@ -67,6 +67,11 @@ def test_image_attention_mass_counts_only_the_other_text_positions():
     # a named country is text: its own reading of the image counts too
     named = image_attention_mass([attention], image, entity, named=True).item()
     assert named == pytest.approx((0.5 + 2 * 1.0) / (2 * (queries + 2)))
+    # the max charges the worst head and position in full: the last position's half read
+    assert image_attention_mass([attention], image, entity, False, reduce="max").item() == pytest.approx(0.5)
+    assert image_attention_mass([attention, attention * 0], image, entity, False, "max").item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="reduce"):
+        image_attention_mass([attention], image, entity, False, reduce="sum")
 
 
 def tiny_routed_training(**options):
