@@ -67,7 +67,9 @@ def test_batch_size_does_not_change_scores(models, probe):
     model = models["llava"]
     one = ml.trace(model, probe, ml.noise(), site="mlp", batch_size=1, progress=False)
     many = ml.trace(model, probe, ml.noise(), site="mlp", batch_size=64, progress=False)
-    assert np.abs(one.scores - many.scores).max() <= 1e-6
+    # float32 GEMMs round differently with the batch's row count (1.01e-6 here with one thread): the
+    # oracle's 1e-5, not bit equality
+    assert np.abs(one.scores - many.scores).max() <= 1e-5
 
 
 def test_auto_plan_restarts_image_noise_partially_and_late_phrases_from_the_prefix(models, probe):

@@ -75,3 +75,17 @@ def test_multimodal_type_without_a_text_vision_pair_is_not_called_text_only():
     with pytest.raises(ml.UnsupportedModelError, match="no vision_config/text_config pair") as info:
         resolve_adapter(tiny_model("fuyu"))
     assert not isinstance(info.value, ml.NotMultimodalError)
+
+
+def test_the_time_limit_counts_cpu_time_and_stops_a_runaway_row():
+    import time
+
+    from mllm_lens.testing.support_matrix import _time_limit, _TimeLimit
+
+    start = time.process_time()
+    with pytest.raises(_TimeLimit, match="CPU time"), _time_limit(1):
+        while True:
+            pass
+    assert time.process_time() - start >= 1.0
+    with _time_limit(1):
+        time.sleep(1.2)  # waiting costs no CPU time: a loaded machine does not time a row out
