@@ -27,7 +27,8 @@ import torch
 
 from mllm_lens.models.lens_model import LensModel
 
-#: The budget on a CPU (bytes): what a laptop or a Binder kernel can spare for one batch.
+#: The budget on a CPU (bytes): what a laptop can spare for one batch. The demo model's batches
+#: stay far below it (their row caps bind first), which keeps a 2 GB Binder kernel safe.
 CPU_BUDGET = 2 << 30
 
 
