@@ -195,7 +195,9 @@ def test_trace_sites_equals_single_site_traces(models, probe):
     for site, result in together.items():
         alone = ml.trace(model, probe, ml.image_noise(), site=site, window=2, window_mode="rome", progress=False)
         assert result.site == site
-        assert np.abs(result.scores - alone.scores).max() <= 1e-6
+        # batches of 5 vs the default batch round float32 GEMMs differently (1.07e-6 seen in CI): the
+        # oracle's 1e-5
+        assert np.abs(result.scores - alone.scores).max() <= 1e-5
 
 
 def test_trace_sites_rejects_unknown_site(models, probe):
