@@ -33,12 +33,18 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    (the vision tower first trained alone as a flag classifier), ``--reader last`` (only the
    phrase's last token, the paper's edit key, may read the image).
 
+5. **Session 6** options: ``--text-route penalty`` (text-only mention questions run unmasked under
+   the route penalty), ``--frozen-decoder-steps`` / ``--decoder-lr-scale`` (LLaVA's alignment: the
+   first flag steps train only the vision tower and projector), ``--penalty-reduce max`` (the
+   penalty charges the worst head and position of each layer).
+
 The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
 every question form, no mask, no named or mention questions; the shipped weights came from the
 same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
 The routing options (``--text-steps``, ``--route-mask-share``, ``--named-share``,
 ``--mention-share``, ``--unmasked-tail``, ``--init``, ``--route-penalty``, ``--name-at-phrase``,
-``--phrase-target``, ``--noised-share`` and the session-5 ones) are the recipes tried for issue 11;
+``--phrase-target``, ``--noised-share`` and the session-5 and session-6 ones) are the recipes tried
+for issue 11;
 ``benchmarks/RESULTS.md`` ("Demo model recipes") lists what each gave. None has yet reached the
 accuracy target within the training budget, so none is the default.
 """
