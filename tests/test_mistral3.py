@@ -4,18 +4,15 @@ picture, with the [IMG_BREAK] / [IMG_END] tokens labelled as markers."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
+from oracle_check import assert_trace_equals_oracle
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import mllm_lens as ml
 from mllm_lens.testing import tiny_mistral3
-from mllm_lens.tracing.corruption import as_corruption
-from mllm_lens.tracing.reference import reference_trace
 
 CORRUPTIONS = {
     "noise": ml.noise("this country"),
@@ -48,29 +45,7 @@ def test_loads_with_the_pixtral_layout(model, probe):
 @pytest.mark.parametrize("site", ["hidden", "mlp", "attn"])
 @pytest.mark.parametrize("window,mode", [(1, "paper"), (3, "rome")])
 def test_fast_trace_equals_reference(model, probe, corruption, site, window, mode):
-    corrupt = CORRUPTIONS[corruption]
-    ref, clean_p, corrupted_p, target = reference_trace(
-        model, probe.encode(model), as_corruption(corrupt), site, window, mode
-    )
-    assert np.nanmax(ref) - np.nanmin(ref) > 1e-3  # restorations move the probability
-    for plan in ("prefix", "partial"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ml.tracing.CorruptionIneffectiveWarning)
-            fast = ml.trace(
-                model,
-                probe,
-                corrupt,
-                site=site,
-                window=window,
-                window_mode=mode,
-                batch_size=7,
-                progress=False,
-                plan=plan,
-            )
-        assert fast.target_id == target
-        assert abs(fast.clean_prob - clean_p) <= 1e-5 and abs(fast.corrupted_prob - corrupted_p) <= 1e-5
-        assert np.array_equal(np.isnan(fast.scores), np.isnan(ref))
-        assert np.nanmax(np.abs(fast.scores - ref)) <= 1e-5, plan
+    assert_trace_equals_oracle(model, probe, CORRUPTIONS[corruption], site, window, mode)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
+from oracle_check import assert_trace_equals_oracle
 
 import mllm_lens as ml
-from mllm_lens.tracing.corruption import as_corruption
-from mllm_lens.tracing.reference import reference_trace
 
 CORRUPTIONS = {
     "noise": ml.noise("this country"),
@@ -35,32 +32,7 @@ SETTINGS = [
 def test_fast_trace_equals_reference(models, arch, probe, corruption, site, window, mode):
     """Both restart plans (shared prefix; partial restart at the restored layer and position)."""
     model = models[arch]
-    corrupt = CORRUPTIONS[corruption]
-    ref, clean_p, corrupted_p, target = reference_trace(
-        model, probe.encode(model), as_corruption(corrupt), site, window, mode
-    )
-    # the comparison is not vacuous: restorations move the probability
-    assert np.nanmax(ref) - np.nanmin(ref) > 1e-3
-    for plan in ("prefix", "partial"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ml.tracing.CorruptionIneffectiveWarning)
-            fast = ml.trace(
-                model,
-                probe,
-                corrupt,
-                site=site,
-                window=window,
-                window_mode=mode,
-                batch_size=7,
-                progress=False,
-                plan=plan,
-            )
-        assert fast.settings["plan"] == plan
-        assert fast.target_id == target
-        assert abs(fast.clean_prob - clean_p) <= 1e-5
-        assert abs(fast.corrupted_prob - corrupted_p) <= 1e-5
-        assert np.array_equal(np.isnan(fast.scores), np.isnan(ref))
-        assert np.nanmax(np.abs(fast.scores - ref)) <= 1e-5, plan
+    assert_trace_equals_oracle(model, probe, CORRUPTIONS[corruption], site, window, mode)
 
 
 def test_batch_size_does_not_change_scores(models, probe):
