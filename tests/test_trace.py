@@ -203,3 +203,13 @@ def test_trace_sites_equals_single_site_traces(models, probe):
 def test_trace_sites_rejects_unknown_site(models, probe):
     with pytest.raises(ml.TraceConfigError, match="unknown site 'residual'"):
         ml.trace_sites(models["llava"], probe, sites=("mlp", "residual"), progress=False)
+
+
+@pytest.mark.parametrize(("plan", "rows"), [("partial", 1), ("prefix", 8)])
+def test_prefix_cache_holds_only_the_rows_its_runs_use(models, probe, plan, rows):
+    """The shared prefix is copied into batch rows only when a prefix-plan batch needs them; the
+    partial plan leaves it at the single row of the clean and corrupted runs (issue 13: memory)."""
+    session = ml.TraceSession(models["llava"], probe, ml.image_noise(), sites=("mlp",), batch_size=8, plan=plan)
+    assert session.executor.shared is not None and session.executor.shared.rows == 1
+    session.trace("mlp", progress=False)
+    assert session.executor.shared.rows == rows

@@ -5,7 +5,7 @@ batch would copy the prefix's keys and values twice per batch row (``repeat`` an
 ``cat`` inside ``update``). Here the prefix is copied into a ``[max_batch, heads, p0 + S, d]``
 buffer once; each forward only writes its suffix keys and values into the slots after
 ``p0`` and attends over a view of the buffer. One forward per cache use: the suffix slots are
-overwritten by the next one.
+overwritten by the next one. Rows are allocated only when a forward needs them.
 """
 
 from __future__ import annotations
@@ -64,24 +64,37 @@ class _SharedPrefixLayer(DynamicLayer):
 
 
 class SharedPrefixCache:
-    """Buffers for ``max_batch`` rows of ``prefix`` plus ``suffix_length`` new tokens."""
+    """Buffers for up to ``max_batch`` rows of ``prefix`` plus ``suffix_length`` new tokens.
+
+    Rows are allocated as forwards need them, doubling up to ``max_batch``: a trace whose cells
+    run on the partial plan only ever uses one row here (its clean and corrupted runs), so the
+    ``max_batch``-row copy of the prefix is never paid for.
+    """
 
     def __init__(self, prefix: DynamicCache, max_batch: int, suffix_length: int) -> None:
         self.prefix_length = prefix.get_seq_length()
+        self.suffix_length = suffix_length
+        self.prefix = [layer_kv(layer) for layer in prefix.layers]
+        self.buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.rows = 0
+        self.max_batch = max_batch
+
+    def _grow(self, rows: int) -> None:
+        """Reallocate every layer's buffers for ``rows`` rows with the prefix copied in."""
         self.buffers = []
-        for layer in prefix.layers:
-            prefix_keys, prefix_values = layer_kv(layer)
-            shape = list(prefix_keys.shape)
-            shape[0], shape[-2] = max_batch, self.prefix_length + suffix_length
-            keys = prefix_keys.new_empty(shape)
-            values = prefix_values.new_empty(shape[:-1] + [prefix_values.shape[-1]])
+        for prefix_keys, prefix_values in self.prefix:
+            length = self.prefix_length + self.suffix_length
+            keys = prefix_keys.new_empty((rows, *prefix_keys.shape[1:-2], length, prefix_keys.shape[-1]))
+            values = prefix_values.new_empty((rows, *prefix_values.shape[1:-2], length, prefix_values.shape[-1]))
             keys[:, :, : self.prefix_length] = prefix_keys
             values[:, :, : self.prefix_length] = prefix_values
             self.buffers.append((keys, values))
-        self.max_batch = max_batch
+        self.rows = rows
 
     def for_batch(self, rows: int) -> Cache:
         """A cache object for one forward of ``rows <= max_batch`` rows."""
         if rows > self.max_batch:
             raise ValueError(f"batch of {rows} rows exceeds the cache's {self.max_batch}")
+        if rows > self.rows:
+            self._grow(min(self.max_batch, max(rows, 2 * self.rows)))
         return cache_of([_SharedPrefixLayer(k, v, self.prefix_length) for k, v in self.buffers])
