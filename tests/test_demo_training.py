@@ -185,3 +185,14 @@ def test_text_route_penalty_trains_mention_questions_unmasked(tmp_path):
     assert any("image_mass" in p for p in text_points)  # the mention's name, read by the phrase alone
     with pytest.raises(ValueError, match="text_route"):
         tiny_routed_training(steps=1, text_route="hard")
+
+
+def test_unmasked_penalty_charges_the_attention_the_route_mask_hides():
+    """Under the route mask the penalised positions cannot see the image (mass 0); with
+    ``unmasked_penalty`` the penalty comes from an unmasked forward, where the fresh model's
+    answer position does read it."""
+    common = dict(steps=3, identity_steps=1, log_every=1, route_mask_share=1.0, reader="phrase")
+    _, _, masked_only = tiny_routed_training(**common)
+    assert [p["image_mass"] for p in masked_only] == [0.0, 0.0, 0.0]
+    _, _, shadowed = tiny_routed_training(**common, unmasked_penalty=True, shadow_rows=2)
+    assert all(p["image_mass"] > 0.01 for p in shadowed)

@@ -38,6 +38,11 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    first flag steps train only the vision tower and projector), ``--penalty-reduce max`` (the
    penalty charges the worst head and position of each layer).
 
+6. **Session 7**: ``--unmasked-penalty`` (with ``--route-mask-share``): the answer loss of a masked
+   batch comes from the masked forward, and the route penalty from an unmasked forward of its first
+   ``--shadow-rows`` questions, so the attention the mask hides is trained to stay off the image
+   while no answer gradient ever rewards a direct read.
+
 The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
 every question form, no mask, no named or mention questions; the shipped weights came from the
 same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
@@ -276,6 +281,8 @@ def train(
     frozen_decoder_steps: int = 0,
     decoder_lr_scale: float = 1.0,
     penalty_reduce: str = "mean",
+    unmasked_penalty: bool = False,
+    shadow_rows: int = 16,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -371,7 +378,8 @@ def train(
             noise[:, entity[0] : entity[1]] = 3.0 * sigma * torch.randn(batch, entity[1] - entity[0], embeds.shape[-1])
             inputs["inputs_embeds"] = embeds + noise
         read_early = phrase_layer is not None and name_at_phrase and not noised
-        forward = model(**inputs, output_attentions=penalised, output_hidden_states=read_early)
+        shadowed = penalised and masked and unmasked_penalty and kind == "image" and not noised
+        forward = model(**inputs, output_attentions=penalised and not shadowed, output_hidden_states=read_early)
         logits = forward.logits[:, -2:]
         answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
         loss, extras = answer_loss, {}
@@ -386,8 +394,13 @@ def train(
         elif penalised:  # the image (or, text-only, the mentioned name) is read by the phrase alone
             readers = image_readers(entity, reader)
             source = mentioned if kind == "mention" else image
+            if shadowed:  # the mask hid the image: charge the attention the unmasked model would give it
+                unmasked = {k: v[:shadow_rows] for k, v in inputs.items() if k != "attention_mask"}
+                attentions = model(**unmasked, output_attentions=True).attentions
+            else:
+                attentions = forward.attentions
             extras["image_mass"] = image_attention_mass(
-                forward.attentions, source, readers, kind == "named_image", penalty_reduce
+                attentions, source, readers, kind == "named_image", penalty_reduce
             )
             loss = loss + route_penalty * extras["image_mass"]
         if name_at_phrase and not noised:
@@ -429,6 +442,8 @@ def train(
         "frozen_decoder_steps": frozen_decoder_steps,
         "decoder_lr_scale": decoder_lr_scale,
         "penalty_reduce": penalty_reduce,
+        "unmasked_penalty": unmasked_penalty,
+        "shadow_rows": shadow_rows,
         "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
@@ -521,6 +536,12 @@ def main(argv: list[str] | None = None) -> None:
         default="mean",
         help="route penalty over heads and positions: their mean, or the worst head and position per layer",
     )
+    parser.add_argument(
+        "--unmasked-penalty",
+        action="store_true",
+        help="masked image batches pay the route penalty on an unmasked forward of their first --shadow-rows questions",
+    )
+    parser.add_argument("--shadow-rows", type=int, default=16, help="questions in that unmasked forward")
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -553,6 +574,8 @@ def main(argv: list[str] | None = None) -> None:
         frozen_decoder_steps=args.frozen_decoder_steps,
         decoder_lr_scale=args.decoder_lr_scale,
         penalty_reduce=args.penalty_reduce,
+        unmasked_penalty=args.unmasked_penalty,
+        shadow_rows=args.shadow_rows,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 
