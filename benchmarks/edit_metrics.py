@@ -28,6 +28,7 @@ import mllm_lens as ml  # noqa: E402
 from mllm_lens.data import world  # noqa: E402
 from mllm_lens.editing import EditIneffectiveWarning, EditRequest, evaluate_edit, world_request  # noqa: E402
 from mllm_lens.editing.metrics import specificity_set  # noqa: E402
+from mllm_lens.io import rounded  # noqa: E402
 
 KEYS = ("efficacy", "efficacy_exact", "generalisation", "generalisation_exact", "specificity_drop")
 
@@ -153,15 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         "efficacy_by_layer": {k: v["efficacy"] for k, v in by_layer.items()},
         "clamp_sweep": by_clamp,
     }
-    print(json.dumps(_rounded(summary)))
-
-
-def _rounded(x):
-    if isinstance(x, float):
-        return round(x, 4)
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    return x
+    print(json.dumps(rounded(summary)))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from mllm_lens.data import world
 from mllm_lens.demo import mechanism
 from mllm_lens.demo.build import MODEL_DIR
 from mllm_lens.demo.train import make_batch, question_forms, render_pool
+from mllm_lens.io import rounded
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.models.loading import load
 
@@ -111,17 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         for key in mechanism.REPORTED:
             print(f"{key:>28}: {report[key]:.4f}")
     report["seconds"] = round(time.time() - start, 1)
-    print(json.dumps(_rounded(report)))
-
-
-def _rounded(x):
-    if isinstance(x, float):
-        return round(x, 4)
-    if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_rounded(v) for v in x]
-    return x
+    print(json.dumps(rounded(report)))
 
 
 if __name__ == "__main__":
