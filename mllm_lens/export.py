@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -51,6 +51,7 @@ NAN_RGB = (220, 220, 220)
 MIN_SPAN = 0.05  # the narrowest span an anchored scale paints, as in js/src/policy.js
 SCALES = ("anchored", "fixed", "auto")
 NOTE_CHAR_WIDTH = 5.6  # px per character of the note's 11 px sans-serif line (room kept for it)
+HEADING_LINE = 16  # px per title line above a static figure
 # The exported page's colours: JupyterLab's variable names, light or dark by the reader's preference.
 PAGE_THEME = """
 :root{--jp-ui-font-color1:#1f1f1f;--jp-ui-font-color2:#595959;--jp-layout-color0:#fff;--jp-layout-color1:#fff;
@@ -88,6 +89,51 @@ def as_results(results: TraceResult | Sequence[TraceResult]) -> list[TraceResult
     return out
 
 
+def describe_corruption(described: Any) -> str:
+    """Plain words for a corruption's ``describe()`` dict (a trace's ``settings["corruption"]``):
+    "image noise on all visual tokens", "noise on 'this country'", "'x' replaced by 'y'"."""
+    if not isinstance(described, dict):
+        return ""
+    kind = described.get("kind")
+    if kind == "image_noise":
+        patches = described.get("patches")
+        return "image noise on all visual tokens" if patches is None else f"image noise on {len(patches)} patches"
+    if kind == "constraint_noise":
+        return f"noise on {described.get('constraint')!r}"
+    if kind == "replace":
+        return f"{described.get('constraint')!r} replaced by {described.get('by')!r}"
+    return str(kind or "")
+
+
+def marked_spans(
+    spans: dict[str, tuple[int, int]], kinds: dict[str, str], image_span: Sequence[int], described: Any
+) -> list[dict]:
+    """The token axis's marks: ``[{start, end, kind, text, corrupted}]`` (end exclusive) for each
+    constraint phrase (kind ``"visual"`` / ``"textual"``) and the image (kind ``"image"``), with
+    ``corrupted`` true where the corruption ``described`` (its ``describe()`` dict) acts."""
+    kind = described.get("kind") if isinstance(described, dict) else None
+    target = described.get("constraint") if kind in ("constraint_noise", "replace") else None
+    out = [
+        {"start": int(s), "end": int(e), "kind": kinds.get(text, "textual"), "text": text, "corrupted": text == target}
+        for text, (s, e) in spans.items()
+    ]
+    start, end = (int(v) for v in image_span)
+    if end > start:
+        out.append({"start": start, "end": end, "kind": "image", "text": "image", "corrupted": kind == "image_noise"})
+    return out
+
+
+def trace_context(result: TraceResult) -> dict:
+    """What a figure of ``result`` names besides its scores: the question, the corruption in
+    words and the token axis's marks (:func:`marked_spans`)."""
+    described = result.settings.get("corruption")
+    return {
+        "question": str(result.settings.get("question", "")),
+        "corruption": describe_corruption(described),
+        "spans": marked_spans(result.constraint_spans, result.constraint_kinds, result.image_span, described),
+    }
+
+
 def heatmap_state(results: TraceResult | Sequence[TraceResult]) -> dict:
     """The heatmap widget's state for ``results``; ``scores`` is float32 ``[panels, layers, positions]``."""
     items = as_results(results)
@@ -102,6 +148,7 @@ def heatmap_state(results: TraceResult | Sequence[TraceResult]) -> dict:
         "clean_prob": float(first.clean_prob),
         "corrupted_prob": float(first.corrupted_prob),
         "target_token": first.target_token,
+        **trace_context(first),
     }
 
 
@@ -171,7 +218,8 @@ class Grid:
     marks: list[tuple[str, float]]  # (name, p): the corrupted and clean probabilities
     unit: str  # what the colours are, over the colour bar: "p(target)"
     note: str | None = None  # small_effect_note, written under the figure
-    top: int = 26
+    heading: tuple[str, ...] = ()  # the title lines: question → target, corruption and anchors
+    header: int = 26  # room for the panel titles
     bottom: int = 34
     gap: int = 16
     legend: int = 110
@@ -182,8 +230,14 @@ class Grid:
 
     @property
     def size(self) -> tuple[int, int]:
-        width = max(self.legend_x - 12 + self.legend, 10 + round(NOTE_CHAR_WIDTH * len(self.note or "")))
+        text = max([self.note or "", *self.heading], key=len)
+        width = max(self.legend_x - 12 + self.legend, 10 + round(NOTE_CHAR_WIDTH * len(text)))
         return width, self.axis_y + self.bottom + (16 if self.note else 0)
+
+    @property
+    def top(self) -> int:
+        """Top of the cells: under the heading's lines and the panel titles."""
+        return HEADING_LINE * len(self.heading) + self.header
 
     @property
     def legend_x(self) -> int:
@@ -245,12 +299,26 @@ def grid(
         ok = ~np.isnan(block).all(-1)
         values[:, :, j][ok] = np.nanmax(np.where(np.isnan(block), -np.inf, block), -1)[ok]
     vmin, vmax = color_range(first.clean_prob, first.corrupted_prob, scale=scale, data=values)
+    context = trace_context(first)
+    corrupted = {p for s in context["spans"] if s["corrupted"] for p in range(s["start"], s["end"])}
+    labels = [
+        f"{label} *" if corrupted & set(positions) else label for label, positions in zip(labels, rows, strict=True)
+    ]
     left = min(160, 7 * max(len(s) for s in labels)) + 10
     titles = [SITE_TITLES.get(r.site, r.site) for r in items]
     marks = [("corrupted", float(first.corrupted_prob)), ("clean", float(first.clean_prob))]
     note = small_effect_note(scores, first.corrupted_prob)
     unit = f"p({first.target_token})"
-    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, unit, note)
+    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, unit, note, heading(first, context))
+
+
+def heading(result: TraceResult, context: dict) -> tuple[str, str]:
+    """The two title lines of a static figure (as the widget's title): "“question” → 'target'"
+    and the corruption (its rows marked *) with the clean and corrupted probabilities."""
+    asked = f"“{context['question']}” → " if context["question"] else "target "
+    how = f"corrupted by {context['corruption']} (rows marked *) · " if context["corruption"] else ""
+    probs = f"clean p {result.clean_prob:.3f} · corrupted p {result.corrupted_prob:.3f}"
+    return f"{asked}{result.target_token!r}", how + probs
 
 
 def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **options) -> Path:
@@ -269,6 +337,9 @@ def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **opt
         ),
         "</linearGradient></defs>",
     ]
+    for i, line in enumerate(g.heading):
+        weight = ' font-weight="bold"' if i == 0 else ""
+        out.append(f'<text class="heading" x="10" y="{HEADING_LINE * (i + 1) - 3}"{weight}>{esc(line)}</text>')
     panels, layers, rows = g.shape
     for p in range(panels):
         x0, _ = g.origin(p, 0, 0)
@@ -314,9 +385,11 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=10 * scale)
     (cw, ch), (panels, layers, rows) = g.cell, g.shape
+    for i, line in enumerate(g.heading):
+        draw.text((10 * scale, (HEADING_LINE * (i + 1) - 3) * scale), line, fill="black", font=font, anchor="ls")
     for p in range(panels):
         x0, _ = g.origin(p, 0, 0)
-        draw.text((x0 * scale, 8 * scale), g.titles[p], fill="black", font=font)
+        draw.text((x0 * scale, (g.top - 18) * scale), g.titles[p], fill="black", font=font)
         for layer in range(layers):
             for r in range(rows):
                 x, y = g.origin(p, layer, r)
@@ -330,7 +403,7 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
         )
     draw.text((g.left * scale, (g.axis_y + 18) * scale), "layer", fill="black", font=font)
     lx = g.legend_x
-    draw.text((lx * scale, 8 * scale), g.unit, fill="black", font=ImageFont.load_default(size=9 * scale))
+    draw.text((lx * scale, (g.top - 18) * scale), g.unit, fill="black", font=ImageFont.load_default(size=9 * scale))
     ramp = rgb(np.linspace(g.vmax, g.vmin, rows * ch * scale), g.vmin, g.vmax)
     for i, colour in enumerate(ramp):
         y = g.top * scale + i
@@ -367,7 +440,7 @@ def to_html(results: TraceResult | Sequence[TraceResult], path: str | Path, *, t
     }
     state.update(expanded=False, colormap="viridis", value="score", scale="anchored", vmin=None, vmax=None)
     state.update(highlight=[], status="static page (no kernel)", progress=0.0, error="", error_details="")
-    state.update(cell_result={}, clickable=False)
+    state.update(cell_result={}, clickable=False, downloads=["png"])  # no kernel to write SVG or HTML
     heading = title or f"Causal trace of {items[0].target_token!r}"
     question = items[0].settings.get("question", "")
     data = json.dumps(state).replace("<", "\\u003c")  # valid JSON that cannot close the script element

@@ -79,7 +79,7 @@ def test_png_has_the_layout_size(tmp_path):
     with Image.open(result.to_png(tmp_path / "t.png", scale=2)) as image:
         assert image.size == (2 * g.size[0], 2 * g.size[1])
         assert image.getpixel((2 * g.left + 4, 2 * g.top + 4)) == (220, 220, 220)  # the NaN <s> row
-    assert g.size == (g.left + 6 * 14 + g.legend, 26 + 6 * 14 + g.bottom) and g.note is None
+    assert g.size == (g.left + 6 * 14 + g.legend, g.top + 6 * 14 + g.bottom) and g.note is None
 
 
 def test_colour_band_value_is_the_best_image_score():
@@ -124,7 +124,7 @@ def test_a_tiny_effect_is_not_painted_at_full_scale_and_is_said_in_words(tmp_pat
     assert g.note == note
     assert svg_texts(tiny_effect().to_svg(tmp_path / "t.svg"), "note") == [note]
     with Image.open(tiny_effect().to_png(tmp_path / "t.png", scale=1)) as image:
-        assert image.size == g.size and g.size[1] == 26 + 6 * 14 + g.bottom + 16
+        assert image.size == g.size and g.size[1] == g.top + 6 * 14 + g.bottom + 16
 
 
 def test_the_colour_bar_ends_at_the_anchored_range_and_marks_clean_and_corrupted(tmp_path):
@@ -167,3 +167,24 @@ def test_the_static_page_promises_no_clicks_and_follows_the_readers_theme(tmp_pa
     assert state["clickable"] is False and state["scale"] == "anchored"
     assert "click" not in state["status"] and "running" not in state["status"]
     assert export.PAGE_THEME in page and "prefers-color-scheme: dark" in page
+
+
+def test_static_figures_are_titled_and_mark_the_corrupted_rows(tmp_path):
+    """SVG and PNG carry the widget's title (question → target, corruption, anchors); the rows
+    the corruption acted on are marked * (here noise on the phrase "w1")."""
+    result = synthetic()
+    result.settings["corruption"] = {"kind": "constraint_noise", "constraint": "w1"}
+    heading = [
+        "“what <b>is</b> this” → 'ans</script>'",
+        "corrupted by noise on 'w1' (rows marked *) · clean p 0.900 · corrupted p 0.100",
+    ]
+    assert svg_texts(result.to_svg(tmp_path / "t.svg"), "heading") == heading
+    g = export.grid(result)
+    assert g.heading == tuple(heading) and g.top == 2 * export.HEADING_LINE + g.header
+    assert [label for label in g.row_labels if label.endswith(" *")] == ["w1 *"]
+    with Image.open(result.to_png(tmp_path / "t.png", scale=1)) as image:
+        assert image.size == g.size
+        assert image.convert("L").crop((10, 2, 200, 2 * export.HEADING_LINE)).getextrema()[0] < 70  # title drawn
+    image_noise = synthetic()
+    image_noise.settings["corruption"] = {"kind": "image_noise", "patches": None}
+    assert export.grid(image_noise).row_labels[1] == "image (9) *"

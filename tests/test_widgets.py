@@ -71,6 +71,31 @@ def test_heatmap_state_sends_scores_as_a_buffer(results):
     )
 
 
+def test_heatmap_names_question_corruption_and_marked_tokens(session, results):
+    """The title's question and corruption, and the token axis's marks, with or without a run."""
+    for hm in (TraceHeatmap(results), TraceHeatmap(session)):
+        assert hm.question == session.encoded.probe.question and hm.corruption == "noise on 'e0'"
+        (c0, c1), (e0, e1) = session.encoded.spans["capital"], session.encoded.spans["e0"]
+        assert hm.spans == [
+            {"start": c0, "end": c1, "kind": "textual", "text": "capital", "corrupted": False},
+            {"start": e0, "end": e1, "kind": "visual", "text": "e0", "corrupted": True},
+            {"start": 1, "end": 17, "kind": "image", "text": "image", "corrupted": False},
+        ]
+    image = ml.TraceSession(session.model, session.encoded.probe, ml.image_noise(), sites=("hidden",))
+    assert [s["corrupted"] for s in TraceHeatmap(image).spans] == [False, False, True]
+
+
+def test_a_re_run_starts_from_blank_cells(session, results):
+    """A re-run (e.g. another window) fills in live from NaN, never over the old trace's colours."""
+    hm = TraceHeatmap(results, session=session)
+    seen = []
+    hm.observe(lambda change: seen.append(np.array(change["new"])), "scores")
+    hm.run(window=3)
+    assert hm.wait(120) and not hm.error
+    assert np.isnan(seen[0]).any() and not np.isnan(hm.scores).any()
+    np.testing.assert_allclose(hm.scores[1], session.trace("mlp", 3, progress=False).scores, atol=1e-6)
+
+
 def test_live_trace_fills_every_cell_like_session_trace(session, results):
     hm = TraceHeatmap(session)
     assert np.isnan(hm.scores).all()
@@ -290,7 +315,7 @@ def test_link_outlines_picked_patches_and_selects_clicked_image_cells(session, r
     ov = PatchOverlay.from_trace(results[0], session.encoded.probe.image)
     hm.link(ov)
     ov.selected = [[0, 0], [1, 1]]
-    assert hm.highlight == [1, 6] and hm.expanded
+    assert hm.highlight == [1, 6] and not hm.expanded  # outlined in the band: a pick never moves the layout
     click(hm, panel=0, layer=3, position=2)  # <img 0,1>
     assert hm.wait(30) and ov.selected == [[0, 1]] and ov.layer == 3
 
@@ -328,3 +353,22 @@ def test_a_long_engine_message_shows_its_first_sentence_and_keeps_the_rest_in_de
     out = shown(err, "Marking")
     assert out.message == "Constraint '?' is not in the question 'Why'."
     assert out.details.startswith("ProbeError: constraint") and "Tokenized prompt" in out.details
+
+
+def test_download_buttons_get_svg_and_html_from_the_kernel(session, results):
+    """The SVG / HTML buttons ask the kernel, which sends the file's bytes back; a heatmap whose
+    trace has not finished says so in words."""
+    hm = TraceHeatmap(results, session=session)
+    sent = []
+    hm.send = lambda content, buffers=None: sent.append((content, buffers))
+    hm._on_message(hm, {"type": "export", "format": "svg"}, [])
+    hm._on_message(hm, {"type": "export", "format": "html"}, [])
+    assert [c for c, _ in sent] == [
+        {"type": "download", "name": "trace.svg", "mime": "image/svg+xml"},
+        {"type": "download", "name": "trace.html", "mime": "text/html"},
+    ]
+    assert sent[0][1][0].startswith(b"<svg") and b"mllmLensWidgets" in sent[1][1][0] and not hm.error
+    empty = TraceHeatmap(session)
+    empty._on_message(empty, {"type": "export", "format": "svg"}, [])
+    assert empty.error == "There is no finished trace to download yet: run it first."
+    assert hm.downloads == ["png", "svg", "html"]

@@ -56,11 +56,12 @@ export function curveWords(target) {
 }
 
 /**
- * An <svg> chart: x = layer, y = restored probability over the anchored range; dashed lines at
- * the clean and corrupted probabilities when given. `label` names it for assistive tools (the
+ * An <svg> chart: x = layer (0 to `layers` − 1, default the values' count), y = restored
+ * probability over the anchored range; dashed lines at the clean and corrupted probabilities
+ * when given. `label` names it for assistive tools (the
  * caller shows the visible title above it).
  */
-export function curveChart(values, { width = 280, height = 140, label = "", yLabel = "", clean = null, corrupted = null } = {}) {
+export function curveChart(values, { width = 280, height = 140, label = "", yLabel = "", clean = null, corrupted = null, layers = null } = {}) {
   const [left, bottom] = [54, 28];
   const plotW = width - left - 8;
   const plotH = height - bottom - 8;
@@ -81,7 +82,7 @@ export function curveChart(values, { width = 280, height = 140, label = "", yLab
   g.append(svg("text", { x: -4, y: 8, "text-anchor": "end" }, fmt(hi)));
   g.append(svg("text", { x: -4, y: plotH, "text-anchor": "end" }, fmt(lo)));
   g.append(svg("text", { x: 0, y: plotH + 12 }, "0"));
-  g.append(svg("text", { x: plotW, y: plotH + 12, "text-anchor": "end" }, String(values.length - 1)));
+  g.append(svg("text", { x: plotW, y: plotH + 12, "text-anchor": "end" }, String((layers ?? values.length) - 1)));
   g.append(svg("text", { x: plotW / 2, y: plotH + 24, "text-anchor": "middle" }, "layer"));
   g.append(svg("text", { x: -40, y: plotH / 2, "text-anchor": "middle", transform: `rotate(-90 -40 ${plotH / 2})` }, yLabel));
   root.append(g);

@@ -2,14 +2,19 @@
 // keyboard navigation, live fill, and the clicked cell's answer distributions.
 import { decodeArray } from "./codec.js";
 import { finiteRange, scale } from "./colormap.js";
+import { curveChart } from "./curve.js";
 import { fmt } from "./format.js";
-import { buildRows, cellOrigin, hitTest, moveFocus, rowValue } from "./layout.js";
-import { clickedText, heatmapHint, unreadable } from "./messages.js";
+import { buildRows, cellOrigin, hitTest, labelledRows, moveFocus, rowMarks, rowValue } from "./layout.js";
+import { axisKey, clickedText, heatmapHint, traceTitle, unreadable } from "./messages.js";
 import { POLICIES, colorRange, legendMarks, legendSummary, policyOf, smallEffectNote } from "./policy.js";
-import { drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
+import { composeFigure, download, drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const LABEL_FONT = "11px sans-serif";
+const AXIS_TITLE = 16; // the rotated token-axis title's strip, left of the labels
+const GUTTER = 8; // constraint bars, between the labels and the cells
 const RUNNING = clickedText("", true);
+const VALUES = { score: "p(target)", indirect_effect: "indirect effect" };
+const FORMATS = ["png", "svg", "html"];
 
 function topTable(title, entries, target) {
   const rows = (entries ?? []).map(([token, prob]) =>
@@ -42,19 +47,43 @@ export function renderHeatmap({ model, el }) {
     model.set("scale", policy.value);
     model.save_changes();
   });
+  const value = h("select", { "data-testid": "value-select", "aria-label": "score" }, ...Object.entries(VALUES).map(([v, text]) => h("option", { value: v, text })));
+  value.addEventListener("change", () => {
+    model.set("value", value.value);
+    model.save_changes();
+  });
+  const window_ = h("input", { type: "number", min: "1", step: "1", "data-testid": "window-input", "aria-label": "window: layers restored around each cell", title: "layers restored around each cell; a change re-runs the trace" });
+  window_.addEventListener("change", rerun);
+  const windowLabel = h("label", { class: "mll-muted" }, "window ", window_);
+  const downloads = FORMATS.map((format) => h("button", { "data-testid": `download-${format}`, title: `download the figure as ${format.toUpperCase()}`, onclick: () => save(format) }, format.toUpperCase()));
   const readout = h("div", { class: "mll-readout", "data-testid": "readout", "aria-live": "polite", text: heatmapHint(model.get("clickable")) });
+  const rowCurve = h("div", { "data-testid": "row-curve" });
   const result = h("div", { class: "mll-result", "data-testid": "cell-result" });
   const error = errorBox("error");
   const status = h("span", { class: "mll-muted", "data-testid": "status" });
   const progress = h("progress", { "data-testid": "progress", max: "1", value: "0", hidden: true });
   const cancel = h("button", { "data-testid": "cancel", hidden: true, onclick: () => model.send({ type: "cancel" }) }, "Cancel");
   const toggle = h("button", { "data-testid": "toggle-image", onclick: () => setExpanded(!model.get("expanded")) }, "");
-  const title = h("span", { class: "mll-title" });
+  const title = h("span", { class: "mll-title", "data-testid": "title" });
+  const key = h("div", { class: "mll-muted", "data-testid": "axis-key" });
   const root = h(
     "div",
     { class: "mll-root", "data-testid": "trace-heatmap" },
-    h("div", { class: "mll-head" }, title, toggle, h("label", { class: "mll-muted" }, "scale ", policy), progress, cancel, status),
-    h("div", { class: "mll-body" }, h("div", { class: "mll-scroll" }, canvas), h("div", { class: "mll-side" }, legend, note, readout, error, result)),
+    h("div", { class: "mll-head" }, title),
+    h(
+      "div",
+      { class: "mll-head" },
+      toggle,
+      h("label", { class: "mll-muted" }, "score ", value),
+      h("label", { class: "mll-muted" }, "scale ", policy),
+      windowLabel,
+      h("span", { class: "mll-muted" }, "download ", ...downloads),
+      progress,
+      cancel,
+      status,
+    ),
+    key,
+    h("div", { class: "mll-body" }, h("div", { class: "mll-scroll" }, canvas), h("div", { class: "mll-side" }, legend, note, readout, error, rowCurve, result)),
   );
   el.replaceChildren(root);
 
@@ -118,9 +147,9 @@ export function renderHeatmap({ model, el }) {
     let labelWidth = 40;
     for (const row of rows) if (row.kind !== "image") labelWidth = Math.max(labelWidth, ctx.measureText(row.label).width);
     const cw = Math.max(5, Math.min(22, Math.floor(600 / (nLayers * nPanels))));
-    geom = { left: Math.min(160, labelWidth) + 12, top: 20, cw, nLayers, nPanels, gap: 14, rows };
+    geom = { left: AXIS_TITLE + Math.min(160, labelWidth) + 12 + GUTTER, top: 20, cw, nLayers, nPanels, gap: 14, rows };
     const width = geom.left + nPanels * nLayers * cw + (nPanels - 1) * geom.gap + 8;
-    const totalHeight = geom.top + height + 18;
+    const totalHeight = geom.top + height + 32;
     const ratio = globalThis.devicePixelRatio || 1;
     canvas.width = Math.ceil(width * ratio);
     canvas.height = Math.ceil(totalHeight * ratio);
@@ -156,17 +185,11 @@ export function renderHeatmap({ model, el }) {
       ctx.textBaseline = "top";
       const step = Math.max(1, Math.ceil(20 / cw));
       for (let layer = 0; layer < nLayers; layer += step) ctx.fillText(String(layer), x + layer * cw, geom.top + height + 4);
+      ctx.textAlign = "center";
+      ctx.fillText("layer", x + (nLayers * cw) / 2, geom.top + height + 18);
+      ctx.textAlign = "left";
     }
-    ctx.font = LABEL_FONT;
-    ctx.textBaseline = "middle";
-    let lastLabelY = -Infinity;
-    for (const row of rows) {
-      const y = geom.top + row.y + row.h / 2;
-      if (row.kind === "image" && y - lastLabelY < 11) continue;
-      lastLabelY = y;
-      ctx.fillStyle = row.kind === "token" ? colors.fg : colors.fg2;
-      ctx.fillText(row.label, geom.left - 8 - Math.min(ctx.measureText(row.label).width, geom.left - 12), y, geom.left - 12);
-    }
+    drawTokenAxis(ctx, rows, highlight, colors);
     if (focus && focus.row < rows.length) {
       const { x, y } = cellOrigin(geom, focus.panel, focus.layer, focus.row);
       ctx.strokeStyle = "#d50000";
@@ -175,9 +198,46 @@ export function renderHeatmap({ model, el }) {
     }
     drawScale(colorOf, range, colors);
     updateHead();
+    renderRowCurve();
     root.dataset.renderMs = (performance.now() - t0).toFixed(2);
     root.dataset.cells = String(nPanels * nLayers * rows.length);
     canvas.dataset.labelColor = colors.fg; // what the labels were drawn in (contrast tests)
+  }
+
+  /** Row labels (every token row; image rows spaced out, the highlighted and focused ones always),
+   * "*" on corrupted rows, a bar by constraint rows, and the axis title. */
+  function drawTokenAxis(ctx, rows, highlight, colors) {
+    const marks = rowMarks(rows, model.get("spans"));
+    const keep = rows.flatMap((row, i) => (row.positions.some((p) => highlight.has(p)) || i === focus?.row ? [i] : []));
+    const shown = labelledRows(rows, keep);
+    const room = geom.left - AXIS_TITLE - GUTTER - 4;
+    const right = geom.left - GUTTER - 2;
+    ctx.textBaseline = "middle";
+    const drawn = [];
+    for (const [i, row] of rows.entries()) {
+      const y = geom.top + row.y + row.h / 2;
+      const { corrupted, kind } = marks[i];
+      if (kind) {
+        ctx.fillStyle = kind === "visual" ? colors.visual : colors.accent;
+        ctx.fillRect(geom.left - GUTTER + 1, geom.top + row.y, 4, row.h);
+      }
+      if (!shown.has(i)) continue;
+      const label = corrupted ? `${row.label} *` : row.label;
+      ctx.font = keep.includes(i) ? `bold ${LABEL_FONT}` : LABEL_FONT;
+      ctx.fillStyle = row.kind === "token" || keep.includes(i) ? colors.fg : colors.fg2;
+      ctx.fillText(label, right - Math.min(ctx.measureText(label).width, room), y, room);
+      drawn.push(label);
+    }
+    canvas.mllLabels = drawn; // what the axis shows (tests)
+    ctx.save();
+    ctx.font = LABEL_FONT;
+    ctx.fillStyle = colors.fg2;
+    ctx.textAlign = "center";
+    const bottom = rows.length ? rows.at(-1).y + rows.at(-1).h : 0;
+    ctx.translate(8, geom.top + Math.min(bottom, 400) / 2);
+    ctx.rotate(-Math.PI / 2);
+    ctx.fillText("token", 0, 0);
+    ctx.restore();
   }
 
   // For tests and assistive tools: the canvas box {x, y, w, h} of (panel, layer, position), or null.
@@ -192,13 +252,76 @@ export function renderHeatmap({ model, el }) {
     if (!frame) frame = requestAnimationFrame(draw);
   }
 
+  /** The focused cell's row over the layers (read from the scores: no kernel call), in a frame
+   * that is there, empty, before any cell is chosen (so choosing one moves nothing). */
+  function renderRowCurve() {
+    const p = `p(${model.get("target_token") || "answer"})`;
+    const nLayers = scores.shape[1];
+    const row = focus && geom.rows[focus.row];
+    const values = row ? Array.from({ length: nLayers }, (_, l) => rowValue(row, l, (ll, pp) => get(focus.panel, ll, pp)).value) : [];
+    const where = row?.kind === "band" ? "the image band (best patch)" : JSON.stringify(row?.label);
+    const title = row ? `${p} per layer at ${where} · ${model.get("panels")[focus.panel]?.title ?? ""}` : `${p} per layer`;
+    const hint = row ? "restored at each layer: this row of the heatmap" : "click a cell to plot its row here";
+    rowCurve.replaceChildren(
+      h("div", { class: "mll-title mll-oneline", "data-testid": "row-curve-title", text: title }),
+      h("div", { class: "mll-muted mll-oneline", text: hint }),
+      curveChart(values, { label: title, yLabel: p, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob"), layers: nLayers }),
+    );
+  }
+
+  /** Scroll the heatmap's own box (never the page) to the first highlighted image row. */
+  function revealHighlight() {
+    const box = canvas.parentElement;
+    const picked = new Set(model.get("highlight") ?? []);
+    const row = geom?.rows.find((r) => r.kind === "image" && r.positions.some((p) => picked.has(p)));
+    if (!row || box.scrollHeight <= box.clientHeight) return;
+    const y = geom.top + row.y;
+    if (y < box.scrollTop || y + row.h > box.scrollTop + box.clientHeight) box.scrollTop = y - box.clientHeight / 2;
+  }
+  const reveal = () => requestAnimationFrame(revealHighlight); // after the redraw scheduled first
+
+  /** A new window from the page: re-trace with it (only offered with a session). */
+  function rerun() {
+    const n = Math.round(Number(window_.value));
+    if (!(n >= 1) || n === model.get("window")) return;
+    model.set("window", n);
+    model.save_changes();
+    model.send({ type: "trace" });
+  }
+
+  /** Download the figure: PNG drawn here (title, axis key, heatmap, legend); SVG and HTML
+   * written by the kernel (mllm_lens.export) and sent back as bytes. */
+  function save(format) {
+    if (format !== "png") {
+      model.send({ type: "export", format });
+      return;
+    }
+    const lines = [title.textContent, key.textContent].filter(Boolean);
+    composeFigure(lines, canvas, legend, themeColors(root)).toBlob((blob) => download(blob, "trace.png"));
+  }
+
+  function onMessage(msg, buffers) {
+    if (msg?.type === "download" && buffers?.length) download(new Blob([buffers[0]], { type: msg.mime }), msg.name);
+  }
+
   function updateHead() {
     const n = model.get("image_span");
-    title.textContent = `target ${JSON.stringify(model.get("target_token"))} · clean ${fmt(model.get("clean_prob"))} · corrupted ${fmt(model.get("corrupted_prob"))}`;
+    const corruption = model.get("corruption") ?? "";
+    title.textContent = traceTitle({ question: model.get("question"), target: model.get("target_token"), corruption, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob") });
+    const parts = axisKey(model.get("spans"), corruption);
+    key.replaceChildren(...parts.map(({ kind, text }, i) => h("span", {}, i ? " · " : "", kind === "corrupted" ? "" : h("span", { class: `mll-bar-${kind}`, text: "▌" }), text)));
+    key.hidden = !parts.length;
     toggle.hidden = !(n && n[1] > n[0]);
     toggle.textContent = model.get("expanded") ? "Collapse image" : `Expand image (${n[1] - n[0]})`;
     const st = model.get("status");
     const tracing = st === "tracing";
+    value.value = model.get("value");
+    windowLabel.hidden = !model.get("clickable");
+    window_.value = String(model.get("window") ?? 1);
+    window_.max = String(scores?.shape[1] ?? 1);
+    window_.disabled = tracing;
+    const formats = model.get("downloads") ?? ["png"];
+    for (const [i, button] of downloads.entries()) button.hidden = !formats.includes(FORMATS[i]);
     progress.hidden = !tracing;
     progress.value = model.get("progress");
     cancel.hidden = !tracing;
@@ -294,11 +417,13 @@ export function renderHeatmap({ model, el }) {
     } else readout.textContent = `${out.site} · layer ${out.layer} · ${JSON.stringify(out.label)} (pos ${out.position})`;
   }
 
-  const redrawOn = ["scores", "expanded", "colormap", "value", "scale", "vmin", "vmax", "highlight", "labels", "panels", "clean_prob", "corrupted_prob"];
-  const headOn = ["status", "progress", "error", "error_details"];
+  const redrawOn = ["scores", "expanded", "colormap", "value", "scale", "vmin", "vmax", "highlight", "labels", "panels", "clean_prob", "corrupted_prob", "spans", "question", "corruption"];
+  const headOn = ["status", "progress", "error", "error_details", "window", "clickable", "downloads"];
   for (const name of redrawOn) model.on(`change:${name}`, schedule);
   for (const name of headOn) model.on(`change:${name}`, updateHead);
   model.on("change:cell_result", renderResult);
+  model.on("msg:custom", onMessage);
+  for (const name of ["highlight", "expanded"]) model.on(`change:${name}`, reveal);
   draw();
   renderResult();
   const unwatch = watchTheme(root, schedule);
@@ -307,6 +432,8 @@ export function renderHeatmap({ model, el }) {
     for (const name of redrawOn) model.off(`change:${name}`, schedule);
     for (const name of headOn) model.off(`change:${name}`, updateHead);
     model.off("change:cell_result", renderResult);
+    model.off("msg:custom", onMessage);
+    for (const name of ["highlight", "expanded"]) model.off(`change:${name}`, reveal);
     if (frame) cancelAnimationFrame(frame);
   };
 }

@@ -138,3 +138,44 @@ export function labelSpots(xs, widths, width, gap = 4) {
   }
   return spots;
 }
+
+/**
+ * Indices of the rows whose label is drawn: every token and band row; image rows (a few px
+ * tall) at least `gap` px apart, the rows in `keep` (highlighted or focused) always, each
+ * taking precedence over its unkept neighbours.
+ */
+export function labelledRows(rows, keep = [], gap = 11) {
+  const centre = (i) => rows[i].y + rows[i].h / 2;
+  const kept = [];
+  for (const i of [...new Set(keep)].filter((k) => k >= 0 && k < rows.length).sort((a, b) => a - b)) {
+    if (!kept.length || centre(i) - centre(kept[kept.length - 1]) >= gap) kept.push(i);
+  }
+  const out = new Set(kept);
+  let last = -Infinity;
+  let next = 0; // index into kept of the first kept row at or below row i
+  for (let i = 0; i < rows.length; i++) {
+    while (next < kept.length && kept[next] < i) next++;
+    if (out.has(i)) {
+      last = centre(i);
+      continue;
+    }
+    const below = next < kept.length ? centre(kept[next]) : Infinity;
+    if (rows[i].kind !== "image" || (centre(i) - last >= gap && below - centre(i) >= gap)) {
+      out.add(i);
+      last = centre(i);
+    }
+  }
+  return out;
+}
+
+/**
+ * What the token axis marks on each row (pure): {corrupted, kind} from `spans`
+ * [{start, end, kind, corrupted}] (end exclusive); a row is marked when any of its positions is.
+ */
+export function rowMarks(rows, spans) {
+  return rows.map((row) => {
+    const hits = (spans ?? []).filter((s) => row.positions.some((p) => p >= s.start && p < s.end));
+    const constraint = hits.find((s) => s.kind === "visual" || s.kind === "textual");
+    return { corrupted: hits.some((s) => s.corrupted), kind: constraint?.kind ?? null };
+  });
+}

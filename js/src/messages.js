@@ -1,6 +1,6 @@
 // What the widgets say in the page, in plain words (unit-tested). Errors raised in the kernel are
 // worded there (mllm_lens/widgets/_errors.py); these are the ones the page words itself.
-import { sizeText } from "./format.js";
+import { fmt, sizeText } from "./format.js";
 
 /** The upload box's message for a file over the kernel's limit. */
 export function uploadTooLarge(name, size, limit) {
@@ -29,4 +29,28 @@ export function clickedText(text, clickable) {
 /** The error shown when the kernel's data cannot be decoded (details: the decoder's message). */
 export function unreadable(what) {
   return `Cannot show the ${what}: the data sent by the kernel is unreadable.`;
+}
+
+/**
+ * The heatmap's title: the question, the target answer, the corruption and the two
+ * probabilities the colours are anchored to. Missing parts are left out.
+ */
+export function traceTitle({ question = "", target = "", corruption = "", clean, corrupted }) {
+  const asked = question ? `“${question}” → ` : "target ";
+  const how = corruption ? ` · corrupted by ${corruption}` : "";
+  return `${asked}${JSON.stringify(target)}${how} · clean p ${fmt(clean)} · corrupted p ${fmt(corrupted)}`;
+}
+
+/**
+ * The key to the token axis's marks, as parts [{kind, text}]: "*" rows were corrupted (kind
+ * "corrupted"), a bar marks each constraint kind's phrases (kind "visual" / "textual").
+ */
+export function axisKey(spans, corruption) {
+  const parts = [];
+  if ((spans ?? []).some((s) => s.corrupted)) parts.push({ kind: "corrupted", text: `* corrupted${corruption ? ` (${corruption})` : ""}` });
+  for (const kind of ["visual", "textual"]) {
+    const phrases = (spans ?? []).filter((s) => s.kind === kind).map((s) => `“${s.text}”`);
+    if (phrases.length) parts.push({ kind, text: `${kind} constraint ${phrases.join(", ")}` });
+  }
+  return parts;
 }

@@ -254,22 +254,27 @@ export function renderOverlay({ model, el }) {
     event.stopPropagation();
   });
 
+  /** The layer curve of the last request; before any, the same frame empty (its room kept, so
+   * the first click moves nothing). */
   function renderCurve() {
     const curve = decodeArray(model.get("curve"));
+    const words = curveWords(model.get("target_token"));
+    const [clean, corrupted] = [model.get("clean_prob"), model.get("corrupted_prob")];
+    const layers = decodeArray(model.get("values"))?.shape[0];
+    const chart = (data) => curveChart(data, { label: words.title, yLabel: words.yLabel, clean, corrupted, layers });
     if (!curve) {
-      result.replaceChildren();
+      const hint = model.get("clickable") ? "click a patch (or drag a box) to plot it" : "no curve: this overlay has no on_patch callback";
+      result.replaceChildren(h("div", { class: "mll-title mll-oneline", "data-testid": "curve-title", text: words.title }), h("div", { class: "mll-muted mll-oneline", text: hint }), chart([]));
       return;
     }
     const label = model.get("curve_label");
-    const words = curveWords(model.get("target_token"));
     let best = 0;
     for (let i = 1; i < curve.data.length; i++) if (curve.data[i] > curve.data[best]) best = i;
-    const [clean, corrupted] = [model.get("clean_prob"), model.get("corrupted_prob")];
     result.replaceChildren(
-      h("div", { class: "mll-title", "data-testid": "curve-title", text: `${words.title}: ${label}` }),
-      h("div", { text: `peak ${fmt(curve.data[best])} at layer ${best} · run #${model.get("clicks_done")}` }),
+      h("div", { class: "mll-title mll-oneline", "data-testid": "curve-title", text: `${words.title}: ${label}` }),
+      h("div", { class: "mll-oneline", text: `peak ${fmt(curve.data[best])} at layer ${best} · run #${model.get("clicks_done")}` }),
       // the chart's own accessible title leaves out the patch list, which the line above names
-      curveChart(curve.data, { label: words.title, yLabel: words.yLabel, clean, corrupted }),
+      chart(curve.data),
     );
     readout.textContent = `done: ${label}`;
   }

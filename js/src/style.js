@@ -24,8 +24,8 @@ const CSS = `
 .mll-note{border-left:3px solid var(--mll-warn);padding-left:6px}
 .mll-body{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .mll-scroll{max-height:640px;max-width:100%;overflow:auto}
-.mll-side{display:flex;flex-direction:column;gap:8px;min-width:220px}
-.mll-readout{min-height:3em;font-variant-numeric:tabular-nums}
+.mll-side{display:flex;flex-direction:column;gap:8px;min-width:220px;flex:0 1 320px}
+.mll-readout{min-height:4.2em;font-variant-numeric:tabular-nums}
 .mll-result table{border-collapse:collapse;font-variant-numeric:tabular-nums}
 .mll-result td,.mll-result th{padding:0 6px 0 0;text-align:left;vertical-align:middle}
 .mll-bar{display:inline-block;height:8px;background:var(--mll-accent);vertical-align:middle;margin-right:4px}
@@ -49,6 +49,9 @@ const CSS = `
 .mll-root .mll-chip-visual{background:rgba(230,81,0,.18);border:2px solid var(--mll-visual)}
 .mll-root .mll-chip-textual{background:rgba(21,101,192,.18);border:2px dashed var(--mll-accent)}
 .mll-root button.mll-mode[aria-pressed=true]{font-weight:600;box-shadow:inset 0 -3px 0 var(--mll-fg)}
+.mll-bar-visual{color:var(--mll-visual)}
+.mll-bar-textual{color:var(--mll-accent)}
+.mll-oneline{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .mll-panel{border:1px solid var(--mll-border);border-radius:3px;padding:6px;display:flex;flex-direction:column;gap:6px}
 `;
 const LIGHT = { fg: "#1f1f1f", fg2: "#595959", bg: "#ffffff", border: "#9e9e9e", accent: "#1565c0", visual: "#e65100" };
@@ -175,4 +178,42 @@ export function drawLegend(canvas, colorOf, range, { unit = "", marks = [], colo
   ctx.fillText(unit, (width - ctx.measureText(unit).width) / 2, top + 16);
   canvas.dataset.lo = String(range.lo);
   canvas.dataset.hi = String(range.hi);
+}
+
+/**
+ * One canvas for a downloaded PNG: `lines` of text (title, key) above the figure canvas and its
+ * legend, on the theme's background, at the canvases' own pixel ratio.
+ */
+export function composeFigure(lines, figure, legend, colors = LIGHT) {
+  const ratio = figure.width / (parseFloat(figure.style.width) || figure.width);
+  const [pad, lineH] = [8 * ratio, 16 * ratio];
+  const out = document.createElement("canvas");
+  const ctx = out.getContext("2d");
+  const font = (bold) => `${bold ? "bold " : ""}${12 * ratio}px sans-serif`;
+  ctx.font = font(true);
+  const textW = Math.max(0, ...lines.map((line) => ctx.measureText(line).width));
+  const top = pad + lines.length * lineH + pad;
+  out.width = Math.ceil(Math.max(figure.width + pad + legend.width, textW) + 2 * pad);
+  out.height = Math.ceil(top + Math.max(figure.height, legend.height) + pad);
+  ctx.fillStyle = colors.bg;
+  ctx.fillRect(0, 0, out.width, out.height);
+  ctx.fillStyle = colors.fg;
+  ctx.textBaseline = "top";
+  for (const [i, line] of lines.entries()) {
+    ctx.font = font(i === 0);
+    ctx.fillText(line, pad, pad + i * lineH);
+  }
+  ctx.drawImage(figure, pad, top);
+  ctx.drawImage(legend, pad + figure.width + pad, top);
+  return out;
+}
+
+/** Save `blob` as a file named `name` (the browser's download). */
+export function download(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
 }

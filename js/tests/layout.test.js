@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { curvePoints } from "../src/curve.js";
-import { buildRows, cellOrigin, hitTest, labelSpots, moveFocus, patchAt, patchesInBox, rowAt, rowValue } from "../src/layout.js";
+import { buildRows, cellOrigin, hitTest, labelSpots, labelledRows, moveFocus, patchAt, patchesInBox, rowAt, rowMarks, rowValue } from "../src/layout.js";
 
 const labels = ["<s>", ...Array.from({ length: 600 }, (_, i) => `<img ${Math.floor(i / 24)},${i % 24}>`), "what", "is", "this"];
 
@@ -99,5 +99,49 @@ describe("legend mark labels", () => {
     const [c, d] = labelSpots([219, 218], [40, 30], 220);
     expect(d + 30 + 4).toBeLessThanOrEqual(c);
     expect(c + 40).toBeLessThanOrEqual(220);
+  });
+});
+
+describe("token axis labels", () => {
+  const image = (n, h) => buildRows(["<s>", ...Array.from({ length: n }, (_, i) => `<img ${i}>`), "q"], [1, n + 1], true, { imageRowHeight: h }).rows;
+
+  it("labels a highlighted image row even between the regularly spaced labels", () => {
+    const rows = image(600, 2);
+    const plain = labelledRows(rows);
+    const highlighted = 1 + 3; // <img 3>: between the labels of <img 1> and <img 7>
+    expect(plain.has(highlighted)).toBe(false);
+    const shown = labelledRows(rows, [highlighted]);
+    expect(shown.has(highlighted)).toBe(true);
+    const centres = [...shown].filter((i) => rows[i].kind === "image").map((i) => rows[i].y + rows[i].h / 2).sort((a, b) => a - b);
+    for (let k = 1; k < centres.length; k++) expect(centres[k] - centres[k - 1]).toBeGreaterThanOrEqual(11);
+  });
+
+  it("labels every image row that is tall enough, and every token row", () => {
+    const rows = image(8, 12);
+    expect(labelledRows(rows).size).toBe(rows.length);
+  });
+
+  it("keeps highlighted labels apart when several highlighted rows touch", () => {
+    const rows = image(600, 2);
+    const shown = labelledRows(rows, [10, 11, 12, 20]);
+    expect(shown.has(10) && !shown.has(11) && !shown.has(12) && shown.has(20)).toBe(true);
+  });
+});
+
+describe("token axis marks", () => {
+  it("marks constraint and corrupted rows, the band when any image position is corrupted", () => {
+    const { rows } = buildRows(["<s>", "i0", "i1", "what", "this", "country"], [1, 3], false);
+    const spans = [
+      { start: 4, end: 6, kind: "visual", corrupted: true },
+      { start: 1, end: 3, kind: "image", corrupted: false },
+    ];
+    expect(rowMarks(rows, spans)).toEqual([
+      { corrupted: false, kind: null },
+      { corrupted: false, kind: null },
+      { corrupted: false, kind: null },
+      { corrupted: true, kind: "visual" },
+      { corrupted: true, kind: "visual" },
+    ]);
+    expect(rowMarks(rows, [{ start: 1, end: 3, kind: "image", corrupted: true }])[1]).toEqual({ corrupted: true, kind: null });
   });
 });

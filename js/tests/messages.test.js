@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { fmt, sizeText } from "../src/format.js";
-import { clickedText, heatmapHint, overlayHint, unreadable, uploadTooLarge } from "../src/messages.js";
+import { axisKey, clickedText, heatmapHint, overlayHint, traceTitle, unreadable, uploadTooLarge } from "../src/messages.js";
 
 describe("wording", () => {
   it("names an oversized upload and the limit in units people read", () => {
@@ -28,5 +28,27 @@ describe("wording", () => {
     expect(fmt(0.12345)).toBe("0.123");
     expect(fmt(Number.NaN)).toBe("–");
     expect(fmt(12345)).toBe("1.23e+4");
+  });
+});
+
+describe("what a trace figure names", () => {
+  it("titles the heatmap with the question, target, corruption and anchors", () => {
+    const title = traceTitle({ question: "What is the capital of this country?", target: "Brasilia", corruption: "noise on 'this country'", clean: 0.93, corrupted: 0.1 });
+    expect(title).toBe("“What is the capital of this country?” → \"Brasilia\" · corrupted by noise on 'this country' · clean p 0.930 · corrupted p 0.100");
+    expect(traceTitle({ target: "x", clean: 0.9, corrupted: 0.1 })).toBe('target "x" · clean p 0.900 · corrupted p 0.100');
+  });
+
+  it("keys the token axis's marks", () => {
+    const spans = [
+      { start: 3, end: 4, kind: "textual", text: "capital", corrupted: false },
+      { start: 6, end: 8, kind: "visual", text: "this country", corrupted: true },
+      { start: 1, end: 2, kind: "image", text: "image", corrupted: false },
+    ];
+    expect(axisKey(spans, "noise on 'this country'")).toEqual([
+      { kind: "corrupted", text: "* corrupted (noise on 'this country')" },
+      { kind: "visual", text: "visual constraint “this country”" },
+      { kind: "textual", text: "textual constraint “capital”" },
+    ]);
+    expect(axisKey([], "")).toEqual([]);
   });
 });

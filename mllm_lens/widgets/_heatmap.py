@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anywidget
 import numpy as np
 import traitlets as t
 
-from mllm_lens.export import SITE_TITLES, heatmap_state
+from mllm_lens.export import SITE_TITLES, describe_corruption, heatmap_state, marked_spans, to_html, to_svg
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import CellOutcome, TraceSession
 from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
@@ -21,6 +23,9 @@ from mllm_lens.widgets._errors import shown
 
 if TYPE_CHECKING:
     from mllm_lens.widgets._overlay import PatchOverlay
+
+
+EXPORTS = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html"}  # PNG is drawn in the page
 
 
 class _Cancelled(Exception):
@@ -42,6 +47,13 @@ class TraceHeatmap(anywidget.AnyWidget):
     ``clicks_done``. Requests are queued, never cancelled (see ``mllm_lens.widgets._base``).
     Without a session (``clickable`` false) a click only reads the cell out: nothing is promised.
 
+    The title names the question, the target and the corruption; on the token axis corrupted
+    rows are starred and constraint phrases barred (``spans``), the highlighted image rows always
+    labelled. Beside the heatmap: the focused cell's row as a per-layer curve (read from
+    ``scores``, no kernel call), a score control (p or indirect effect), and with a session a
+    window control (a change re-traces). Download buttons save PNG (drawn in the page) and SVG /
+    HTML (:meth:`export`, sent by the kernel).
+
     Colours follow ``scale`` (``js/src/policy.js``): ``"anchored"`` (default) spans p from the
     corrupted to the clean probability (indirect effect from 0), fixed before a live fill starts;
     ``"fixed"`` spans 0–1 and ``"auto"`` the data's min–max. ``vmin`` / ``vmax`` override an end.
@@ -57,6 +69,9 @@ class TraceHeatmap(anywidget.AnyWidget):
     clean_prob = t.Float(0.0).tag(sync=True)
     corrupted_prob = t.Float(0.0).tag(sync=True)
     target_token = t.Unicode("").tag(sync=True)
+    question = t.Unicode("").tag(sync=True)  # the title names the question, target and corruption
+    corruption = t.Unicode("").tag(sync=True)  # in words (mllm_lens.export.describe_corruption)
+    spans: t.List[Any] = t.List().tag(sync=True)  # token-axis marks (mllm_lens.export.marked_spans)
     expanded = t.Bool(False).tag(sync=True)
     colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
     value = t.Enum(("score", "indirect_effect"), "score").tag(sync=True)
@@ -74,6 +89,7 @@ class TraceHeatmap(anywidget.AnyWidget):
     clickable = t.Bool(False).tag(sync=True)  # a click re-runs the cell (a session is attached)
     cell_result = t.Dict().tag(sync=True)
     clicks_done = t.Int(0).tag(sync=True)  # restorations the kernel has finished for this widget
+    downloads = t.List(t.Unicode(), list(EXPORTS)).tag(sync=True)  # the download buttons shown
 
     def __init__(
         self,
@@ -113,6 +129,8 @@ class TraceHeatmap(anywidget.AnyWidget):
     def _empty_state(session: TraceSession, sites: Sequence[str] | None) -> dict:
         sites = tuple(sites or session.sites)
         enc = session.encoded
+        described = session.corruption.describe(enc)
+        kinds = {c.text: c.kind for c in enc.probe.constraints}
         return {
             "scores": np.full((len(sites), session.num_layers, enc.length), np.nan, dtype=np.float32),
             "panels": [{"site": s, "title": SITE_TITLES.get(s, s)} for s in sites],
@@ -122,6 +140,9 @@ class TraceHeatmap(anywidget.AnyWidget):
             "clean_prob": float(session.clean_prob),
             "corrupted_prob": float(session.corrupted_prob),
             "target_token": session.model.tokenizer.convert_ids_to_tokens(session.target),
+            "question": enc.probe.question,
+            "corruption": describe_corruption(described),
+            "spans": marked_spans(dict(enc.spans), kinds, enc.image_span, described),
         }
 
     # -- kernel-side API -------------------------------------------------------------------------
@@ -156,16 +177,14 @@ class TraceHeatmap(anywidget.AnyWidget):
         self._cancel.set()
 
     def link(self, overlay: PatchOverlay) -> TraceHeatmap:
-        """Patches picked in ``overlay`` are outlined in this heatmap (band expanded); a clicked
-        image cell here selects its patch and layer there."""
+        """Patches picked in ``overlay`` are outlined in this heatmap (their rows when the image
+        band is expanded, else the band: a pick never expands it, so the layout stays put under
+        the pointer); a clicked image cell here selects its patch and layer there."""
         self._overlays.append(overlay)
         positions = self.patch_positions()
 
         def on_selected(change: dict) -> None:
-            picked = [positions[tuple(p)] for p in change["new"] if tuple(p) in positions]
-            self.highlight = picked
-            if picked:
-                self.expanded = True
+            self.highlight = [positions[tuple(p)] for p in change["new"] if tuple(p) in positions]
 
         overlay.observe(on_selected, "selected")
         return self
@@ -178,11 +197,13 @@ class TraceHeatmap(anywidget.AnyWidget):
     def _on_message(self, _widget: Any, content: Any, buffers: list | None = None) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
         try:
-            request = parse_message(content, buffers, ("cell", "cancel", "trace"))
+            request = parse_message(content, buffers, ("cell", "cancel", "trace", "export"))
             if request["type"] == "cancel":
                 self.cancel()
             elif request["type"] == "trace":
                 self.run()
+            elif request["type"] == "export":
+                self._send_export(request.get("format"))
             else:
                 panels, layers, positions = np.shape(self.scores)
                 cell = (index(request, "panel", panels), index(request, "layer", layers))
@@ -196,9 +217,25 @@ class TraceHeatmap(anywidget.AnyWidget):
         except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
             self._fail(err, kind)
 
+    def export(self, fmt: str) -> bytes:
+        """The finished traces as an ``"svg"`` or ``"html"`` file's bytes (what the download buttons save)."""
+        if fmt not in ("svg", "html"):
+            raise MessageError(f"cannot export as {fmt!r}: choose svg or html")
+        results = [self.results.get(p["site"]) for p in self.panels]
+        if not results or None in results:
+            raise MessageError("there is no finished trace to download yet: run it first")
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"trace.{fmt}"
+            (to_svg if fmt == "svg" else to_html)(results, path)
+            return path.read_bytes()
+
+    def _send_export(self, fmt: Any) -> None:
+        self.error = self.error_details = ""
+        self.send({"type": "download", "name": f"trace.{fmt}", "mime": EXPORTS.get(fmt, "")}, [self.export(fmt)])
+
     def _fail(self, err: BaseException, kind: str | None, in_worker: bool = False) -> None:
         self.errors.append(err)
-        action = "The trace" if kind == "trace" else "Re-running the restoration"
+        action = {"trace": "The trace", "export": "The download"}.get(kind or "", "Re-running the restoration")
         message = shown(err, action)
         with self.hold_sync():
             self.error, self.error_details = message.message, message.details
@@ -228,7 +265,7 @@ class TraceHeatmap(anywidget.AnyWidget):
         """Trace every panel on the calling thread, filling cells live (:meth:`run` queues this
         on the widget's worker; a caller that already owns the model's worker calls it directly)."""
         session = self.require_session()
-        live = np.array(self.scores, dtype=np.float32)
+        live = np.full(np.shape(self.scores), np.nan, dtype=np.float32)  # a re-run (new window) starts blank
         n_layers, length = live.shape[1:]
         todo = n_layers * sum(session.executor.restorable(p) for p in range(length))
         total, done, last = todo * len(self.panels), 0, 0.0

@@ -11,7 +11,7 @@ import numpy as np
 import traitlets as t
 from PIL import Image
 
-from mllm_lens.export import SITE_TITLES
+from mllm_lens.export import SITE_TITLES, describe_corruption
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import TraceSession
 from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
@@ -29,22 +29,6 @@ def png_bytes(image: Image.Image, side: int = IMAGE_SIDE) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def describe_corruption(described: Any) -> str:
-    """Plain words for a corruption's ``describe()`` dict (a trace's ``settings["corruption"]``):
-    "image noise on all visual tokens", "noise on 'this country'", "'x' replaced by 'y'"."""
-    if not isinstance(described, dict):
-        return ""
-    kind = described.get("kind")
-    if kind == "image_noise":
-        patches = described.get("patches")
-        return "image noise on all visual tokens" if patches is None else f"image noise on {len(patches)} patches"
-    if kind == "constraint_noise":
-        return f"noise on {described.get('constraint')!r}"
-    if kind == "replace":
-        return f"{described.get('constraint')!r} replaced by {described.get('by')!r}"
-    return str(kind or "")
 
 
 class PatchOverlay(anywidget.AnyWidget):

@@ -206,7 +206,7 @@ def exercise(page, name: str) -> dict:
     overlay.screenshot(path=str(SCREENSHOTS / f"{name}_overlay.png"))
     big.screenshot(path=str(SCREENSHOTS / f"{name}_big.png"))
     if name == "lab":
-        check_dark_theme(page, heatmap)
+        check_dark_theme(page, heatmap, overlay)
     ours = [e for e in page.errors if "blob:" in e or "mll" in e]  # the Jupyter front ends log their own errors
     assert not ours, ours
     return {"cell_click_ms": cell_ms, "patch_click_ms": patch_ms, "render_ms": collapsed_ms, "expanded_ms": expanded_ms}
@@ -269,6 +269,106 @@ def check_clicks_without_a_kernel_job(page) -> None:
     assert "layer 3" in text and "running" not in text and big.locator("[data-testid=error]").is_hidden()
 
 
+LAYOUT = (
+    "explorer",
+    "trace-heatmap",
+    "heatmap-canvas",
+    "legend",
+    "patch-overlay",
+    "overlay-canvas",
+    "heat-canvas",
+    "patch-result",
+)
+
+
+def boxes(cell) -> dict:
+    return {name: cell.locator(f"[data-testid={name}]").first.bounding_box() for name in LAYOUT}
+
+
+def check_layout_holds_on_a_patch_click(page, cell) -> None:
+    """A patch click outlines the image band's row in the heatmap and plots its curve in the room
+    kept for it: no box moves (it once expanded the band and pushed the overlay down under the
+    pointer). Expanded by the user, the band labels the picked patch's row (rows are 7 px: only
+    every other one is labelled otherwise)."""
+    overlay = cell.locator("[data-testid=patch-overlay]")
+    image = overlay.get_by_test_id("overlay-canvas")
+    image.scroll_into_view_if_needed()  # so the click itself scrolls nothing
+    page.wait_for_timeout(300)
+    before = boxes(cell)
+    size = image.bounding_box()
+    image.click(position={"x": size["width"] * 3.5 / 8, "y": size["height"] * 1.5 / 8})  # patch (1, 3) of 8 x 8
+    overlay.get_by_test_id("patch-result").get_by_text("1 patch (1,3)").wait_for()
+    page.wait_for_timeout(500)  # the heatmap's highlight redraw
+    after = boxes(cell)
+    moved = {
+        k: {
+            d: (before[k][d], after[k][d])
+            for d in ("x", "y", "width", "height")
+            if abs(before[k][d] - after[k][d]) > 0.5
+        }
+        for k in LAYOUT
+    }
+    moved = {k: v for k, v in moved.items() if v}
+    assert not moved, moved
+    heatmap = cell.locator("[data-testid=trace-heatmap]")
+    heatmap.get_by_test_id("toggle-image").click()
+    canvas = heatmap.get_by_test_id("heatmap-canvas")
+    page.wait_for_function("el => (el.mllLabels || []).includes('<img 1,3> *')", arg=canvas.element_handle())
+    labels = canvas.evaluate("el => el.mllLabels")
+    assert "<img 1,2> *" not in labels  # its unpicked neighbour: rows spaced out
+    assert "country" in labels and "USER" in labels  # image noise (the default): the phrase is not starred
+
+
+def text_contrasts(root, parts: dict) -> dict:
+    """WCAG contrast of each part (a locator; its SVG fill for SVG text) against its background."""
+    colour = "el => el instanceof SVGElement ? getComputedStyle(el).fill : null"
+    return {name: loc.evaluate(f"el => ({CONTRAST})([el, ({colour})(el)])") for name, loc in parts.items()}
+
+
+def overlay_parts(overlay) -> dict:
+    return {
+        "title": overlay.locator(".mll-title").first,
+        "corruption": overlay.get_by_test_id("corruption"),
+        "caption": overlay.get_by_test_id("legend-caption"),
+        "readout": overlay.get_by_test_id("readout"),
+        "curve-title": overlay.get_by_test_id("curve-title"),
+        "curve-axis": overlay.locator("[data-testid=curve] text").first,
+    }
+
+
+def explorer_parts(cell) -> dict:
+    root = cell.locator("[data-testid=explorer]")
+    heatmap = cell.locator("[data-testid=trace-heatmap]")
+    return {
+        "title": root.locator(".mll-title").first,
+        "source": root.get_by_test_id("source"),
+        "question": root.get_by_test_id("question-input"),
+        "chip": root.get_by_test_id("token-chip").first,
+        "constraints": root.get_by_test_id("constraints"),
+        "run": root.get_by_test_id("run"),
+        "answer": root.get_by_test_id("answer-token"),
+        "heatmap-title": heatmap.get_by_test_id("title"),
+        "axis-key": heatmap.get_by_test_id("axis-key"),
+        "row-curve": heatmap.get_by_test_id("row-curve-title"),
+        **{f"overlay-{k}": v for k, v in overlay_parts(cell.locator("[data-testid=patch-overlay]")).items()},
+    }
+
+
+def check_explorer_themes(page, cell) -> None:
+    """The Explorer's panel, heatmap and overlay text meets WCAG AA (4.5:1) in Light and Dark."""
+    parts = explorer_parts(cell)
+    light = text_contrasts(cell, parts)
+    use_theme(page, "JupyterLab Dark")
+    page.wait_for_timeout(800)  # the theme's late stylesheet redraw
+    dark = text_contrasts(cell, parts)
+    cell.screenshot(path=str(SCREENSHOTS / "explorer_lab_dark.png"))
+    use_theme(page, "JupyterLab Light")
+    low = {
+        f"{theme}:{k}": round(v, 2) for theme, d in (("light", light), ("dark", dark)) for k, v in d.items() if v < 4.5
+    }
+    assert not low, low
+
+
 def use_theme(page, theme: str) -> None:
     """Settings > Theme > ``theme``, then wait for JupyterLab to apply it."""
     page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Settings$")).click()
@@ -278,17 +378,21 @@ def use_theme(page, theme: str) -> None:
     page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
 
 
-def check_dark_theme(page, heatmap) -> None:
-    """Light, then Settings > Theme > JupyterLab Dark: the text and the redrawn canvas labels stay readable."""
+def check_dark_theme(page, heatmap, overlay) -> None:
+    """Light, then Settings > Theme > JupyterLab Dark: the heatmap's text and redrawn canvas
+    labels, and the overlay's text and curve, stay readable (WCAG AA, 4.5:1)."""
     canvas = heatmap.locator("[data-testid=heatmap-canvas]")
     light, before = contrasts(heatmap), canvas.get_attribute("data-label-color")
+    light_overlay = text_contrasts(overlay, overlay_parts(overlay))
     use_theme(page, "JupyterLab Dark")
     page.wait_for_function("([el, old]) => el.dataset.labelColor !== old", arg=[canvas.element_handle(), before])
     page.wait_for_timeout(500)  # the theme's late stylesheet redraw
-    dark = contrasts(heatmap)
+    dark, dark_overlay = contrasts(heatmap), text_contrasts(overlay, overlay_parts(overlay))
     heatmap.screenshot(path=str(SCREENSHOTS / "lab_dark_heatmap.png"))
+    overlay.screenshot(path=str(SCREENSHOTS / "lab_dark_overlay.png"))
     use_theme(page, "JupyterLab Light")  # the setting persists: later tests start light again
     assert min(light.values()) >= 4.5 and min(dark.values()) >= 4.5, (light, dark)
+    assert min(light_overlay.values()) >= 4.5 and min(dark_overlay.values()) >= 4.5, (light_overlay, dark_overlay)
 
 
 @pytest.mark.parametrize("ui", ["lab", "notebook7"])
@@ -340,12 +444,27 @@ def test_exported_html_renders_without_a_kernel(page, tmp_path):
     page.screenshot(path=str(SCREENSHOTS / "export_html_dark.png"))
     page.emulate_media(color_scheme="light")
     assert min(light.values()) >= 4.5 and min(dark.values()) >= 4.5, (light, dark)
+    check_png_download(page, root)
     root.locator("[data-testid=toggle-image]").click()
     page.wait_for_function("el => el.dataset.cells === String(32 * 620)", arg=root.element_handle())
     expanded_ms = float(root.get_attribute("data-render-ms"))
     page.screenshot(path=str(SCREENSHOTS / "export_html.png"))
     assert not page.errors, page.errors
     print(f"\n[export] 32x620 render_ms collapsed={collapsed_ms:.1f} expanded={expanded_ms:.1f} (target < 200)")
+
+
+def check_png_download(page, root) -> None:
+    """The page offers PNG only (no kernel writes SVG or HTML): the figure with its title above."""
+    assert root.get_by_test_id("download-svg").is_hidden() and root.get_by_test_id("download-html").is_hidden()
+    with page.expect_download() as info:
+        root.get_by_test_id("download-png").click()
+    canvas = root.get_by_test_id("heatmap-canvas").bounding_box()
+    ratio = page.evaluate("devicePixelRatio")
+    with Image.open(info.value.path()) as image:
+        assert info.value.suggested_filename == "trace.png"
+        assert image.width > (canvas["width"] + 220) * ratio and image.height > (canvas["height"] + 16) * ratio
+        top = image.convert("L").crop((0, 0, image.width, round(24 * ratio)))
+        assert top.getextrema()[0] < 100  # the title's text, dark on the light page
 
 
 def png_bytes() -> bytes:
@@ -396,7 +515,10 @@ def explore(page, ui: str) -> None:
     run_s = time.monotonic() - started
     expect(root.get_by_test_id("answer-token")).to_have_text("answer “Brasilia”")
     cell.locator("[data-testid=patch-overlay]").wait_for()
+    check_layout_holds_on_a_patch_click(page, cell)
     page.screenshot(path=str(SCREENSHOTS / f"explorer_{ui}.png"))
+    if ui == "lab":
+        check_explorer_themes(page, cell)
 
     panel = root.get_by_test_id("edit-panel")
     expect(panel).to_be_hidden()  # `hidden` wins over the panel's display:flex
