@@ -1,14 +1,19 @@
-"""One comparison of the fast tracer with the per-cell oracle, shared by every architecture's tests."""
+"""Oracles shared by every architecture's tests: the fast tracer and patch sweeps against the
+per-cell references, attention contributions against a computation by hand from an eager model."""
 
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
+import torch
+from transformers import AutoModelForImageTextToText
 
 import mllm_lens as ml
-from mllm_lens.tracing.corruption import as_corruption
-from mllm_lens.tracing.reference import reference_trace
+from mllm_lens.tracing.attention import attention_contributions, resolve_target
+from mllm_lens.tracing.corruption import ImageNoise, as_corruption
+from mllm_lens.tracing.patches import patch_sweep
+from mllm_lens.tracing.reference import reference_patch_sweep, reference_trace
 
 
 def assert_trace_equals_oracle(model: ml.LensModel, probe: ml.Probe, corrupt, site: str, window: int, mode: str):
@@ -39,3 +44,76 @@ def assert_trace_equals_oracle(model: ml.LensModel, probe: ml.Probe, corrupt, si
         assert abs(fast.corrupted_prob - corrupted_p) <= 1e-5
         assert np.array_equal(np.isnan(fast.scores), np.isnan(ref))
         assert np.nanmax(np.abs(fast.scores - ref)) <= 1e-5, plan
+
+
+def eager_lens(saved_path: str, model: ml.LensModel) -> ml.LensModel:
+    """The model saved at ``saved_path`` reloaded with eager attention (``output_attentions`` works)."""
+    eager = AutoModelForImageTextToText.from_pretrained(saved_path, attn_implementation="eager").eval()
+    return ml.LensModel.wrap(eager, model.processor)
+
+
+def eager_contributions(lens: ml.LensModel, encoded, target: int):
+    """Eq. 1 by hand: per-head and total norms from an eager model's ``output_attentions`` and v_proj outputs."""
+    values = {}
+    handles = [
+        lens.adapter.value_proj(layer).register_forward_hook(
+            lambda _m, _a, out, layer=layer: values.__setitem__(layer, out[0].detach())
+        )
+        for layer in range(lens.num_layers)
+    ]
+    with torch.no_grad():
+        out = lens.hf_model(**encoded.model_inputs, output_attentions=True)
+    for handle in handles:
+        handle.remove()
+    per_head, total = [], []
+    for layer in range(lens.num_layers):
+        attn = out.attentions[layer][0, :, target]  # [H, T]
+        heads = attn.shape[0]
+        w_o = lens.adapter.attn_out(layer).weight.detach()  # [d, H*hd]
+        hd = w_o.shape[1] // heads
+        v = values[layer].view(values[layer].shape[0], -1, hd)  # [T, kv, hd]
+        group = heads // v.shape[1]
+        vecs = torch.stack(
+            [attn[h, :, None] * (v[:, h // group] @ w_o[:, h * hd : (h + 1) * hd].T) for h in range(heads)]
+        )  # [H, T, d]
+        per_head.append(vecs.norm(dim=-1).numpy())
+        total.append(vecs.sum(0).norm(dim=-1).numpy())
+    return np.stack(per_head), np.stack(total)
+
+
+def assert_sweeps_equal_oracle(model: ml.LensModel, probe: ml.Probe, site: str, block: int) -> None:
+    """A restore sweep (mild noise on the base grid's tokens, paper window 1) and a corrupt sweep
+    equal :func:`reference_patch_sweep` to 1e-5, and restorations move the probability. Tokens
+    outside the grid (tiles, global views) are left clean: under noise they would stay corrupted
+    whichever cell is restored."""
+    encoded = probe.encode(model)
+    layout = encoded.patch_layout
+    noise = ImageNoise([(r, c) for r in range(layout.rows) for c in range(layout.cols)], scale=0.5)
+    fast = patch_sweep(model, encoded, "restore", site, 1, "paper", block=block, batch_size=3, noise=noise)
+    ref, clean_p, corrupted_p, target = reference_patch_sweep(
+        model, encoded, "restore", site, 1, "paper", block, noise=noise
+    )
+    assert fast.target_id == target and fast.scores.shape == ref.shape
+    assert abs(fast.clean_prob - clean_p) <= 1e-5 and abs(fast.corrupted_prob - corrupted_p) <= 1e-5
+    assert np.abs(fast.scores - ref).max() <= 1e-5
+    assert np.ptp(ref) > 1e-3  # not vacuous
+    noise = ImageNoise(scale=5.0, seed=2)
+    fast = patch_sweep(model, encoded, "corrupt", block=block, noise=noise, batch_size=4)
+    ref, clean_p, _none, target = reference_patch_sweep(model, encoded, "corrupt", block=block, noise=noise)
+    assert fast.target_id == target and np.abs(fast.scores - ref).max() <= 1e-5
+    assert np.allclose(fast.effect, clean_p - ref, atol=1e-5)
+
+
+def assert_contributions_equal_eager(model: ml.LensModel, saved_path: str, probe: ml.Probe, target: str) -> None:
+    """Attention contributions on the eager model equal :func:`eager_contributions` to 1e-5, and
+    on the default (sdpa) model to float32 rounding grown through the layers."""
+    eager = eager_lens(saved_path, model)
+    encoded = probe.encode(model)
+    t = resolve_target(encoded, target)
+    per_head, total = eager_contributions(eager, encoded, t)
+    on_eager = attention_contributions(eager, encoded, target=target)
+    assert np.abs(on_eager.per_head - per_head).max() <= 1e-5
+    assert np.abs(on_eager.total - total).max() <= 1e-5
+    result = attention_contributions(model, encoded, target=target)
+    assert np.abs(result.total - total).max() <= 1e-4 * max(1.0, np.abs(total).max())
+    assert result.total.max() > 1e-2 and np.isfinite(result.visual).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText
+from oracle_check import eager_contributions, eager_lens
 
 import mllm_lens as ml
 from mllm_lens.errors import ProbeError, TraceConfigError
@@ -18,47 +18,13 @@ from mllm_lens.tracing.attention import (
 )
 
 
-def _eager_lens(saved_path: str, model: ml.LensModel) -> ml.LensModel:
-    eager = AutoModelForImageTextToText.from_pretrained(saved_path, attn_implementation="eager").eval()
-    return ml.LensModel.wrap(eager, model.processor)
-
-
-def _direct(lens: ml.LensModel, encoded, target: int):
-    """Per-head and total norms from ``output_attentions=True`` of an eager model + its v_proj outputs."""
-    values = {}
-    handles = [
-        lens.adapter.value_proj(layer).register_forward_hook(
-            lambda _m, _a, out, layer=layer: values.__setitem__(layer, out[0].detach())
-        )
-        for layer in range(lens.num_layers)
-    ]
-    with torch.no_grad():
-        out = lens.hf_model(**encoded.model_inputs, output_attentions=True)
-    for handle in handles:
-        handle.remove()
-    per_head, total = [], []
-    for layer in range(lens.num_layers):
-        attn = out.attentions[layer][0, :, target]  # [H, T]
-        heads = attn.shape[0]
-        w_o = lens.adapter.attn_out(layer).weight.detach()  # [d, H*hd]
-        hd = w_o.shape[1] // heads
-        v = values[layer].view(values[layer].shape[0], -1, hd)  # [T, kv, hd]
-        group = heads // v.shape[1]
-        vecs = torch.stack(
-            [attn[h, :, None] * (v[:, h // group] @ w_o[:, h * hd : (h + 1) * hd].T) for h in range(heads)]
-        )  # [H, T, d]
-        per_head.append(vecs.norm(dim=-1).numpy())
-        total.append(vecs.sum(0).norm(dim=-1).numpy())
-    return np.stack(per_head), np.stack(total)
-
-
 @pytest.mark.parametrize("target", ["visual", "last"])
 def test_contributions_equal_eager_direct(models, saved_models, arch, probe, target):
     model = models[arch]
-    eager = _eager_lens(saved_models[arch], model)
+    eager = eager_lens(saved_models[arch], model)
     encoded = probe.encode(model)
     t = resolve_target(encoded, target)
-    per_head, total = _direct(eager, encoded, t)
+    per_head, total = eager_contributions(eager, encoded, t)
     # same weights, eager everywhere: equal to float32 rounding
     on_eager = attention_contributions(eager, encoded, target=target)
     assert on_eager.per_head.shape == per_head.shape
