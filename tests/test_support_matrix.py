@@ -11,7 +11,8 @@ from mllm_lens.testing import tiny_llava
 from mllm_lens.testing.shrink import tiny_model
 from mllm_lens.testing.support_matrix import COLUMNS, DOC, OK, main, parse_rows, render_row, support_row
 
-SUBSET = ("llava", "llava_next", "llava_onevision", "mistral3", "vipllava", "gemma3", "qwen2_vl")
+PASSING = ("idefics3", "internvl", "llava", "llava_next", "llava_onevision", "mistral3", "smolvlm", "vipllava")
+SUBSET = (*PASSING, "gemma3", "idefics2", "qwen2_vl")
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +28,10 @@ def test_checked_in_rows_are_current(rows):
         assert on_disk[model_type] == render_row(model_type, row), f"regenerate the row of {model_type}"
 
 
-def test_llava_family_types_pass_every_column_and_refused_ones_are_not_tried(rows):
-    for model_type in ("llava", "llava_next", "llava_onevision", "mistral3", "vipllava"):
+def test_supported_types_pass_every_column_and_refused_ones_are_not_tried(rows):
+    for model_type in PASSING:
         assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
-    for model_type in ("gemma3", "qwen2_vl"):
+    for model_type in ("gemma3", "idefics2", "qwen2_vl"):
         assert rows[model_type]["loads"] != OK
         assert {rows[model_type][c] for c in COLUMNS[1:]} == {"–"}
 
@@ -54,6 +55,7 @@ def test_check_flags_a_stale_row(tmp_path):
         ("qwen2_vl", "M-RoPE position ids"),
         ("qwen3_vl", "M-RoPE position ids"),
         ("mllama", "through cross-attention layers"),
+        ("idefics2", "no patch layout: Idefics2's image tokens are a perceiver resampler's latents"),
         ("deepseek_vl", "missing the wrapper layout .*image-token layout"),
     ],
 )

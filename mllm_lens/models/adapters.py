@@ -23,6 +23,8 @@ from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
 from mllm_lens.models.decoder_call import decoder_call_refusal
 from mllm_lens.models.layouts import (
     PatchLayout,
+    idefics3_layout,
+    internvl_layout,
     llava_next_layout,
     llava_onevision_layout,
     pixtral_layout,
@@ -72,6 +74,18 @@ WRAPPERS: dict[str, WrapperSpec] = {
     "vipllava": WrapperSpec("model.language_model", "lm_head", square_grid_layout),
     "llava_onevision": WrapperSpec("model.language_model", "lm_head", llava_onevision_layout),
     "mistral3": WrapperSpec("model.language_model", "lm_head", pixtral_layout),
+    "idefics3": WrapperSpec("model.text_model", "lm_head", idefics3_layout),
+    "smolvlm": WrapperSpec("model.text_model", "lm_head", idefics3_layout),
+    "internvl": WrapperSpec("model.language_model", "lm_head", internvl_layout),
+}
+
+MISSING_LAYOUT = "missing the wrapper layout (LM head, image-token layout: which prompt token is which patch)"
+#: Wrappers whose image tokens are not patches, so no layout can map them onto the picture.
+NO_LAYOUT: dict[str, str] = {
+    "idefics2": (
+        "no patch layout: Idefics2's image tokens are a perceiver resampler's latents (learned queries that "
+        "each attend over all of a tile's patches), so no image token is a patch of the picture"
+    ),
 }
 
 _ATTENTION_NAMES = ("self_attn", "attention", "attn", "self_attention")
@@ -234,7 +248,7 @@ def resolve_adapter(model: PreTrainedModel) -> Adapter:
     if wrapper is None:
         problems = [] if refusal is None else [refusal]
         problems += _unmapped_parts(model, text_config.hidden_size)
-        problems.append("missing the wrapper layout (LM head, image-token layout: which prompt token is which patch)")
+        problems.append(NO_LAYOUT.get(architecture, MISSING_LAYOUT))
         raise UnsupportedModelError(
             f"no adapter for the multimodal architecture {architecture!r} ({name}): " + "; ".join(problems)
         )

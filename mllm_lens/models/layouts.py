@@ -5,7 +5,9 @@ for tokens of the base patch grid, to its (row, col). LLaVA-1.5 uses a square gr
 row-major order after the CLS token is dropped; LLaVA-NeXT and LLaVA-OneVision add
 high-resolution tiles whose rows end in an image-newline token, and their layout is read off the
 model's own packing code. Mistral 3 (Pixtral) closes each row of merged patches with a break
-token. Marker tokens (newline, break, end) are labelled as such, outside the grid.
+token. Idefics3 and SmolVLM cut the image into tiles, each introduced by marker tokens, then add a
+global view; InternVL puts its tiles and a thumbnail between ``<img>`` and ``</img>``. Marker tokens
+(newline, break, end, tile tags) are labelled as such, outside the grid.
 """
 
 from __future__ import annotations
@@ -161,3 +163,111 @@ def pixtral_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) ->
         labels += [f"<img {r},{c}>" for c in range(cols)] + ["<img break>" if r < rows - 1 else "<img end>"]
         grid_index += [r * cols + c for c in range(cols)] + [-1]
     return PatchLayout(labels=labels, rows=rows, cols=cols, grid_index=grid_index)
+
+
+def _shuffled_cells(shuffle: Callable[[torch.Tensor], torch.Tensor], patches: int, scale: int) -> list[tuple[int, int]]:
+    """(row, col) in the merged grid of each token of a pixel shuffle, found by shuffling the
+    patches' coordinates with the model's own code: ``shuffle`` maps ``[1, patches, patches, 2]``
+    (each patch's row and col) to its ``scale * scale`` patches per token."""
+    rr, cc = torch.meshgrid(torch.arange(patches), torch.arange(patches), indexing="ij")
+    blocks = shuffle(torch.stack([rr, cc], -1).float()[None]).reshape(-1, scale * scale, 2)
+    return [(r // scale, c // scale) for r, c in blocks.amin(1).long().tolist()]
+
+
+def idefics3_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """Idefics3 / SmolVLM: ``rows x cols`` tiles, then a global view of the whole image, each
+    ``side x side`` tokens (the pixel shuffle merges ``scale x scale`` patches into a token).
+
+    The processor writes ``<fake_token_around_image><row_i_col_j>`` before each tile's tokens, a
+    newline after each row of tiles, a blank line, ``<fake_token_around_image><global-img>`` before
+    the global view and ``<fake_token_around_image>`` after it; an image that fits one tile gets the
+    global view only. The base grid is the picture at the finest resolution the prompt has: the
+    tiles side by side (tile ``(ty, tx)``'s token ``(r, c)`` is cell ``(ty * side + r, tx * side + c)``,
+    labelled ``<img R,C>``), global-view tokens ``<img global r,c>`` outside it; or, unsplit, the
+    global view. ``<row_i_col_j>`` is labelled ``<img tile i-1,j-1>``. The processor does not return
+    the tile counts: the rows of tiles are read off the prompt, where newline tokens end each row.
+    """
+    family = model.config.model_type
+    scale = int(model.config.scale_factor)
+    patches = int(model.config.vision_config.image_size) // int(model.config.vision_config.patch_size)
+    inner: Any = model.model  # the wrapper's Idefics3Model / SmolVLMModel (connector.pixel_shuffle)
+    cells = _shuffled_cells(lambda x: inner.connector.pixel_shuffle(x.flatten(1, 2), scale), patches, scale)
+    side = patches // scale
+    seq = side * side
+    ids = model_inputs["input_ids"][0].tolist()
+    where = [i for i, t in enumerate(ids) if t == model.config.image_token_id]
+    frames = len(where) // seq
+    runs = [where[k * seq] for k in range(frames)]
+    if (
+        not runs
+        or len(where) != frames * seq
+        or any(where[k * seq + seq - 1] != runs[k] + seq - 1 for k in range(frames))
+    ):
+        raise UnsupportedModelError(f"{family}: {len(where)} image tokens do not form runs of {seq}, one per tile")
+    start, end = runs[0] - 2, runs[0] - 2 + n_tokens
+    fakes = [r - 2 for r in runs] + [end - 1]
+    if end != runs[-1] + seq + 1 or len({ids[i] for i in fakes}) != 1:
+        raise UnsupportedModelError(
+            f"{family}: the image's {n_tokens} tokens are not tiles of {seq} image tokens between marker tokens"
+        )
+    gaps = [runs[k] - runs[k - 1] - seq for k in range(1, frames)]  # 2 markers, plus newlines after a row
+    if frames > 1 and gaps[-1] <= 2:
+        raise UnsupportedModelError(
+            f"{family}: the tokenizer drops the newlines that end each row of tiles, so the rows cannot be told apart"
+        )
+    tiles = frames - 1
+    row_starts = [k for k, gap in enumerate(gaps[:-1], 1) if gap > 2]  # the first tile of each later row
+    cols = row_starts[0] if row_starts else max(tiles, 1)
+    if tiles % cols or row_starts != list(range(cols, tiles, cols)):
+        raise UnsupportedModelError(f"{family}: the {tiles} tiles are not rows of equal length")
+    grid_cols = cols * side if tiles else side
+    labels = ["<img \\n>"] * n_tokens
+    grid_index = [-1] * n_tokens
+    for i in fakes:
+        labels[i - start] = "<img around>"
+    for k, run in enumerate(runs):
+        ty, tx = divmod(k, cols)
+        labels[run - start - 1] = "<img global>" if k == tiles else f"<img tile {ty},{tx}>"
+        for j, (r, c) in enumerate(cells):
+            at = run - start + j
+            if k < tiles:
+                row, col = ty * side + r, tx * side + c
+                labels[at], grid_index[at] = f"<img {row},{col}>", row * grid_cols + col
+            elif tiles:
+                labels[at] = f"<img global {r},{c}>"
+            else:
+                labels[at], grid_index[at] = f"<img {r},{c}>", r * side + c
+    rows = tiles // cols * side if tiles else side
+    return PatchLayout(labels=labels, rows=rows, cols=grid_cols, grid_index=grid_index)
+
+
+def internvl_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """InternVL: ``<img>``, the tiles' tokens one tile after the other, ``</img>``; each tile is
+    ``side x side`` tokens (pixel shuffle by ``downsample_ratio``, read off the model's own), and a
+    thumbnail of the whole image comes last when the image was cut into several tiles.
+
+    Only the tile count reaches the model (the processor picks the arrangement closest to the
+    image's aspect ratio and does not return it), so tiles cannot be placed in the picture: their
+    tokens are ``<img tile k r,c>`` outside the grid, and the base grid is the thumbnail, or the
+    image's one tile when it was not cut.
+    """
+    inner: Any = model.model  # the wrapper's InternVLModel (pixel_shuffle)
+    ratio = float(model.config.downsample_ratio)
+    vision = model.config.vision_config
+    size, patch = (v[0] if isinstance(v, (list, tuple)) else v for v in (vision.image_size, vision.patch_size))
+    scale, patches = round(1 / ratio), int(size) // int(patch)
+    side = patches // scale
+    frames = int(model_inputs["pixel_values"].shape[0])
+    if n_tokens != frames * side * side + 2:
+        raise UnsupportedModelError(
+            f"internvl: {frames} tiles of {side}x{side} tokens between <img> and </img> are "
+            f"{frames * side * side + 2} tokens, but the prompt has {n_tokens}"
+        )
+    cells = _shuffled_cells(lambda x: inner.pixel_shuffle(x, scale_factor=ratio), patches, scale)
+    labels, grid_index = ["<img start>"], [-1]
+    for k in range(frames):
+        for r, c in cells:
+            whole = k == frames - 1
+            labels.append(f"<img {r},{c}>" if whole else f"<img tile {k} {r},{c}>")
+            grid_index.append(r * side + c if whole else -1)
+    return PatchLayout(labels=[*labels, "<img end>"], rows=side, cols=side, grid_index=[*grid_index, -1])

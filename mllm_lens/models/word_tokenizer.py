@@ -8,10 +8,14 @@ from transformers import PreTrainedTokenizerFast
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 
 
-def word_level_tokenizer(words: list[str] | tuple[str, ...]) -> PreTrainedTokenizerFast:
+def word_level_tokenizer(
+    words: list[str] | tuple[str, ...], named: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
     """One token per word (split on whitespace and punctuation), BOS added like LLaMA's,
-    ``<image>`` registered as the image token. Ids: specials first, then ``words`` in order."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    ``<image>`` registered as the image token, ``named`` as further named special tokens (e.g.
+    ``{"start_image_token": "<img>"}``). Ids: specials first, then ``named``, then ``words`` in order."""
+    named = named or {}
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *named.values()])}
     for word in words:
         vocab.setdefault(word, len(vocab))
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -25,5 +29,5 @@ def word_level_tokenizer(words: list[str] | tuple[str, ...]) -> PreTrainedTokeni
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>", **named},
     )

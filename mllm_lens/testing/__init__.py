@@ -11,15 +11,20 @@ from mllm_lens.testing.tiny import (
     tiny_mistral3,
     tiny_vipllava,
 )
+from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
+from mllm_lens.testing.tiny_internvl import tiny_internvl
 
 __all__ = [
     "WORDS",
     "build_tokenizer",
     "random_llava",
+    "tiny_idefics3",
+    "tiny_internvl",
     "tiny_llava",
     "tiny_llava_next",
     "tiny_llava_onevision",
     "tiny_llava_phi",
     "tiny_mistral3",
+    "tiny_smolvlm",
     "tiny_vipllava",
 ]

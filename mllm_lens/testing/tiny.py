@@ -53,10 +53,13 @@ WORDS = (
 ).split()
 
 
-def build_tokenizer(extra_words: tuple[str, ...] = (), n_filler: int = 64) -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over :data:`WORDS` (+ ``extra_words`` + filler words ``w0..``)."""
+def build_tokenizer(
+    extra_words: tuple[str, ...] = (), n_filler: int = 64, named: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer over :data:`WORDS` (+ ``extra_words`` + filler words ``w0..``), with
+    ``named`` special tokens besides ``<image>`` (see :func:`word_level_tokenizer`)."""
     words = list(dict.fromkeys([*WORDS, *extra_words, *(f"w{i}" for i in range(n_filler))]))
-    return word_level_tokenizer(words)
+    return word_level_tokenizer(words, named)
 
 
 def _vision_config(image_size: int, patch_size: int) -> CLIPVisionConfig:
@@ -71,7 +74,8 @@ def _vision_config(image_size: int, patch_size: int) -> CLIPVisionConfig:
     )
 
 
-def _llama_text_config(vocab_size: int, **overrides: Any) -> LlamaConfig:
+def llama_text_config(vocab_size: int, **overrides: Any) -> LlamaConfig:
+    """The tiny models' Llama backbone: 5 layers of width 32, 4 heads over 2 key/value heads."""
     kwargs: dict[str, Any] = dict(
         vocab_size=vocab_size,
         hidden_size=32,
@@ -136,7 +140,7 @@ def tiny_llava(
     """A random LLaVA-1.5 (Llama backbone, CLIP tower, CLS dropped): ``(model, processor)``."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(extra_words)
-    text = _llama_text_config(len(tokenizer), **(text_overrides or {}))
+    text = llama_text_config(len(tokenizer), **(text_overrides or {}))
     model, processor = random_llava(text, _vision_config(image_size, patch_size), tokenizer)
     return _save(model, processor, path)
 
@@ -147,7 +151,7 @@ def tiny_vipllava(path: str | Path | None = None, *, seed: int = 0, image_size: 
     tokenizer = build_tokenizer()
     config = VipLlavaConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
         vision_config=_vision_config(image_size, patch_size),
-        text_config=_llama_text_config(len(tokenizer)),
+        text_config=llama_text_config(len(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_layers=[-2, -1],
     )
@@ -190,7 +194,7 @@ def tiny_llava_next(path: str | Path | None = None, *, seed: int = 0, image_size
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
     config = LlavaNextConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
         vision_config=_vision_config(image_size, patch_size),
-        text_config=_llama_text_config(len(tokenizer)),
+        text_config=llama_text_config(len(tokenizer)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
