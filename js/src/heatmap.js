@@ -318,7 +318,8 @@ export function renderHeatmap({ model, el }) {
     value.value = model.get("value");
     windowLabel.hidden = !model.get("clickable");
     window_.value = String(model.get("window") ?? 1);
-    window_.max = String(scores?.shape[1] ?? 1);
+    const layers = scores?.shape[1] ?? 1; // the paper's window w restores 2w + 1 layers
+    window_.max = String(model.get("window_mode") === "rome" ? layers : Math.max(1, Math.floor((layers - 1) / 2)));
     window_.disabled = tracing;
     const formats = model.get("downloads") ?? ["png"];
     for (const [i, button] of downloads.entries()) button.hidden = !formats.includes(FORMATS[i]);
@@ -418,7 +419,7 @@ export function renderHeatmap({ model, el }) {
   }
 
   const redrawOn = ["scores", "expanded", "colormap", "value", "scale", "vmin", "vmax", "highlight", "labels", "panels", "clean_prob", "corrupted_prob", "spans", "question", "corruption"];
-  const headOn = ["status", "progress", "error", "error_details", "window", "clickable", "downloads"];
+  const headOn = ["status", "progress", "error", "error_details", "window", "window_mode", "clickable", "downloads"];
   for (const name of redrawOn) model.on(`change:${name}`, schedule);
   for (const name of headOn) model.on(`change:${name}`, updateHead);
   model.on("change:cell_result", renderResult);

@@ -42,7 +42,10 @@ image_trace = image_session.trace("hidden", progress=False)
 ov = PatchOverlay.from_trace(image_trace, image_session.encoded.probe.image, patch_curve(image_session))
 hm.link(ov)
 ov"""
-COUNTER = 'print(f"COUNTS cells={hm.clicks_done} patches={ov.clicks_done} runs={len(hm.outcomes)}")'
+COUNTER = """\
+hm.wait(120)
+window = hm.results["mlp"].settings["window"]
+print(f"COUNTS cells={hm.clicks_done} patches={ov.clicks_done} runs={len(hm.outcomes)} window={window}")"""
 BIG = """\
 from IPython.display import display
 display(PatchOverlay.from_trace(image_trace, image_session.encoded.probe.image))  # no on_patch: clicks only select
@@ -172,6 +175,8 @@ def exercise(page, name: str) -> dict:
     assert "(pos 19)" in text
     readout = heatmap.locator("[data-testid=readout]").inner_text()  # the readout names the result's cell
     assert readout.startswith("MLP · layer 2 ·") and "(pos 19)" in readout and "running" not in readout
+    row_curve = heatmap.get_by_test_id("row-curve")  # the clicked row over the layers, from the scores
+    assert "per layer at" in row_curve.inner_text() and row_curve.locator("circle").count() == 5
 
     page.keyboard.press("ArrowUp")  # keyboard: move to position 18, Enter restores it
     page.keyboard.press("Enter")
@@ -192,7 +197,13 @@ def exercise(page, name: str) -> dict:
 
     rerun_cell(page, 2)
     page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="cells=2").wait_for()
-    assert "COUNTS cells=2 patches=1 runs=2" in output_of(page, 2)
+    assert "COUNTS cells=2 patches=1 runs=2 window=1" in output_of(page, 2)
+    window = heatmap.get_by_test_id("window-input")  # a new window re-traces in the kernel
+    assert window.get_attribute("max") == "2"  # the paper's window w restores 2w + 1 of 5 layers
+    window.fill("2")
+    window.press("Tab")
+    rerun_cell(page, 2)
+    page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="window=2").wait_for()
 
     check_clicks_without_a_kernel_job(page)
     big = page.locator("[data-testid=trace-heatmap]").nth(1)
