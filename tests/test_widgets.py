@@ -90,10 +90,10 @@ def test_a_re_run_starts_from_blank_cells(session, results):
     hm = TraceHeatmap(results, session=session)
     seen = []
     hm.observe(lambda change: seen.append(np.array(change["new"])), "scores")
-    hm.run(window=3)
+    hm.run(window=2)  # paper convention: 5 layers, the whole planted model
     assert hm.wait(120) and not hm.error
     assert np.isnan(seen[0]).any() and not np.isnan(hm.scores).any()
-    np.testing.assert_allclose(hm.scores[1], session.trace("mlp", 3, progress=False).scores, atol=1e-6)
+    np.testing.assert_allclose(hm.scores[1], session.trace("mlp", 2, progress=False).scores, atol=1e-6)
 
 
 def test_live_trace_fills_every_cell_like_session_trace(session, results):
