@@ -21,7 +21,7 @@ import base64
 import html
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -106,7 +106,7 @@ def describe_corruption(described: Any) -> str:
 
 
 def marked_spans(
-    spans: dict[str, tuple[int, int]], kinds: dict[str, str], image_span: Sequence[int], described: Any
+    spans: Mapping[str, tuple[int, int]], kinds: Mapping[str, str], image_span: Sequence[int], described: Any
 ) -> list[dict]:
     """The token axis's marks: ``[{start, end, kind, text, corrupted}]`` (end exclusive) for each
     constraint phrase (kind ``"visual"`` / ``"textual"``) and the image (kind ``"image"``), with

@@ -221,8 +221,9 @@ class TraceHeatmap(anywidget.AnyWidget):
         """The finished traces as an ``"svg"`` or ``"html"`` file's bytes (what the download buttons save)."""
         if fmt not in ("svg", "html"):
             raise MessageError(f"cannot export as {fmt!r}: choose svg or html")
-        results = [self.results.get(p["site"]) for p in self.panels]
-        if not results or None in results:
+        found = [self.results.get(p["site"]) for p in self.panels]
+        results = [r for r in found if r is not None]
+        if not results or len(results) < len(found):
             raise MessageError("there is no finished trace to download yet: run it first")
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"trace.{fmt}"
