@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 
 import pytest
 
@@ -69,7 +70,11 @@ def test_mechanism_measures_on_the_demo_model(demo):
     other, expected = mechanism.switched_question(records[1], random.Random(0))
     relation = world.template(records[1].meta["template"]).relation
     assert expected == world.fact(other, relation) != records[1].answer
-    roles = mechanism.role_profile(demo, records[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a role absent from every question is None, not a NaN mean
+        roles = mechanism.role_profile(demo, records[:2])
     assert set(roles["profile"]) == set(mechanism.ROLES) and len(roles["profile"]["last"]) == demo.num_layers
+    assert not any(r.textual_constraints for r in records[:2]) and roles["profile"]["textual"] is None
+    json.dumps(roles, allow_nan=False)
     tune, report = mechanism.split_countries()
     assert not set(tune) & set(report) and len(tune) + len(report) == len(world.training_countries())

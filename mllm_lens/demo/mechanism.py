@@ -117,7 +117,8 @@ def token_roles(result) -> list[str]:
 
 def role_profile(model: LensModel, records: Sequence[VQARecord], site: str = "mlp") -> dict:
     """Mean indirect effect ``[layers, roles]`` of the ``site`` trace (window 1, noise on the
-    visual constraint), and where it peaks. Per question the IE of a role is its best position."""
+    visual constraint), and where it peaks. Per question the IE of a role is its best position; a
+    role no question has (e.g. no textual constraint among ``records``) is ``None``, not NaN."""
     profiles = []
     for record in records:
         result = _session(model, record.probe(), noise(), site).trace(site, progress=False)
@@ -129,10 +130,13 @@ def role_profile(model: LensModel, records: Sequence[VQARecord], site: str = "ml
             if columns:
                 row[:, j] = np.nanmax(effect[:, columns], axis=1)
         profiles.append(row)
-    mean = np.nanmean(np.stack(profiles), axis=0)
+    stacked = np.stack(profiles)
+    present = ~np.isnan(stacked).all(axis=(0, 1))  # roles some question has (not every one has a textual constraint)
+    mean = np.full(stacked.shape[1:], np.nan)
+    mean[:, present] = np.nanmean(stacked[:, :, present], axis=0)
     layer, peak = np.unravel_index(int(np.nanargmax(mean)), mean.shape)
     return {
-        "profile": {r: [round(float(v), 4) for v in mean[:, j]] for j, r in enumerate(ROLES)},
+        "profile": {r: [round(float(v), 4) for v in mean[:, j]] if present[j] else None for j, r in enumerate(ROLES)},
         "peak_layer": int(layer),
         "peak_role": ROLES[int(peak)],
         "n": len(records),
