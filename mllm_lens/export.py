@@ -10,7 +10,9 @@ Colours follow the widgets' policy (``js/src/policy.js``, mirrored by :func:`col
 default p(target) is painted from the corrupted to the clean probability, at least
 :data:`MIN_SPAN` wide, so a trace whose restorations barely move p is not painted bright; the
 figure then says so in words (:func:`small_effect_note`). The colour bar carries its end values
-and marks the clean and corrupted probabilities.
+and marks the clean and corrupted probabilities. ``value`` picks what is painted (:func:`painted`):
+p itself, the indirect effect, or ROME's normalised effect (anchored 0–1); the figure's title
+then defines it in a third line.
 
 Only numpy and PIL are used here: the engine may import this module without any widget stack.
 """
@@ -50,6 +52,7 @@ COLORMAPS = {
 NAN_RGB = (220, 220, 220)
 MIN_SPAN = 0.05  # the narrowest span an anchored scale paints, as in js/src/policy.js
 SCALES = ("anchored", "fixed", "auto")
+VALUES = ("score", "indirect_effect", "normalized")  # what the colours show, as js/src/policy.js
 NOTE_CHAR_WIDTH = 5.6  # px per character of the note's 11 px sans-serif line (room kept for it)
 HEADING_LINE = 16  # px per title line above a static figure
 # The exported page's colours: JupyterLab's variable names, light or dark by the reader's preference.
@@ -158,24 +161,68 @@ def _finite_range(data: np.ndarray | None) -> tuple[float, float]:
     return (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
 
 
+def check_options(value: str, scale: str) -> None:
+    """A ``ValueError`` naming the choices unless ``value`` is in :data:`VALUES` and ``scale`` in :data:`SCALES`."""
+    if value not in VALUES:
+        raise ValueError(f"value must be one of {VALUES}, got {value!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+
+
+def painted(scores: np.ndarray, value: str, clean: float, corrupted: float) -> np.ndarray:
+    """Restored probabilities in the units ``value`` paints: p (``"score"``), p − corrupted
+    (``"indirect_effect"``) or (p − corrupted) / (clean − corrupted) (``"normalized"``: 0 at the
+    corrupted, 1 at the clean probability; NaN when they are equal), as ``js/src/policy.js``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if value == "indirect_effect":
+        return scores - corrupted
+    if value == "normalized":
+        gap = clean - corrupted
+        return (scores - corrupted) / gap if gap else np.full_like(scores, np.nan)
+    return scores
+
+
+def value_words(value: str, target: str) -> tuple[str, str]:
+    """The colour bar's unit and the definition of what is painted, as ``valueWords`` in ``js/src/policy.js``."""
+    p = f"p({target or 'answer'})"
+    if value == "indirect_effect":
+        return "indirect effect", f"indirect effect = restored {p} − corrupted {p}"
+    if value == "normalized":
+        return (
+            "normalised effect",
+            f"normalised = (restored − corrupted) / (clean − corrupted) {p}: 0 = corrupted, 1 = clean (ROME)",
+        )
+    return p, f"{p} with the cell's state restored from the clean run"
+
+
 def color_range(
     clean: float, corrupted: float, *, value: str = "score", scale: str = "anchored", data: np.ndarray | None = None
 ) -> tuple[float, float]:
-    """``(lo, hi)`` of the colour ramp, in the units painted (p, or indirect effect for
-    ``value="indirect_effect"``; ``data`` already in them). ``"anchored"``: corrupted → clean
-    (indirect effect 0 → clean − corrupted), at least :data:`MIN_SPAN` wide and inside [0, 1];
-    ``"fixed"``: 0–1; ``"auto"``: the finite min–max of ``data``."""
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
+    """``(lo, hi)`` of the colour ramp, in the units painted (:func:`painted`; ``data`` already in
+    them). ``"anchored"``: corrupted → clean (indirect effect 0 → clean − corrupted), at least
+    :data:`MIN_SPAN` wide and inside [0, 1], and the normalised effect 0 → 1; ``"fixed"``: 0–1;
+    ``"auto"``: the finite min–max of ``data``."""
+    check_options(value, scale)
     lo, hi = 0.0, 1.0
     if scale == "auto":
         lo, hi = _finite_range(data)
-    elif scale == "anchored":
+    elif scale == "anchored" and value != "normalized":
         a, b = (0.0, clean - corrupted) if value == "indirect_effect" else (corrupted, clean)
         lo, hi = min(a, b), max(a, b)
         if hi - lo < MIN_SPAN:
             lo, hi = (lo, lo + MIN_SPAN) if lo + MIN_SPAN <= 1 or lo < 0 else (1 - MIN_SPAN, 1.0)
     return lo, hi if hi > lo else lo + 1e-9
+
+
+def gap_note(clean: float, corrupted: float) -> str | None:
+    """The normalised effect's caveat when clean and corrupted p differ by less than
+    :data:`MIN_SPAN` (it stretches that small change over the whole scale), as ``gapNote`` in JS."""
+    gap = abs(clean - corrupted)
+    if gap == 0:
+        return f"clean and corrupted p are equal ({clean:.3f}): the normalised effect is undefined"
+    if gap < MIN_SPAN:
+        return f"clean and corrupted p differ by only {gap:.3f}: normalising stretches that small change over the scale"
+    return None
 
 
 def small_effect_note(scores: np.ndarray, corrupted: float) -> str | None:
@@ -215,10 +262,10 @@ class Grid:
     vmax: float
     cell: tuple[int, int]  # (width, height)
     left: int
-    marks: list[tuple[str, float]]  # (name, p): the corrupted and clean probabilities
+    marks: list[tuple[str, float, float]]  # (name, p, painted p): the corrupted and clean probabilities
     unit: str  # what the colours are, over the colour bar: "p(target)"
-    note: str | None = None  # small_effect_note, written under the figure
-    heading: tuple[str, ...] = ()  # the title lines: question → target, corruption and anchors
+    note: str | None = None  # small_effect_note (gap_note when normalised), written under the figure
+    heading: tuple[str, ...] = ()  # the title lines: question → target, corruption and anchors, what is painted
     header: int = 26  # room for the panel titles
     bottom: int = 34
     gap: int = 16
@@ -258,8 +305,10 @@ class Grid:
         """``(t, text)`` beside the colour bar, t in [0, 1] from its bottom: the end values, and
         the corrupted and clean marks (joined to an end value they sit next to)."""
         labels = {1.0: f"{self.vmax:.3f}", 0.0: f"{self.vmin:.3f}"}
-        for name, p in self.marks:
-            t = min(1.0, max(0.0, (p - self.vmin) / (self.vmax - self.vmin)))
+        for name, p, at in self.marks:
+            if not np.isfinite(at):
+                continue
+            t = min(1.0, max(0.0, (at - self.vmin) / (self.vmax - self.vmin)))
             near = next((end for end in labels if abs(end - t) * self.shape[2] * self.cell[1] < 10), None)
             if near is None:
                 labels[t] = f"{name} {p:.3f}"
@@ -276,9 +325,10 @@ def grid(
     collapse_image: bool = True,
     cell: tuple[int, int] = (14, 14),
     scale: str = "anchored",
+    value: str = "score",
 ) -> Grid:
     """Group positions into rows (image band collapsed to its best score per layer) and lay them
-    out; colours over :func:`color_range` of ``scale``."""
+    out; colours of ``value`` (:func:`painted`) over :func:`color_range` of ``scale``."""
     items = as_results(results)
     first = items[0]
     start, end = first.image_span
@@ -298,18 +348,22 @@ def grid(
         block = scores[:, :, positions]
         ok = ~np.isnan(block).all(-1)
         values[:, :, j][ok] = np.nanmax(np.where(np.isnan(block), -np.inf, block), -1)[ok]
-    vmin, vmax = color_range(first.clean_prob, first.corrupted_prob, scale=scale, data=values)
+    clean, corrupted = float(first.clean_prob), float(first.corrupted_prob)
+    values = painted(values, value, clean, corrupted)
+    vmin, vmax = color_range(clean, corrupted, value=value, scale=scale, data=values)
     context = trace_context(first)
-    corrupted = {p for s in context["spans"] if s["corrupted"] for p in range(s["start"], s["end"])}
+    starred = {p for s in context["spans"] if s["corrupted"] for p in range(s["start"], s["end"])}
     labels = [
-        f"{label} *" if corrupted & set(positions) else label for label, positions in zip(labels, rows, strict=True)
+        f"{label} *" if starred & set(positions) else label for label, positions in zip(labels, rows, strict=True)
     ]
     left = min(160, 7 * max(len(s) for s in labels)) + 10
     titles = [SITE_TITLES.get(r.site, r.site) for r in items]
-    marks = [("corrupted", float(first.corrupted_prob)), ("clean", float(first.clean_prob))]
-    note = small_effect_note(scores, first.corrupted_prob)
-    unit = f"p({first.target_token})"
-    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, unit, note, heading(first, context))
+    anchors = (("corrupted", corrupted), ("clean", clean))
+    marks = [(name, p, float(painted(np.array(p), value, clean, corrupted))) for name, p in anchors]
+    note = gap_note(clean, corrupted) if value == "normalized" else small_effect_note(scores, corrupted)
+    unit, definition = value_words(value, first.target_token)
+    lines = heading(first, context) + ((definition,) if value != "score" else ())
+    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, unit, note, lines)
 
 
 def heading(result: TraceResult, context: dict) -> tuple[str, str]:
@@ -426,10 +480,19 @@ def _script_safe(text: str) -> str:
     return re.sub(r"</(script)", r"<\\/\1", text, flags=re.IGNORECASE)
 
 
-def to_html(results: TraceResult | Sequence[TraceResult], path: str | Path, *, title: str | None = None) -> Path:
-    """Write a self-contained page (bundle and data inlined, no kernel, works from ``file://``).
-    Nothing on it promises a re-run (``clickable`` is false: a click reads a cell out); its
-    colours follow the reader's light or dark preference (:data:`PAGE_THEME`)."""
+def to_html(
+    results: TraceResult | Sequence[TraceResult],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    value: str = "score",
+    scale: str = "anchored",
+) -> Path:
+    """Write a self-contained page (bundle and data inlined, no kernel, works from ``file://``),
+    opening on ``value`` and ``scale`` (the reader can switch both). Nothing on it promises a
+    re-run (``clickable`` is false: a click reads a cell out); its colours follow the reader's
+    light or dark preference (:data:`PAGE_THEME`)."""
+    check_options(value, scale)
     items = as_results(results)
     state = heatmap_state(items)
     scores = state.pop("scores")
@@ -438,7 +501,7 @@ def to_html(results: TraceResult | Sequence[TraceResult], path: str | Path, *, t
         "dtype": "float32",
         "shape": list(scores.shape),
     }
-    state.update(expanded=False, colormap="viridis", value="score", scale="anchored", vmin=None, vmax=None)
+    state.update(expanded=False, colormap="viridis", value=value, scale=scale, vmin=None, vmax=None)
     state.update(highlight=[], status="static page (no kernel)", progress=0.0, error="", error_details="")
     state.update(cell_result={}, clickable=False, downloads=["png"])  # no kernel to write SVG or HTML
     heading = title or f"Causal trace of {items[0].target_token!r}"

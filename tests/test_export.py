@@ -149,6 +149,8 @@ def test_the_colour_bar_ends_at_the_anchored_range_and_marks_clean_and_corrupted
         (0.9, 0.1, {"value": "indirect_effect"}, (0.0, 0.8)),
         (0.9, 0.1, {"scale": "fixed"}, (0.0, 1.0)),
         (0.9, 0.1, {"scale": "auto", "data": np.array([0.3, np.nan, 0.4])}, (0.3, 0.4)),
+        (0.9, 0.1, {"value": "normalized"}, (0.0, 1.0)),
+        (0.933, 0.927, {"value": "normalized"}, (0.0, 1.0)),
     ],
 )
 def test_color_range_follows_the_widgets_policy(clean, corrupted, options, expected):
@@ -158,7 +160,33 @@ def test_color_range_follows_the_widgets_policy(clean, corrupted, options, expec
 def test_the_policy_constants_match_the_front_end():
     js = (Path(__file__).parent.parent / "js" / "src" / "policy.js").read_text()
     assert float(re.search(r"export const MIN_SPAN = ([\d.]+);", js)[1]) == export.MIN_SPAN
-    assert set(re.findall(r"^  (\w+): \"", js, re.M)) == set(export.SCALES)
+    for name, python in (("POLICIES", export.SCALES), ("VALUES", export.VALUES)):
+        block = re.search(rf"export const {name} = {{(.*?)}};", js, re.S)[1]
+        assert re.findall(r"^  (\w+): \"", block, re.M) == list(python)
+
+
+def test_a_normalised_figure_is_anchored_0_to_1_and_says_what_it_paints(tmp_path):
+    """ROME's normalised effect (p − corrupted) / (clean − corrupted): corrupted at 0, clean at 1,
+    defined in the title; a small clean − corrupted gap is said in words."""
+    result = synthetic()  # clean 0.9, corrupted 0.1
+    g = export.grid(result, value="normalized")
+    assert (g.vmin, g.vmax) == (0.0, 1.0)
+    np.testing.assert_allclose(g.values, (export.grid(result).values - 0.1) / 0.8)
+    svg = result.to_svg(tmp_path / "n.svg", value="normalized")
+    assert svg_texts(svg, "legend-label") == ["1.000 (clean 0.900)", "0.000 (corrupted 0.100)"]
+    assert svg_texts(svg, "unit") == ["normalised effect"]
+    definition = (
+        "normalised = (restored − corrupted) / (clean − corrupted) p(ans</script>): 0 = corrupted, 1 = clean (ROME)"
+    )
+    assert svg_texts(svg, "heading")[-1] == definition
+    assert svg_texts(result.to_svg(tmp_path / "p.svg"), "unit") == ["p(ans</script>)"]  # the default paints p
+    assert export.grid(tiny_effect(), value="normalized").note == (
+        "clean and corrupted p differ by only 0.006: normalising stretches that small change over the scale"
+    )
+    page = result.to_html(tmp_path / "n.html", value="normalized").read_text()
+    assert '"value": "normalized"' in page
+    with pytest.raises(ValueError, match="value must be one of"):
+        export.grid(result, value="normalised_typo")
 
 
 def test_the_static_page_promises_no_clicks_and_follows_the_readers_theme(tmp_path):

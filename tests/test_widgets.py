@@ -372,3 +372,6 @@ def test_download_buttons_get_svg_and_html_from_the_kernel(session, results):
     empty._on_message(empty, {"type": "export", "format": "svg"}, [])
     assert empty.error == "There is no finished trace to download yet: run it first."
     assert hm.downloads == ["png", "svg", "html"]
+    hm.value = "normalized"  # the download paints what the page shows
+    hm._on_message(hm, {"type": "export", "format": "svg"}, [])
+    assert b">normalised effect</text>" in sent[-1][1][0] and not hm.error

@@ -6,14 +6,13 @@ import { curveChart } from "./curve.js";
 import { fmt } from "./format.js";
 import { buildRows, cellOrigin, hitTest, labelledRows, moveFocus, rowMarks, rowValue } from "./layout.js";
 import { axisKey, clickedText, heatmapHint, traceTitle, unreadable } from "./messages.js";
-import { POLICIES, colorRange, legendMarks, legendSummary, policyOf, smallEffectNote } from "./policy.js";
+import { POLICIES, VALUES, colorRange, gapNote, legendMarks, legendSummary, painter, policyOf, smallEffectNote, valueWords } from "./policy.js";
 import { composeFigure, download, drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const LABEL_FONT = "11px sans-serif";
 const AXIS_TITLE = 16; // the rotated token-axis title's strip, left of the labels
 const GUTTER = 8; // constraint bars, between the labels and the cells
 const RUNNING = clickedText("", true);
-const VALUES = { score: "p(target)", indirect_effect: "indirect effect" };
 const FORMATS = ["png", "svg", "html"];
 
 function topTable(title, entries, target) {
@@ -41,6 +40,7 @@ export function renderHeatmap({ model, el }) {
   injectStyle(el);
   const canvas = h("canvas", { tabindex: "0", "data-lm-suppress-shortcuts": "true", "data-testid": "heatmap-canvas", role: "grid", "aria-label": "causal trace heatmap: arrow keys move, Enter restores the cell" });
   const legend = h("canvas", { "data-testid": "legend", role: "img", "aria-label": "colour scale" });
+  const definition = h("div", { class: "mll-muted", "data-testid": "legend-definition" });
   const note = h("div", { class: "mll-note", "data-testid": "scale-note", hidden: true });
   const policy = h("select", { "data-testid": "scale-select", "aria-label": "colour scale" }, ...Object.entries(POLICIES).map(([value, text]) => h("option", { value, text })));
   policy.addEventListener("change", () => {
@@ -83,7 +83,7 @@ export function renderHeatmap({ model, el }) {
       status,
     ),
     key,
-    h("div", { class: "mll-body" }, h("div", { class: "mll-scroll" }, canvas), h("div", { class: "mll-side" }, legend, note, readout, error, rowCurve, result)),
+    h("div", { class: "mll-body" }, h("div", { class: "mll-scroll" }, canvas), h("div", { class: "mll-side" }, legend, definition, note, readout, error, rowCurve, result)),
   );
   el.replaceChildren(root);
 
@@ -100,23 +100,24 @@ export function renderHeatmap({ model, el }) {
 
   const get = (panel, layer, pos) => scores.data[(panel * scores.shape[1] + layer) * scores.shape[2] + pos];
 
-  /** The colour range (see policy.js) and the shift from probability to painted units. */
+  /** The colour range (see policy.js) and the map from probability to painted units. */
   function valueRange() {
-    const value = model.get("value");
-    const shift = value === "indirect_effect" ? model.get("corrupted_prob") : 0;
-    const data = policyOf(model) === "auto" ? finiteRange(scores.data).map((v) => v - shift) : [];
-    const options = { value, data, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob") };
-    return [colorRange({ ...options, policy: policyOf(model), vmin: model.get("vmin"), vmax: model.get("vmax") }), shift];
+    const anchors = { value: model.get("value"), clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob") };
+    const paint = painter(anchors);
+    const data = policyOf(model) === "auto" ? finiteRange(scores.data).map(paint) : [];
+    return [colorRange({ ...anchors, data, policy: policyOf(model), vmin: model.get("vmin"), vmax: model.get("vmax") }), paint];
   }
 
   function drawScale(colorOf, range, colors) {
-    const value = model.get("value");
-    const unit = value === "indirect_effect" ? "indirect effect" : `p(${model.get("target_token")})`;
-    const marks = legendMarks({ value, clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob"), ...range });
-    drawLegend(legend, colorOf, range, { unit, marks, colors });
-    legend.setAttribute("aria-label", legendSummary(unit, range, policyOf(model), marks));
+    const [value, clean, corrupted] = [model.get("value"), model.get("clean_prob"), model.get("corrupted_prob")];
+    const words = valueWords(value, model.get("target_token"));
+    const marks = legendMarks({ value, clean, corrupted, ...range });
+    drawLegend(legend, colorOf, range, { unit: words.unit, marks, colors });
+    legend.setAttribute("aria-label", `${legendSummary(words.unit, range, policyOf(model), marks)}; ${words.definition}`);
+    definition.textContent = words.definition;
     policy.value = policyOf(model);
-    const text = smallEffectNote(scores.data, model.get("corrupted_prob"), { partial: model.get("status") === "tracing" });
+    const partial = model.get("status") === "tracing";
+    const text = value === "normalized" ? gapNote(value, clean, corrupted) : smallEffectNote(scores.data, corrupted, { partial });
     note.hidden = !text;
     note.textContent = text ?? "";
   }
@@ -157,7 +158,7 @@ export function renderHeatmap({ model, el }) {
     canvas.style.height = `${totalHeight}px`;
     ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
     ctx.clearRect(0, 0, width, totalHeight);
-    const [range, shift] = valueRange();
+    const [range, paint] = valueRange();
     const colorOf = scale(model.get("colormap"), range.lo, range.hi);
     const highlight = new Set(model.get("highlight") ?? []);
     for (let panel = 0; panel < nPanels; panel++) {
@@ -166,7 +167,7 @@ export function renderHeatmap({ model, el }) {
         for (let layer = 0; layer < nLayers; layer++) {
           const { value } = rowValue(row, layer, (l, p) => get(panel, l, p));
           const { x, y } = cellOrigin(geom, panel, layer, r);
-          ctx.fillStyle = colorOf(value - shift);
+          ctx.fillStyle = colorOf(paint(value));
           ctx.fillRect(x, y, cw, row.h);
         }
         if (row.positions.some((p) => highlight.has(p))) {
@@ -337,7 +338,8 @@ export function renderHeatmap({ model, el }) {
     const { value, position } = rowValue(row, cell.layer, (l, p) => get(cell.panel, l, p));
     const site = model.get("panels")[cell.panel]?.title ?? "";
     const where = row.kind === "band" ? `image band, best ${model.get("labels")[position]}` : `${JSON.stringify(row.label)} (pos ${position})`;
-    return `${site} · layer ${cell.layer} · ${where} · score ${fmt(value)} · IE ${fmt(value - model.get("corrupted_prob"))}`;
+    const normalised = painter({ value: "normalized", clean: model.get("clean_prob"), corrupted: model.get("corrupted_prob") })(value);
+    return `${site} · layer ${cell.layer} · ${where} · p ${fmt(value)} · IE ${fmt(value - model.get("corrupted_prob"))} · normalised ${fmt(normalised)}`;
   }
 
   function activate(cell) {

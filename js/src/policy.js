@@ -9,8 +9,28 @@ export const POLICIES = {
   fixed: "fixed 0–1",
   auto: "auto (min–max)",
 };
+// What the colours show (the heatmap's `value`): p itself, p − corrupted, or ROME's normalised effect.
+export const VALUES = {
+  score: "probability",
+  indirect_effect: "indirect effect",
+  normalized: "normalised",
+};
 // The narrowest span an anchored scale paints (in probability): a smaller effect stays dark.
 export const MIN_SPAN = 0.05;
+
+/**
+ * Restored probability → the painted value of `value`: p ("score"), p − corrupted
+ * ("indirect_effect"), or (p − corrupted) / (clean − corrupted) ("normalized": 0 at the corrupted,
+ * 1 at the clean probability; NaN when the two are equal, as TraceResult.normalized_effect).
+ */
+export function painter({ value = "score", clean = null, corrupted = null } = {}) {
+  if (value === "indirect_effect" && corrupted != null) return (p) => p - corrupted;
+  if (value === "normalized" && clean != null && corrupted != null) {
+    const gap = clean - corrupted;
+    return gap === 0 ? () => Number.NaN : (p) => (p - corrupted) / gap;
+  }
+  return (p) => p;
+}
 
 function widen(lo, hi) {
   if (hi - lo >= MIN_SPAN) return [lo, hi];
@@ -24,6 +44,7 @@ function anchoredRange(value, clean, corrupted, data) {
     const [lo, hi] = finiteRange(data);
     return [Math.min(0, lo), Math.max(0, hi) > Math.min(0, lo) ? Math.max(0, hi) : 1];
   }
+  if (value === "normalized") return [0, 1];
   const [a, b] = value === "indirect_effect" ? [0, clean - corrupted] : [corrupted, clean];
   return widen(Math.min(a, b), Math.max(a, b));
 }
@@ -31,8 +52,9 @@ function anchoredRange(value, clean, corrupted, data) {
 /**
  * The colour range {lo, hi} of a figure, in the units it is painted in (`data` already in them).
  * anchored (default): p from the corrupted to the clean probability, or indirect effect from 0 to
- *   clean − corrupted, at least MIN_SPAN wide; it depends on the two probabilities only, so it is
- *   fixed before a live fill starts and never re-stretches while cells arrive;
+ *   clean − corrupted, at least MIN_SPAN wide, or the normalised effect from 0 to 1; it depends on
+ *   the two probabilities only, so it is fixed before a live fill starts and never re-stretches
+ *   while cells arrive;
  * fixed: 0 to 1; auto: the finite min–max of `data`. `vmin` / `vmax`, when set, replace an end.
  */
 export function colorRange({ policy = "anchored", value = "score", clean = null, corrupted = null, data = [], vmin = null, vmax = null }) {
@@ -47,11 +69,23 @@ export function colorRange({ policy = "anchored", value = "score", clean = null,
 /** Where the corrupted and clean probabilities sit on the legend: [{label, value, t}], t in [0, 1]. */
 export function legendMarks({ value = "score", clean, corrupted, lo, hi }) {
   if (clean == null || corrupted == null) return [];
-  const shift = value === "indirect_effect" ? corrupted : 0;
+  const paint = painter({ value, clean, corrupted });
   return [
     ["corrupted", corrupted],
     ["clean", clean],
-  ].map(([label, p]) => ({ label, value: p, t: Math.min(1, Math.max(0, (p - shift - lo) / (hi - lo))) }));
+  ]
+    .map(([label, p]) => ({ label, value: p, t: Math.min(1, Math.max(0, (paint(p) - lo) / (hi - lo))) }))
+    .filter((mark) => Number.isFinite(mark.t));
+}
+
+/** The legend's unit and the line under it that defines what the colours show (`value`), in words. */
+export function valueWords(value, target) {
+  const p = `p(${target || "answer"})`;
+  if (value === "indirect_effect") return { unit: "indirect effect", definition: `indirect effect = restored ${p} − corrupted ${p}` };
+  if (value === "normalized") {
+    return { unit: "normalised effect", definition: `normalised = (restored − corrupted) / (clean − corrupted) ${p}: 0 = corrupted, 1 = clean (ROME)` };
+  }
+  return { unit: p, definition: `${p} with the cell's state restored from the clean run` };
 }
 
 /**
@@ -65,6 +99,17 @@ export function smallEffectNote(scores, corrupted, { partial = false } = {}) {
   if (!(most >= 0) || most >= MIN_SPAN) return null;
   const sofar = partial ? " so far" : "";
   return `restoring changes p(answer) by at most ${fmt(most)}${sofar}: too small to colour (the scale spans at least ${MIN_SPAN})`;
+}
+
+/**
+ * The normalised effect's caveat (null for other values or a clear gap): it divides by clean −
+ * corrupted, so a gap under MIN_SPAN magnifies small changes to the whole scale, and none is defined.
+ */
+export function gapNote(value, clean, corrupted) {
+  if (value !== "normalized" || clean == null || corrupted == null) return null;
+  const gap = Math.abs(clean - corrupted);
+  if (gap === 0) return `clean and corrupted p are equal (${fmt(clean)}): the normalised effect is undefined`;
+  return gap < MIN_SPAN ? `clean and corrupted p differ by only ${fmt(gap)}: normalising stretches that small change over the scale` : null;
 }
 
 /** The legend's accessible summary: ends, policy, and the clean / corrupted marks. */

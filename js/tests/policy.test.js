@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { scale } from "../src/colormap.js";
-import { MIN_SPAN, colorRange, legendMarks, legendSummary, policyOf, smallEffectNote } from "../src/policy.js";
+import { MIN_SPAN, colorRange, gapNote, legendMarks, legendSummary, painter, policyOf, smallEffectNote, valueWords } from "../src/policy.js";
 
 const brightness = (css) => {
   const [r, g, b] = css.match(/\d+/g).map(Number);
@@ -76,6 +76,47 @@ describe("legend", () => {
     expect(marks.map((m) => m.t)).toEqual([0, expect.closeTo(0.4, 12)]);
     expect(legendMarks({ clean: 0.9, corrupted: 0.1, lo: 0.2, hi: 0.5 }).map((m) => m.t)).toEqual([0, 1]);
     expect(legendMarks({ clean: null, corrupted: 0.1, lo: 0, hi: 1 })).toEqual([]);
+  });
+});
+
+describe("normalised score (ROME)", () => {
+  it("paints (p − corrupted) / (clean − corrupted): corrupted at 0, clean at 1, NaN without a gap", () => {
+    const paint = painter({ value: "normalized", clean: 0.9, corrupted: 0.1 });
+    expect([0.1, 0.5, 0.9].map(paint)).toEqual([0, 0.5, expect.closeTo(1, 12)]);
+    expect(painter({ value: "indirect_effect", clean: 0.9, corrupted: 0.1 })(0.5)).toBeCloseTo(0.4, 12);
+    expect(painter({ value: "score", clean: 0.9, corrupted: 0.1 })(0.5)).toBe(0.5);
+    expect(painter({ value: "normalized", clean: 0.4, corrupted: 0.4 })(0.5)).toBeNaN();
+  });
+
+  it("is anchored at 0–1, whatever the two probabilities", () => {
+    expect(colorRange({ value: "normalized", clean: 0.9, corrupted: 0.1 })).toEqual({ lo: 0, hi: 1 });
+    expect(colorRange({ value: "normalized", ...tiny })).toEqual({ lo: 0, hi: 1 });
+    const data = Float32Array.from([0.1, 0.5]).map(painter({ value: "normalized", clean: 0.9, corrupted: 0.1 }));
+    expect(colorRange({ value: "normalized", clean: 0.9, corrupted: 0.1, policy: "auto", data }).hi).toBeCloseTo(0.5, 6);
+  });
+
+  it("marks corrupted and clean at the legend's ends and defines itself under the legend", () => {
+    const marks = legendMarks({ value: "normalized", clean: 0.9, corrupted: 0.1, lo: 0, hi: 1 });
+    expect(marks.map((m) => [m.label, m.value, m.t])).toEqual([
+      ["corrupted", 0.1, 0],
+      ["clean", 0.9, expect.closeTo(1, 12)],
+    ]);
+    expect(legendMarks({ value: "normalized", clean: 0.4, corrupted: 0.4, lo: 0, hi: 1 })).toEqual([]);
+    expect(valueWords("normalized", "Paris")).toEqual({
+      unit: "normalised effect",
+      definition: "normalised = (restored − corrupted) / (clean − corrupted) p(Paris): 0 = corrupted, 1 = clean (ROME)",
+    });
+    expect(valueWords("indirect_effect", "Paris").definition).toBe("indirect effect = restored p(Paris) − corrupted p(Paris)");
+    expect(valueWords("score", "Paris").unit).toBe("p(Paris)");
+  });
+
+  it("says in words when a small clean − corrupted gap is stretched over the scale", () => {
+    expect(gapNote("normalized", tiny.clean, tiny.corrupted)).toBe(
+      "clean and corrupted p differ by only 0.006: normalising stretches that small change over the scale",
+    );
+    expect(gapNote("normalized", 0.4, 0.4)).toBe("clean and corrupted p are equal (0.400): the normalised effect is undefined");
+    expect(gapNote("normalized", 0.9, 0.1)).toBeNull();
+    expect(gapNote("score", tiny.clean, tiny.corrupted)).toBeNull();
   });
 });
 

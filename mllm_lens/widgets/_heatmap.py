@@ -14,7 +14,16 @@ import anywidget
 import numpy as np
 import traitlets as t
 
-from mllm_lens.export import SITE_TITLES, describe_corruption, heatmap_state, marked_spans, to_html, to_svg
+from mllm_lens.export import (
+    SCALES,
+    SITE_TITLES,
+    VALUES,
+    describe_corruption,
+    heatmap_state,
+    marked_spans,
+    to_html,
+    to_svg,
+)
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import CellOutcome, TraceSession
 from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
@@ -50,13 +59,15 @@ class TraceHeatmap(anywidget.AnyWidget):
     The title names the question, the target and the corruption; on the token axis corrupted
     rows are starred and constraint phrases barred (``spans``), the highlighted image rows always
     labelled. Beside the heatmap: the focused cell's row as a per-layer curve (read from
-    ``scores``, no kernel call), a score control (p or indirect effect), and with a session a
-    window control (a change re-traces). Download buttons save PNG (drawn in the page) and SVG /
-    HTML (:meth:`export`, sent by the kernel).
+    ``scores``, no kernel call), a score control (``value``: p, indirect effect, or ROME's
+    normalised effect (p − corrupted) / (clean − corrupted), defined under the legend), and with a
+    session a window control (a change re-traces). Download buttons save PNG (drawn in the page)
+    and SVG / HTML (:meth:`export`, sent by the kernel, in the chosen ``value`` and ``scale``).
 
     Colours follow ``scale`` (``js/src/policy.js``): ``"anchored"`` (default) spans p from the
-    corrupted to the clean probability (indirect effect from 0), fixed before a live fill starts;
-    ``"fixed"`` spans 0–1 and ``"auto"`` the data's min–max. ``vmin`` / ``vmax`` override an end.
+    corrupted to the clean probability (indirect effect from 0, normalised effect 0–1), fixed
+    before a live fill starts; ``"fixed"`` spans 0–1 and ``"auto"`` the data's min–max.
+    ``vmin`` / ``vmax`` override an end.
     """
 
     _esm = bundle()
@@ -74,8 +85,8 @@ class TraceHeatmap(anywidget.AnyWidget):
     spans: t.List[Any] = t.List().tag(sync=True)  # token-axis marks (mllm_lens.export.marked_spans)
     expanded = t.Bool(False).tag(sync=True)
     colormap = t.Enum(("viridis", "cividis", "greys"), "viridis").tag(sync=True)
-    value = t.Enum(("score", "indirect_effect"), "score").tag(sync=True)
-    scale = t.Enum(("anchored", "fixed", "auto"), "anchored").tag(sync=True)
+    value = t.Enum(VALUES, "score").tag(sync=True)  # what is painted (mllm_lens.export.painted)
+    scale = t.Enum(SCALES, "anchored").tag(sync=True)
     vmin = t.Float(None, allow_none=True).tag(sync=True)
     vmax = t.Float(None, allow_none=True).tag(sync=True)
     highlight = t.List(t.Int()).tag(sync=True)  # positions outlined (e.g. patches picked in a linked overlay)
@@ -227,7 +238,7 @@ class TraceHeatmap(anywidget.AnyWidget):
             raise MessageError("there is no finished trace to download yet: run it first")
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"trace.{fmt}"
-            (to_svg if fmt == "svg" else to_html)(results, path)
+            (to_svg if fmt == "svg" else to_html)(results, path, value=self.value, scale=self.scale)
             return path.read_bytes()
 
     def _send_export(self, fmt: Any) -> None:

@@ -448,6 +448,11 @@ def test_exported_html_renders_without_a_kernel(page, tmp_path):
     page.wait_for_function("el => el.dataset.lo !== '0.1'", arg=legend.element_handle())
     lo, hi = float(legend.get_attribute("data-lo")), float(legend.get_attribute("data-hi"))
     assert (lo, hi) == (pytest.approx(scores.min(), abs=1e-6), pytest.approx(scores.max(), abs=1e-6))
+    root.locator("[data-testid=scale-select]").select_option("anchored")  # ROME's normalised score: 0 to 1
+    root.locator("[data-testid=value-select]").select_option("normalized")
+    page.wait_for_function("el => el.dataset.lo === '0' && el.dataset.hi === '1'", arg=legend.element_handle())
+    assert "(clean − corrupted)" in root.get_by_test_id("legend-definition").inner_text()
+    root.locator("[data-testid=value-select]").select_option("score")
     light = contrasts(root)
     page.emulate_media(color_scheme="dark")
     page.wait_for_function("el => el.dataset.labelColor === '#e6e6e6'", arg=canvas.element_handle())
