@@ -196,3 +196,30 @@ def test_unmasked_penalty_charges_the_attention_the_route_mask_hides():
     assert [p["image_mass"] for p in masked_only] == [0.0, 0.0, 0.0]
     _, _, shadowed = tiny_routed_training(**common, unmasked_penalty=True, shadow_rows=2)
     assert all(p["image_mass"] > 0.01 for p in shadowed)
+
+
+def test_cls_token_is_the_first_image_token_and_the_name_loss_pulls_it_to_the_name():
+    """With ``cls_token`` the processor and the model agree on 65 image tokens (CLS first); the
+    CLS-to-name distance is 0 for the name's own embedding (at any scale), moves only the image
+    side (the name's embedding is the fixed target) and is recorded in the training curve."""
+    from mllm_lens.demo.build import image_token_count
+    from mllm_lens.demo.train import cls_name_distance
+
+    model, processor = build_demo_model(0, cls_token=True)
+    assert image_token_count(model.config) == 65 and image_token_count(build_demo_model(0)[0].config) == 64
+    image = world.render_flag("Peru", random.Random(0))
+    encoded = processor(images=image, text="USER: <image>\nWhat is this? ASSISTANT:", return_tensors="pt")
+    assert int((encoded["input_ids"] == model.config.image_token_id).sum()) == 65
+    model(**encoded)  # the model takes the processor's 65 tokens
+    embeddings = model.get_input_embeddings().weight
+    targets = torch.tensor([5, 9])
+    assert cls_name_distance(embeddings[targets][:, None] * 3.0, embeddings, targets).item() == pytest.approx(0, abs=1e-6)
+    features = torch.randn(2, 65, embeddings.shape[1], requires_grad=True)
+    distance = cls_name_distance(features, embeddings, targets)
+    assert 0.5 < distance.item() < 1.5  # random directions: cosine near 0
+    distance.backward()
+    assert embeddings.grad is None and features.grad[:, 1:].eq(0).all() and features.grad[:, 0].ne(0).any()
+    with pytest.raises(ValueError, match="cls-token"):
+        tiny_routed_training(steps=1, cls_name_loss=1.0)
+    _, _, curve = tiny_routed_training(steps=2, log_every=1, cls_token=True, cls_name_loss=1.0)
+    assert all(0 < point["cls_name"] < 2 for point in curve)

@@ -17,9 +17,10 @@ IMAGE_SIZE = 64
 PATCH_SIZE = 8
 
 
-def build_demo_model(seed: int = 0):
+def build_demo_model(seed: int = 0, cls_token: bool = False):
     """A randomly initialised demo LLaVA: CLIP tower 3 x 96 on 8x8 patches of a 64 px image
-    (64 visual tokens), Llama decoder 4 x 128. Returns ``(model, processor)``."""
+    (64 visual tokens, preceded by the tower's CLS token when ``cls_token``), Llama decoder
+    4 x 128. Returns ``(model, processor)``."""
     torch.manual_seed(seed)
     tokenizer = word_level_tokenizer(world.vocabulary())
     vision = CLIPVisionConfig(
@@ -44,7 +45,13 @@ def build_demo_model(seed: int = 0):
         pad_token_id=3,
         tie_word_embeddings=False,
     )
-    return random_llava(text, vision, tokenizer)
+    return random_llava(text, vision, tokenizer, "full" if cls_token else "default")
+
+
+def image_token_count(config) -> int:
+    """Image tokens per picture: the patch grid, plus the CLS token when the model keeps it."""
+    vision = config.vision_config
+    return (vision.image_size // vision.patch_size) ** 2 + (config.vision_feature_select_strategy == "full")
 
 
 def prompt_ids(tokenizer, question: str, n_image_tokens: int, answer: str | None = None) -> list[int]:

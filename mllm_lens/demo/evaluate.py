@@ -26,7 +26,7 @@ import torch
 
 from mllm_lens.data import world
 from mllm_lens.demo import mechanism
-from mllm_lens.demo.build import MODEL_DIR
+from mllm_lens.demo.build import MODEL_DIR, image_token_count
 from mllm_lens.demo.train import make_batch, question_forms, render_pool
 from mllm_lens.io import rounded
 from mllm_lens.models.lens_model import LensModel
@@ -41,8 +41,7 @@ def evaluate(
     """Accuracy overall, by template and by ``template/paraphrase`` on fresh renderings."""
     countries = countries or world.training_countries()
     hf, tokenizer = model.hf_model, model.tokenizer
-    vision = hf.config.vision_config
-    n_image = (vision.image_size // vision.patch_size) ** 2
+    n_image = image_token_count(hf.config)
     pool = render_pool(model.processor, countries, renderings, seed).to(model.device, model.dtype)
     rng = random.Random(seed)
     hits: dict[str, list[bool]] = defaultdict(list)

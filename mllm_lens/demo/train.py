@@ -43,6 +43,13 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    ``--shadow-rows`` questions, so the attention the mask hides is trained to stay off the image
    while no answer gradient ever rewards a direct read.
 
+7. **Session 8**: ``--cls-token`` keeps the vision tower's CLS token as the first image token
+   (LLaVA's ``vision_feature_select_strategy="full"``): one compact token the phrase can read as it
+   reads a mentioned name, where a flag spread over 64 patches needed a read in every layer
+   (recipes T and U2); ``--cls-name-loss`` pulls the projected CLS feature towards the input
+   embedding of the country's name (cosine), so the image takes the mention's place in the
+   decoder's text-trained route from the first aligned step.
+
 The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
 every question form, no mask, no named or mention questions; the shipped weights came from the
 same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
@@ -67,7 +74,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mllm_lens.data import world
-from mllm_lens.demo.build import MODEL_DIR, build_demo_model, prompt_ids
+from mllm_lens.demo.build import MODEL_DIR, build_demo_model, image_token_count, prompt_ids
 from mllm_lens.io import atomic_path
 
 _YES_NO = ("in_continent", "uses_currency")
@@ -219,8 +226,14 @@ def answer_options(tokenizer, relation: str, countries: list[str]) -> torch.Tens
 
 def pretrain_vision(model, pool: torch.Tensor, steps: int, batch: int, lr: float, rng: random.Random) -> list[float]:
     """Train the vision tower alone to tell the countries' flags apart (a linear classifier on its
-    mean patch feature), as LLaVA starts from a CLIP tower trained on its own task; the decoder
-    then learns its route on features that already name the flag. Returns the loss per step."""
+    CLS feature when the model keeps the CLS token, else on its mean patch feature), as LLaVA
+    starts from a CLIP tower trained on its own task; the decoder then learns its route on
+    features that already name the flag. Returns the loss per step.
+
+    A mean-patch classifier puts the flag's identity in every patch, so a noised phrase still
+    averages its way to the answer (recipe P in RESULTS.md); with the CLS token the identity
+    is concentrated where the phrase reads it."""
+    keep_cls = model.config.vision_feature_select_strategy == "full"
     tower = model.model.vision_tower
     head = torch.nn.Linear(tower.config.hidden_size, pool.shape[0])
     params = list(tower.parameters()) + list(head.parameters())
@@ -229,13 +242,22 @@ def pretrain_vision(model, pool: torch.Tensor, steps: int, batch: int, lr: float
     for _ in tqdm(range(steps), desc="pretraining the vision tower", unit="step"):
         picks = [rng.randrange(pool.shape[0]) for _ in range(batch)]
         pixels = torch.stack([pool[i, rng.randrange(pool.shape[1])] for i in picks])
-        features = tower(pixels, output_hidden_states=True).hidden_states[-1][:, 1:].mean(1)  # patches, no CLS
+        last = tower(pixels, output_hidden_states=True).hidden_states[-1]
+        features = last[:, 0] if keep_cls else last[:, 1:].mean(1)
         loss = torch.nn.functional.cross_entropy(head(features), torch.tensor(picks))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def cls_name_distance(features: torch.Tensor, embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between each image's projected CLS feature (``features[:, 0]``) and the
+    input embedding of its country's name: the decoder's first layer normalises away the scale,
+    so at cosine 1 the image token looks to the decoder exactly like the mentioned name."""
+    cls = features.reshape(len(targets), -1, features.shape[-1])[:, 0]
+    return (1 - torch.nn.functional.cosine_similarity(cls, embeddings[targets].detach(), dim=-1)).mean()
 
 
 def decoder_parameters(model) -> list[torch.nn.Parameter]:
@@ -283,6 +305,8 @@ def train(
     penalty_reduce: str = "mean",
     unmasked_penalty: bool = False,
     shadow_rows: int = 16,
+    cls_token: bool = False,
+    cls_name_loss: float = 0.0,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -299,7 +323,7 @@ def train(
     repeat the text-only mention questions.
     """
     torch.manual_seed(seed)
-    model, processor = build_demo_model(seed)
+    model, processor = build_demo_model(seed, cls_token)
     if init is not None:  # continue from a saved demo model (same architecture and vocabulary)
         model.load_state_dict(type(model).from_pretrained(init).state_dict())
     if text_route not in ("mask", "penalty"):
@@ -307,7 +331,12 @@ def train(
     if route_penalty:
         model.set_attn_implementation("eager")  # the penalty needs the attention weights
     tokenizer = processor.tokenizer
-    n_image = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    n_image = image_token_count(model.config)
+    if cls_name_loss and not cls_token:
+        raise ValueError("--cls-name-loss needs --cls-token (the CLS feature it aligns)")
+    projected: dict[str, torch.Tensor] = {}
+    if cls_name_loss:  # keep the projector's output: the CLS feature is its first token
+        model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: projected.update(features=out))
     image = (1, 1 + n_image)  # BOS, then the image tokens
     countries = world.training_countries()
     pool = render_pool(processor, countries, renderings, seed)
@@ -416,6 +445,11 @@ def train(
                 phrase_logits = forward.logits[:, entity[1] - 1]
             extras["name_loss"] = torch.nn.functional.cross_entropy(phrase_logits, targets)
             loss = loss + name_at_phrase * extras["name_loss"]
+        if cls_name_loss and with_image:
+            shown_names = [countries[i] for i in shown]
+            targets = torch.tensor(tokenizer.convert_tokens_to_ids(shown_names))
+            extras["cls_name"] = cls_name_distance(projected["features"], model.get_input_embeddings().weight, targets)
+            loss = loss + cls_name_loss * extras["cls_name"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -444,6 +478,8 @@ def train(
         "penalty_reduce": penalty_reduce,
         "unmasked_penalty": unmasked_penalty,
         "shadow_rows": shadow_rows,
+        "cls_token": cls_token,
+        "cls_name_loss": cls_name_loss,
         "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
@@ -542,6 +578,12 @@ def main(argv: list[str] | None = None) -> None:
         help="masked image batches pay the route penalty on an unmasked forward of their first --shadow-rows questions",
     )
     parser.add_argument("--shadow-rows", type=int, default=16, help="questions in that unmasked forward")
+    parser.add_argument(
+        "--cls-token", action="store_true", help="keep the vision tower's CLS token as the first image token"
+    )
+    parser.add_argument(
+        "--cls-name-loss", type=float, default=0.0, help="weight of pulling the CLS feature to the name's embedding"
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -576,6 +618,8 @@ def main(argv: list[str] | None = None) -> None:
         penalty_reduce=args.penalty_reduce,
         unmasked_penalty=args.unmasked_penalty,
         shadow_rows=args.shadow_rows,
+        cls_token=args.cls_token,
+        cls_name_loss=args.cls_name_loss,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

@@ -108,13 +108,17 @@ def _save(model: PreTrainedModel, processor: Any, path: str | Path | None):
     return model, processor
 
 
-def random_llava(text_config, vision_config: CLIPVisionConfig, tokenizer: PreTrainedTokenizerFast):
-    """A random ``LlavaForConditionalGeneration`` (CLS dropped) and its ``LlavaProcessor``."""
+def random_llava(
+    text_config, vision_config: CLIPVisionConfig, tokenizer: PreTrainedTokenizerFast, strategy: str = "default"
+):
+    """A random ``LlavaForConditionalGeneration`` and its ``LlavaProcessor``; ``strategy`` is
+    LLaVA's ``vision_feature_select_strategy``: ``"default"`` drops the vision tower's CLS token
+    (LLaVA-1.5), ``"full"`` keeps it as the first image token."""
     config = LlavaConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
         vision_config=vision_config,
         text_config=text_config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=strategy,
         vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(config)
@@ -122,7 +126,7 @@ def random_llava(text_config, vision_config: CLIPVisionConfig, tokenizer: PreTra
         image_processor=_clip_processor(cast(int, vision_config.image_size)),
         tokenizer=tokenizer,
         patch_size=vision_config.patch_size,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=strategy,
         num_additional_image_tokens=1,
     )
     return model.eval(), processor
