@@ -17,6 +17,7 @@ from mllm_lens.widgets import MAX_PENDING, PatchOverlay, TraceHeatmap, patch_cur
 from mllm_lens.widgets._base import MessageError
 from mllm_lens.widgets._codec import array_from_json, array_to_json
 from mllm_lens.widgets._errors import shown
+from mllm_lens.widgets._heatmap import window_refusal
 from mllm_lens.widgets._overlay import describe_corruption
 
 
@@ -86,14 +87,85 @@ def test_heatmap_names_question_corruption_and_marked_tokens(session, results):
 
 
 def test_a_re_run_starts_from_blank_cells(session, results):
-    """A re-run (e.g. another window) fills in live from NaN, never over the old trace's colours."""
+    """A re-run (e.g. another window) fills in live from NaN, never over the old trace's colours;
+    a window that fits withdraws an earlier refusal."""
     hm = TraceHeatmap(results, session=session)
     seen = []
     hm.observe(lambda change: seen.append(np.array(change["new"])), "scores")
-    hm.run(window=2)  # paper convention: 5 layers, the whole planted model
-    assert hm.wait(120) and not hm.error
+    hm._on_message(hm, {"type": "trace", "window": 9}, [])
+    assert hm.window_error and not seen
+    hm._on_message(hm, {"type": "trace", "window": 2}, [])  # paper convention: 5 layers, the whole planted model
+    assert hm.wait(120) and not hm.error and not hm.window_error and hm.window == 2
     assert np.isnan(seen[0]).any() and not np.isnan(hm.scores).any()
     np.testing.assert_allclose(hm.scores[1], session.trace("mlp", 2, progress=False).scores, atol=1e-6)
+
+
+def test_a_window_that_does_not_fit_is_refused_next_to_its_input(session, results):
+    """Plain words in ``window_error`` (shown beside the window input, not at the top), the
+    engine's exception under details; nothing is traced and the traced window stays."""
+    hm = TraceHeatmap(results, session=session)
+    cases = [
+        (9, "Window 9 restores 19 layers, more than this model's 5: choose 1 to 2."),
+        (1.5, "The window must be a whole number from 1 to 2."),
+        (None, "The window must be a whole number from 1 to 2."),
+    ]
+    for window, words in cases:
+        hm._on_message(hm, {"type": "trace", "window": window}, [])
+        assert hm.window_error == words and hm.window_error_details.startswith("TraceConfigError: window")
+        assert hm.window == 1 and hm.status == "idle" and not hm.error
+    with pytest.raises(ml.TraceConfigError, match="larger than the model's 5 layers"):
+        hm.run(window=9)  # from Python the engine's exception is raised
+
+
+@pytest.mark.parametrize(
+    ("window", "mode", "layers", "words"),
+    [
+        (6, "rome", 5, "Window 6 restores 6 layers, more than this model's 5: choose 1 to 5."),
+        (2, "paper", 2, "Window 2 restores 5 layers, more than this model's 2: choose 1."),
+        (0, "paper", 2, "The window must be 1 for this model."),
+    ],
+)
+def test_window_refusals_name_the_windows_that_fit(window, mode, layers, words):
+    assert window_refusal(window, mode, layers) == words
+
+
+def test_the_site_control_shows_finished_sites_at_once(results):
+    """Without a session: the held traces are the choices; one site or all, from the data."""
+    hm = TraceHeatmap(results)
+    assert hm.site_options == [
+        {"site": "hidden", "title": "hidden state"},
+        {"site": "mlp", "title": "MLP"},
+        {"site": "attn", "title": "attention"},
+    ]
+    hm.cell_result = {"site": "hidden", "run": 1}
+    hm._on_message(hm, {"type": "site", "site": "mlp"}, [])
+    assert hm.wait(10) and not hm.error and hm.panels == [{"site": "mlp", "title": "MLP"}]
+    np.testing.assert_allclose(hm.scores, results[1].scores[None], atol=1e-6)
+    assert hm.cell_result == {}  # it answered a click on the other panels
+    hm.show_site("all")
+    assert hm.wait(10) and [p["site"] for p in hm.panels] == ["hidden", "mlp", "attn"] and hm.scores.shape[0] == 3
+    hm._on_message(hm, {"type": "site", "site": "resid"}, [])
+    assert (
+        hm.error == "This heatmap cannot show the site 'resid'." and hm.error_details == "its sites: hidden, mlp, attn"
+    )
+    assert TraceHeatmap(results[1]).site_options == []  # one trace, no session: nothing to switch
+
+
+def test_the_site_control_traces_a_site_not_traced_at_this_window(session, results, monkeypatch):
+    """With a session every site it prepared is offered; one without a finished trace at the
+    current window is traced live in the kernel (as a window change is)."""
+    hm = TraceHeatmap(results[1], session=session)  # MLP only
+    assert [o["site"] for o in hm.site_options] == ["hidden", "mlp", "attn"]
+    traced, trace = [], session.trace
+    monkeypatch.setattr(session, "trace", lambda site, *a, **k: traced.append(site) or trace(site, *a, **k))
+    hm._on_message(hm, {"type": "site", "site": "attn"}, [])
+    assert hm.wait(120) and not hm.error and traced == ["attn"] and hm.panels[0]["site"] == "attn"
+    np.testing.assert_allclose(hm.scores[0], results[2].scores, atol=1e-6)
+    hm.show_site("mlp")  # finished at this window: shown without a trace
+    assert hm.wait(10) and traced == ["attn"] and hm.panels[0]["site"] == "mlp"
+    hm.window = 2  # the held MLP trace is of window 1 now
+    hm.show_site("mlp")
+    assert hm.wait(120) and traced == ["attn", "mlp"] and hm.results["mlp"].settings["window"] == 2
 
 
 def test_live_trace_fills_every_cell_like_session_trace(session, results):

@@ -2,6 +2,7 @@
 // keyboard navigation, live fill, and the clicked cell's answer distributions.
 import { decodeArray } from "./codec.js";
 import { finiteRange, scale } from "./colormap.js";
+import { siteChoices } from "./controls.js";
 import { curveChart } from "./curve.js";
 import { fmt } from "./format.js";
 import { buildRows, cellOrigin, hitTest, labelledRows, moveFocus, rowMarks, rowValue } from "./layout.js";
@@ -52,9 +53,13 @@ export function renderHeatmap({ model, el }) {
     model.set("value", value.value);
     model.save_changes();
   });
+  const siteSelect = h("select", { "data-testid": "site-select", "aria-label": "site: which panels are shown" });
+  siteSelect.addEventListener("change", () => model.send({ type: "site", site: siteSelect.value })); // the kernel shows or traces it
+  const siteLabel = h("label", { class: "mll-muted", title: "a site without a finished trace at this window is traced" }, "site ", siteSelect);
   const window_ = h("input", { type: "number", min: "1", step: "1", "data-testid": "window-input", "aria-label": "window: layers restored around each cell", title: "layers restored around each cell; a change re-runs the trace" });
   window_.addEventListener("change", rerun);
-  const windowLabel = h("label", { class: "mll-muted" }, "window ", window_);
+  const windowError = errorBox("window-error"); // a refused window, next to its input
+  const windowGroup = h("span", { class: "mll-head" }, h("label", { class: "mll-muted" }, "window ", window_), windowError);
   const downloads = FORMATS.map((format) => h("button", { "data-testid": `download-${format}`, title: `download the figure as ${format.toUpperCase()}`, onclick: () => save(format) }, format.toUpperCase()));
   const readout = h("div", { class: "mll-readout", "data-testid": "readout", "aria-live": "polite", text: heatmapHint(model.get("clickable")) });
   const rowCurve = h("div", { "data-testid": "row-curve" });
@@ -74,9 +79,10 @@ export function renderHeatmap({ model, el }) {
       "div",
       { class: "mll-head" },
       toggle,
+      siteLabel,
       h("label", { class: "mll-muted" }, "score ", value),
       h("label", { class: "mll-muted" }, "scale ", policy),
-      windowLabel,
+      windowGroup,
       h("span", { class: "mll-muted" }, "download ", ...downloads),
       progress,
       cancel,
@@ -135,6 +141,7 @@ export function renderHeatmap({ model, el }) {
     const labels = model.get("labels");
     const panels = model.get("panels");
     const [nPanels, nLayers] = scores.shape;
+    if (focus && focus.panel >= nPanels) focus = null; // another site's panels
     const expanded = model.get("expanded");
     const focused = focus && geom?.rows[focus.row]?.positions[0];
     const { rows, height } = buildRows(labels, model.get("image_span"), expanded);
@@ -281,13 +288,16 @@ export function renderHeatmap({ model, el }) {
   }
   const reveal = () => requestAnimationFrame(revealHighlight); // after the redraw scheduled first
 
-  /** A new window from the page: re-trace with it (only offered with a session). */
+  /** A new window from the page: the kernel re-traces with it, or refuses it next to the input
+   * (only offered with a session). Back to the traced window, a refusal is simply withdrawn. */
   function rerun() {
-    const n = Math.round(Number(window_.value));
-    if (!(n >= 1) || n === model.get("window")) return;
-    model.set("window", n);
-    model.save_changes();
-    model.send({ type: "trace" });
+    const n = Number(window_.value);
+    if (n !== model.get("window")) model.send({ type: "trace", window: n });
+    else if (model.get("window_error")) {
+      model.set("window_error", "");
+      model.set("window_error_details", "");
+      model.save_changes();
+    }
   }
 
   /** Download the figure: PNG drawn here (title, axis key, heatmap, legend); SVG and HTML
@@ -317,8 +327,18 @@ export function renderHeatmap({ model, el }) {
     const st = model.get("status");
     const tracing = st === "tracing";
     value.value = model.get("value");
-    windowLabel.hidden = !model.get("clickable");
-    window_.value = String(model.get("window") ?? 1);
+    const sites = siteChoices(model.get("site_options"), model.get("panels"));
+    const offered = JSON.stringify(sites.choices);
+    if (siteSelect.dataset.choices !== offered) siteSelect.replaceChildren(...sites.choices.map(({ value: v, text }) => h("option", { value: v, text })));
+    siteSelect.dataset.choices = offered;
+    siteSelect.value = sites.current;
+    siteSelect.disabled = tracing;
+    siteLabel.hidden = !sites.choices.length;
+    windowGroup.hidden = !model.get("clickable");
+    const refused = model.get("window_error");
+    windowError.show(refused, model.get("window_error_details"));
+    window_.setAttribute("aria-invalid", refused ? "true" : "false");
+    if (!refused) window_.value = String(model.get("window") ?? 1); // a refused value stays to be corrected
     const layers = scores?.shape[1] ?? 1; // the paper's window w restores 2w + 1 layers
     window_.max = String(model.get("window_mode") === "rome" ? layers : Math.max(1, Math.floor((layers - 1) / 2)));
     window_.disabled = tracing;
@@ -391,6 +411,13 @@ export function renderHeatmap({ model, el }) {
     schedule();
   });
 
+  /** Other panels (the site control): nothing read out or focused belongs to them. */
+  function onPanels() {
+    focus = null;
+    readout.textContent = heatmapHint(model.get("clickable"));
+    schedule();
+  }
+
   function renderResult() {
     result.classList.remove("mll-stale");
     const out = model.get("cell_result");
@@ -421,10 +448,11 @@ export function renderHeatmap({ model, el }) {
   }
 
   const redrawOn = ["scores", "expanded", "colormap", "value", "scale", "vmin", "vmax", "highlight", "labels", "panels", "clean_prob", "corrupted_prob", "spans", "question", "corruption"];
-  const headOn = ["status", "progress", "error", "error_details", "window", "window_mode", "clickable", "downloads"];
+  const headOn = ["status", "progress", "error", "error_details", "window", "window_mode", "window_error", "window_error_details", "clickable", "downloads", "site_options"];
   for (const name of redrawOn) model.on(`change:${name}`, schedule);
   for (const name of headOn) model.on(`change:${name}`, updateHead);
   model.on("change:cell_result", renderResult);
+  model.on("change:panels", onPanels);
   model.on("msg:custom", onMessage);
   for (const name of ["highlight", "expanded"]) model.on(`change:${name}`, reveal);
   draw();
@@ -435,6 +463,7 @@ export function renderHeatmap({ model, el }) {
     for (const name of redrawOn) model.off(`change:${name}`, schedule);
     for (const name of headOn) model.off(`change:${name}`, updateHead);
     model.off("change:cell_result", renderResult);
+    model.off("change:panels", onPanels);
     model.off("msg:custom", onMessage);
     for (const name of ["highlight", "expanded"]) model.off(`change:${name}`, reveal);
     if (frame) cancelAnimationFrame(frame);

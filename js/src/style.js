@@ -12,12 +12,14 @@ const CSS = `
 .mll-head{display:flex;flex-wrap:wrap;align-items:center;gap:8px}
 .mll-title{font-weight:600}
 .mll-muted{color:var(--mll-fg2)}
-.mll-root button,.mll-root select,.mll-root input[type=text]{font:inherit;color:var(--mll-fg);background:var(--mll-bg2);border:1px solid var(--mll-border);border-radius:3px}
+.mll-root button,.mll-root select,.mll-root input[type=text],.mll-root input[type=number]{font:inherit;color:var(--mll-fg);background:var(--mll-bg2);border:1px solid var(--mll-border);border-radius:3px}
 .mll-root button{padding:1px 8px;cursor:pointer}
 .mll-root button:disabled{color:var(--mll-fg2);cursor:default}
-.mll-root input[type=text]{background:var(--mll-bg)}
+.mll-root input[type=text],.mll-root input[type=number]{background:var(--mll-bg)}
+.mll-root input[type=number]{width:4.5em}
 .mll-root button:focus-visible,.mll-root canvas:focus-visible,.mll-root select:focus-visible,.mll-root input:focus-visible{outline:2px solid var(--mll-accent);outline-offset:1px}
 .mll-error{color:var(--mll-error);border:1px solid var(--mll-error);border-left-width:4px;padding:3px 8px;border-radius:3px;white-space:pre-wrap}
+.mll-head .mll-error{max-width:32em;padding:1px 6px}
 .mll-error details{color:var(--mll-fg2);margin-top:2px}
 .mll-error summary{cursor:pointer}
 .mll-error pre{margin:2px 0 0;max-height:12em;overflow:auto;white-space:pre-wrap;font-size:11px}

@@ -14,6 +14,7 @@ import anywidget
 import numpy as np
 import traitlets as t
 
+from mllm_lens.errors import TraceConfigError
 from mllm_lens.export import (
     SCALES,
     SITE_TITLES,
@@ -26,6 +27,7 @@ from mllm_lens.export import (
 )
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import CellOutcome, TraceSession
+from mllm_lens.tracing.windows import window_layers
 from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
 from mllm_lens.widgets._codec import ARRAY
 from mllm_lens.widgets._errors import shown
@@ -39,6 +41,22 @@ EXPORTS = {"png": "image/png", "svg": "image/svg+xml", "html": "text/html"}  # P
 
 class _Cancelled(Exception):
     """Raised from the trace's batch callback when the user pressed Cancel."""
+
+
+def panel(site: str) -> dict[str, str]:
+    """A heatmap panel (or site option): the site and its title ("MLP")."""
+    return {"site": site, "title": SITE_TITLES.get(site, site)}
+
+
+def window_refusal(window: Any, mode: str, layers: int) -> str:
+    """Why ``window`` cannot trace a model of ``layers`` layers under ``mode``, in words, with the
+    windows that can (the page's window input offers the same range)."""
+    most = layers if mode == "rome" else max(1, (layers - 1) // 2)
+    fits = f"1 to {most}" if most > 1 else "1"
+    if isinstance(window, int) and not isinstance(window, bool) and window > most:
+        span = window if mode == "rome" else 2 * window + 1
+        return f"Window {window} restores {span} layers, more than this model's {layers}: choose {fits}."
+    return f"The window must be a whole number from {fits}." if most > 1 else "The window must be 1 for this model."
 
 
 class TraceHeatmap(anywidget.AnyWidget):
@@ -60,9 +78,11 @@ class TraceHeatmap(anywidget.AnyWidget):
     rows are starred and constraint phrases barred (``spans``), the highlighted image rows always
     labelled. Beside the heatmap: the focused cell's row as a per-layer curve (read from
     ``scores``, no kernel call), a score control (``value``: p, indirect effect, or ROME's
-    normalised effect (p − corrupted) / (clean − corrupted), defined under the legend), and with a
-    session a window control (a change re-traces). Download buttons save PNG (drawn in the page)
-    and SVG / HTML (:meth:`export`, sent by the kernel, in the chosen ``value`` and ``scale``).
+    normalised effect (p − corrupted) / (clean − corrupted), defined under the legend), a site
+    control (:meth:`show_site`: one of ``site_options`` or all of them), and with a session a
+    window control (a change re-traces; a window the model cannot take is refused beside the
+    input, ``window_error``). Download buttons save PNG (drawn in the page) and SVG / HTML
+    (:meth:`export`, sent by the kernel, in the chosen ``value`` and ``scale``).
 
     Colours follow ``scale`` (``js/src/policy.js``): ``"anchored"`` (default) spans p from the
     corrupted to the clean probability (indirect effect from 0, normalised effect 0–1), fixed
@@ -74,6 +94,7 @@ class TraceHeatmap(anywidget.AnyWidget):
     _widget = t.Unicode("heatmap").tag(sync=True)
     scores = t.Any(None).tag(sync=True, **ARRAY)  # float32 [panels, layers, positions], NaN = not yet traced
     panels: t.List[Any] = t.List().tag(sync=True)  # [{"site", "title"}]
+    site_options: t.List[Any] = t.List().tag(sync=True)  # [{"site", "title"}] of the site control (none: no control)
     labels = t.List(t.Unicode()).tag(sync=True)
     image_span = t.List([0, 0]).tag(sync=True)
     patch_grid = t.List([0, 0]).tag(sync=True)
@@ -97,6 +118,8 @@ class TraceHeatmap(anywidget.AnyWidget):
     progress = t.Float(0.0).tag(sync=True)
     error = t.Unicode("").tag(sync=True)  # a plain sentence (see mllm_lens.widgets._errors)
     error_details = t.Unicode("").tag(sync=True)  # the Python exception behind it
+    window_error = t.Unicode("").tag(sync=True)  # a refused window, in words, shown next to its input
+    window_error_details = t.Unicode("").tag(sync=True)
     clickable = t.Bool(False).tag(sync=True)  # a click re-runs the cell (a session is attached)
     cell_result = t.Dict().tag(sync=True)
     clicks_done = t.Int(0).tag(sync=True)  # restorations the kernel has finished for this widget
@@ -119,8 +142,10 @@ class TraceHeatmap(anywidget.AnyWidget):
             state = heatmap_state(source)
             self.results = {r.site: r for r in ([source] if isinstance(source, TraceResult) else source)}
             settings = next(iter(self.results.values())).settings
+        sites = list(session.sites if session is not None else self.results)
         super().__init__(
             **state,
+            site_options=[panel(s) for s in sites] if len(sites) > 1 else [],
             top_k=top_k,
             colormap=colormap,
             clickable=session is not None,
@@ -144,7 +169,7 @@ class TraceHeatmap(anywidget.AnyWidget):
         kinds = {c.text: c.kind for c in enc.probe.constraints}
         return {
             "scores": np.full((len(sites), session.num_layers, enc.length), np.nan, dtype=np.float32),
-            "panels": [{"site": s, "title": SITE_TITLES.get(s, s)} for s in sites],
+            "panels": [panel(s) for s in sites],
             "labels": list(enc.labels),
             "image_span": [int(v) for v in enc.image_span],
             "patch_grid": [int(enc.patch_layout.rows), int(enc.patch_layout.cols)],
@@ -164,16 +189,28 @@ class TraceHeatmap(anywidget.AnyWidget):
         return self.session
 
     def run(self, window: int | None = None, window_mode: str | None = None) -> TraceHeatmap:
-        """Trace every panel's site in the background, filling cells live; returns at once."""
+        """Trace every panel's site in the background, filling cells live; returns at once. A
+        window that does not fit the model raises :class:`~mllm_lens.TraceConfigError` here."""
         if self.session is None:
             raise ValueError("run() needs a TraceSession: TraceHeatmap(session) or session=...")
-        if window is not None:
-            self.window = window
-        if window_mode is not None:
-            self.window_mode = window_mode
+        window = self.window if window is None else window
+        window_mode = self.window_mode if window_mode is None else window_mode
+        window_layers(0, window, window_mode, self.session.num_layers)
+        with self.hold_sync():
+            self.window, self.window_mode = window, window_mode
+            self.window_error = self.window_error_details = ""
         self._cancel.clear()
         self._worker.submit(self.trace_now, "trace")
         return self
+
+    def show_site(self, site: str) -> None:
+        """Show one site's panel (``"hidden"``, ``"mlp"``, ``"attn"``) or ``"all"`` of
+        ``site_options`` (what the site control sends): from finished traces at the current window
+        at once, else traced live (queued like :meth:`run`)."""
+        sites = [option["site"] for option in self.site_options]
+        if site not in [*sites, "all"] or not sites:
+            raise MessageError(f"this heatmap cannot show the site {site!r}", f"its sites: {', '.join(sites)}")
+        self._worker.submit(lambda: self._show_sites(sites if site == "all" else [site]), "trace")
 
     def wait(self, timeout: float | None = 120.0) -> bool:
         """Block until queued kernel work (traces, clicks) is done; False on timeout."""
@@ -208,11 +245,13 @@ class TraceHeatmap(anywidget.AnyWidget):
     def _on_message(self, _widget: Any, content: Any, buffers: list | None = None) -> None:
         kind = content.get("type") if isinstance(content, dict) else None
         try:
-            request = parse_message(content, buffers, ("cell", "cancel", "trace", "export"))
+            request = parse_message(content, buffers, ("cell", "cancel", "trace", "site", "export"))
             if request["type"] == "cancel":
                 self.cancel()
             elif request["type"] == "trace":
-                self.run()
+                self._retrace(request.get("window", self.window))
+            elif request["type"] == "site":
+                self.show_site(str(request.get("site")))
             elif request["type"] == "export":
                 self._send_export(request.get("format"))
             else:
@@ -227,6 +266,18 @@ class TraceHeatmap(anywidget.AnyWidget):
                 self._worker.submit(lambda: self._cell_job(*cell, position), "cell")
         except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
             self._fail(err, kind)
+
+    def _retrace(self, window: Any) -> None:
+        """A window from the page: traced when it fits the model, else refused next to its input."""
+        layers = np.shape(self.scores)[1]
+        try:
+            window_layers(0, window, self.window_mode, layers)  # None (an empty input) too
+        except TraceConfigError as err:
+            with self.hold_sync():
+                self.window_error = window_refusal(window, self.window_mode, layers)
+                self.window_error_details = f"{type(err).__name__}: {err}"
+            return
+        self.run(window=window)
 
     def export(self, fmt: str) -> bytes:
         """The finished traces as an ``"svg"`` or ``"html"`` file's bytes (what the download buttons save)."""
@@ -272,6 +323,24 @@ class TraceHeatmap(anywidget.AnyWidget):
             self.cell_result = {**result, "panel": panel, "run": self.clicks_done}
             if self._worker.pending <= 1:
                 self.status = "idle"
+
+    def _show_sites(self, sites: list[str]) -> None:
+        found = [self.results.get(site) for site in sites]
+        finished = [r for r in found if r is not None and self._traced_now(r)]
+        with self.hold_sync():
+            self.cell_result = {}  # it answered a click on the old panels
+            self.panels = [panel(site) for site in sites]
+            if len(finished) == len(sites):
+                self.scores = np.stack([r.scores for r in finished]).astype(np.float32)
+            else:
+                self.scores = np.full((len(sites), *np.shape(self.scores)[1:]), np.nan, dtype=np.float32)
+        if len(finished) < len(sites):
+            self.trace_now()
+
+    def _traced_now(self, result: TraceResult) -> bool:
+        """Whether ``result`` was traced with the window now set (a window change re-traces)."""
+        settings = result.settings
+        return settings.get("window", 1) == self.window and settings.get("window_mode", "paper") == self.window_mode
 
     def trace_now(self) -> None:
         """Trace every panel on the calling thread, filling cells live (:meth:`run` queues this

@@ -200,10 +200,13 @@ def exercise(page, name: str) -> dict:
     assert "COUNTS cells=2 patches=1 runs=2 window=1" in output_of(page, 2)
     window = heatmap.get_by_test_id("window-input")  # a new window re-traces in the kernel
     assert window.get_attribute("max") == "2"  # the paper's window w restores 2w + 1 of 5 layers
+    check_window_refusal(heatmap, window)
     window.fill("2")
     window.press("Tab")
     rerun_cell(page, 2)
     page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".jp-OutputArea", has_text="window=2").wait_for()
+    assert heatmap.get_by_test_id("window-error").is_hidden() and window.get_attribute("aria-invalid") == "false"
+    check_site_control(page, heatmap)
 
     check_clicks_without_a_kernel_job(page)
     big = page.locator("[data-testid=trace-heatmap]").nth(1)
@@ -221,6 +224,39 @@ def exercise(page, name: str) -> dict:
     ours = [e for e in page.errors if "blob:" in e or "mll" in e]  # the Jupyter front ends log their own errors
     assert not ours, ours
     return {"cell_click_ms": cell_ms, "patch_click_ms": patch_ms, "render_ms": collapsed_ms, "expanded_ms": expanded_ms}
+
+
+def check_window_refusal(heatmap, window) -> None:
+    """A window the model cannot take is refused in words beside its input (not at the top of the
+    widget), the engine's exception in a collapsed "details" toggle; nothing is re-traced."""
+    window.fill("9")
+    window.press("Tab")
+    refusal = heatmap.get_by_test_id("window-error")
+    refusal.get_by_text("Window 9 restores 19 layers, more than this model's 5: choose 1 to 2.").wait_for()
+    assert heatmap.get_by_test_id("error").is_hidden() and window.get_attribute("aria-invalid") == "true"
+    field, box = window.bounding_box(), refusal.bounding_box()
+    assert box["x"] >= field["x"] + field["width"]  # right of the input, on its row
+    assert box["y"] < field["y"] + field["height"] and box["y"] + box["height"] > field["y"]
+    details = heatmap.get_by_test_id("window-error-details")
+    assert details.is_hidden()
+    refusal.locator("summary").click()
+    assert details.inner_text().startswith("TraceConfigError: window 9 (paper convention: 19 layers)")
+    assert heatmap.get_by_test_id("status").inner_text() == ""  # no trace started
+
+
+def check_site_control(page, heatmap) -> None:
+    """The site select shows one site's panel, then all three again (finished at this window:
+    no re-trace), and clears the answer panel that belonged to the old panels."""
+    site = heatmap.get_by_test_id("site-select")
+    assert site.locator("option").all_inner_texts() == ["all sites", "hidden state", "MLP", "attention"]
+    assert site.input_value() == "all"
+    cells = int(heatmap.get_attribute("data-cells"))
+    site.select_option("mlp")
+    page.wait_for_function("([el, n]) => el.dataset.cells === String(n)", arg=[heatmap.element_handle(), cells // 3])
+    assert site.input_value() == "mlp" and heatmap.get_by_test_id("cell-result").inner_text().strip() == ""
+    assert heatmap.get_by_test_id("status").inner_text() == ""  # shown from the finished trace
+    site.select_option("all")
+    page.wait_for_function("([el, n]) => el.dataset.cells === String(n)", arg=[heatmap.element_handle(), cells])
 
 
 # Each heat-grid cell's centre pixel, matched against the legend's ramp: [(row, col, rgb)] of
