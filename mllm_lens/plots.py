@@ -6,7 +6,8 @@ that average per site (mean with a spread band) from many :class:`~mllm_lens.Tra
 and :func:`aggregate_figure` draws it; :func:`layer_curve_figure` draws one curve ``[layers]``
 (a clicked cell, a patch). Figures use no CDN: call :func:`output_inline` once in a notebook
 (INLINE resources, works offline) or :func:`save_html`; ``jupyter_bokeh.BokehModel(fig)``
-embeds a figure in ipywidgets layouts.
+embeds a figure in ipywidgets layouts. ``theme`` draws them for a light or dark page
+(:mod:`mllm_lens.plot_theme`; ``"auto"`` follows the theme JupyterLab saved).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
 from mllm_lens.io import atomic_path
+from mllm_lens.plot_theme import themed
 from mllm_lens.results import TraceResult
 
 SITE_COLORS = {"hidden": "#440154", "mlp": "#21918c", "attn": "#e69f00"}  # viridis ends + Okabe-Ito orange
@@ -110,6 +112,7 @@ def aggregate_figure(
     title: str | None = None,
     width: int = 560,
     height: int = 320,
+    theme: str = "auto",
 ):
     """One line per site (mean over traces) with a shaded spread band, x = layer."""
     stats = aggregate(results, group, reduce, effect, spread)
@@ -130,7 +133,7 @@ def aggregate_figure(
         )
     fig.legend.location = "top_left"
     fig.legend.click_policy = "hide"
-    return fig
+    return themed(fig, theme)
 
 
 def cell_curve(result: TraceResult, position: int) -> np.ndarray:
@@ -149,6 +152,7 @@ def layer_curve_figure(
     y_label: str = "p(target)",
     width: int = 420,
     height: int = 260,
+    theme: str = "auto",
 ):
     """A single per-layer curve, with dashed clean / corrupted reference lines when given."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
@@ -162,7 +166,7 @@ def layer_curve_figure(
     for level, color in ((clean, "#1b9e77"), (corrupted, "#d95f02")):
         if level is not None:
             fig.add_layout(Span(location=float(level), dimension="width", line_dash="dashed", line_color=color))
-    return fig
+    return themed(fig, theme)
 
 
 def output_inline() -> None:

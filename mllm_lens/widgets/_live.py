@@ -12,20 +12,22 @@ from jupyter_bokeh import BokehModel
 from mllm_lens.experiments import aggregate, open_run
 from mllm_lens.experiments.compute import ROLES
 from mllm_lens.experiments.report import ROLE_COLORS, ROLE_NAMES
+from mllm_lens.plot_theme import themed
 
 
 class LiveAggregate:
     """Mean indirect effect per layer and token role of a run, updated in place.
 
     Display ``.widget`` in a cell, then pass ``on_flush=live.update`` to :func:`mllm_lens.run`
-    (or call ``live.update(run_folder)`` yourself, e.g. while another process writes the run)::
+    (or call ``live.update(run_folder)`` yourself, e.g. while another process writes the run).
+    ``theme`` ("auto", "light", "dark") draws it for the page (:mod:`mllm_lens.plot_theme`)::
 
         live = LiveAggregate(site="mlp", layers=model.num_layers)
         display(live.widget)
         ml.run(model, data, "runs/demo", settings, on_flush=live.update)
     """
 
-    def __init__(self, site: str = "mlp", window: int | None = None, layers: int = 1) -> None:
+    def __init__(self, site: str = "mlp", window: int | None = None, layers: int = 1, theme: str = "auto") -> None:
         self.site, self.window = site, window
         self.title = Title(text=f"{site}: mean indirect effect by token role (waiting for the first results)")
         self.figure = figure(
@@ -48,7 +50,7 @@ class LiveAggregate:
             self.sources[role] = source
         self.figure.legend.label_text_font_size = "8pt"
         self.figure.legend.click_policy = "hide"
-        self.widget = BokehModel(self.figure)
+        self.widget = BokehModel(themed(self.figure, theme))
         self.examples = 0
 
     def update(self, run_folder: str | Path) -> None:

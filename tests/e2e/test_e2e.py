@@ -55,8 +55,9 @@ big = ml.TraceResult(np.random.default_rng(0).random((32, 620)), 0.9, 0.1, 0, "x
 TraceHeatmap(big)"""
 BOKEH = """\
 from bokeh.io import show
-from mllm_lens import plots
+from mllm_lens import plot_theme, plots
 plots.output_inline()
+print("bokeh theme", plot_theme.resolve())  # "auto": the theme JupyterLab saved
 show(plots.layer_curve_figure(plots.cell_curve(hm.results["mlp"], 19), clean=hm.clean_prob, title="bokeh curve"))"""
 
 
@@ -161,7 +162,7 @@ def exercise(page, name: str) -> dict:
     assert "COUNTS cells=0 patches=0 runs=0" in output_of(page, 2)
     bokeh = page.locator(".jp-Notebook .jp-Cell").nth(4).locator(".bk-Canvas, .bk-Figure, canvas").first
     bokeh.wait_for()  # BokehJS inlined: renders with no network; also: every cell has run
-    assert bokeh.bounding_box()["width"] > 100
+    assert bokeh.bounding_box()["width"] > 100 and "bokeh theme light" in output_of(page, 4)
     result = heatmap.locator("[data-testid=cell-result]")
     assert result.inner_text().strip() == ""
 
@@ -437,6 +438,11 @@ def check_dark_theme(page, heatmap, overlay) -> None:
     dark, dark_overlay = contrasts(heatmap), text_contrasts(overlay, overlay_parts(overlay))
     heatmap.screenshot(path=str(SCREENSHOTS / "lab_dark_heatmap.png"))
     overlay.screenshot(path=str(SCREENSHOTS / "lab_dark_overlay.png"))
+    rerun_cell(page, 4)  # bokeh's theme="auto" reads the theme JupyterLab just saved
+    bokeh = page.locator(".jp-Notebook .jp-Cell").nth(4).locator(".jp-OutputArea")
+    bokeh.get_by_text("bokeh theme dark").wait_for()
+    page.wait_for_timeout(500)
+    bokeh.screenshot(path=str(SCREENSHOTS / "lab_dark_bokeh.png"))
     use_theme(page, "JupyterLab Light")  # the setting persists: later tests start light again
     assert min(light.values()) >= 4.5 and min(dark.values()) >= 4.5, (light, dark)
     assert min(light_overlay.values()) >= 4.5 and min(dark_overlay.values()) >= 4.5, (light_overlay, dark_overlay)
