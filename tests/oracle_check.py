@@ -81,14 +81,14 @@ def eager_contributions(lens: ml.LensModel, encoded, target: int):
     return np.stack(per_head), np.stack(total)
 
 
-def assert_sweeps_equal_oracle(model: ml.LensModel, probe: ml.Probe, site: str, block: int) -> None:
-    """A restore sweep (mild noise on the base grid's tokens, paper window 1) and a corrupt sweep
+def assert_sweeps_equal_oracle(model: ml.LensModel, probe: ml.Probe, site: str, block: int, scale: float = 0.5) -> None:
+    """A restore sweep (mild noise of ``scale`` on the base grid's tokens, paper window 1) and a corrupt sweep
     equal :func:`reference_patch_sweep` to 1e-5, and restorations move the probability. Tokens
     outside the grid (tiles, global views) are left clean: under noise they would stay corrupted
     whichever cell is restored."""
     encoded = probe.encode(model)
     layout = encoded.patch_layout
-    noise = ImageNoise([(r, c) for r in range(layout.rows) for c in range(layout.cols)], scale=0.5)
+    noise = ImageNoise([(r, c) for r in range(layout.rows) for c in range(layout.cols)], scale=scale)
     fast = patch_sweep(model, encoded, "restore", site, 1, "paper", block=block, batch_size=3, noise=noise)
     ref, clean_p, corrupted_p, target = reference_patch_sweep(
         model, encoded, "restore", site, 1, "paper", block, noise=noise

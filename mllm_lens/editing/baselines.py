@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mllm_lens.editing.requests import EncodedRequest, length_groups
+from mllm_lens.editing.requests import EncodedRequest, batch_inputs, length_groups
 from mllm_lens.errors import EditError
 from mllm_lens.models.lens_model import LensModel
 
@@ -60,9 +60,9 @@ def finetune(
             grads = [torch.zeros_like(m) for m in masters]
             total = 0.0
             for rows in groups:
-                embeds = torch.cat([items[i].embeds for i in rows])
+                embeds, position_ids = batch_inputs(items, rows)
                 targets = torch.tensor([items[i].target_id for i in rows], device=embeds.device)
-                logits = model.decoder_logits(embeds)
+                logits = model.decoder_logits(embeds, positions=position_ids)
                 loss = F.cross_entropy(logits, targets, reduction="sum") / len(items)
                 for acc, grad in zip(grads, torch.autograd.grad(loss, masters), strict=True):
                     acc += grad

@@ -71,7 +71,7 @@ def second_moment(model: LensModel, layer: int, site: str, probes: Sequence[Prob
     count = 0
     for probe in tqdm(probes, desc=f"key statistics, layer {layer}", disable=not progress, unit="prompt"):
         encoded = probe.encode(model)
-        keys = _capture_all(model, module, model.decoder_inputs(encoded.model_inputs)).double()
+        keys = _capture_all(model, module, *model.decoder_call(encoded.model_inputs)).double()
         start, end = encoded.image_span
         keys = torch.cat([keys[:start], keys[end:]])
         total += keys.T @ keys

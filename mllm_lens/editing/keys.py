@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mllm_lens.editing.requests import EncodedRequest, length_groups
+from mllm_lens.editing.requests import EncodedRequest, batch_inputs, length_groups
 from mllm_lens.errors import EditError, UnsupportedModelError
 from mllm_lens.models.lens_model import LensModel
 
@@ -59,17 +59,22 @@ def projection(model: LensModel, layer: int, site: str) -> nn.Linear:
     return module
 
 
-def _stack(items: Sequence[EncodedRequest], rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    embeds = torch.cat([items[i].embeds for i in rows])
+def _stack(
+    items: Sequence[EncodedRequest], rows: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Decoder inputs, key positions and M-RoPE ids (None: 1-D) of equal-length requests."""
+    embeds, position_ids = batch_inputs(items, rows)
     positions = torch.tensor([items[i].position for i in rows], device=embeds.device)
-    return embeds, positions
+    return embeds, positions, position_ids
 
 
 def _layer_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-def _capture_group(model: LensModel, module: nn.Linear, embeds, positions, hidden_layer: int | None) -> dict:
+def _capture_group(
+    model: LensModel, module: nn.Linear, embeds, positions, position_ids, hidden_layer: int | None
+) -> dict:
     arange = torch.arange(len(positions), device=embeds.device)
     seen: dict[str, torch.Tensor] = {}
 
@@ -86,7 +91,7 @@ def _capture_group(model: LensModel, module: nn.Linear, embeds, positions, hidde
     if hidden_layer is not None:
         handles.append(model.adapter.layers[hidden_layer].register_forward_hook(grab_hidden))
     try:
-        model.adapter.language_model(inputs_embeds=embeds)
+        model.decoder(embeds, positions=position_ids)
     finally:
         for handle in handles:
             handle.remove()
@@ -140,14 +145,14 @@ def optimize_values(
     for rows in length_groups(items):
         index = torch.tensor(rows)
         targets = torch.tensor([items[i].target_id for i in rows], device=model.device)
-        embeds, positions = _stack(items, rows)
+        embeds, positions, position_ids = _stack(items, rows)
         deltas[index], v0s[index], probs[index] = _optimize_group(
-            model, module, embeds, positions, targets, steps, lr, weight_decay, clamp, stop_prob
+            model, module, embeds, positions, position_ids, targets, steps, lr, weight_decay, clamp, stop_prob
         )
     return deltas, v0s, probs
 
 
-def _optimize_group(model, module, embeds, positions, targets, steps, lr, weight_decay, clamp, stop_prob):
+def _optimize_group(model, module, embeds, positions, position_ids, targets, steps, lr, weight_decay, clamp, stop_prob):
     arange = torch.arange(len(positions), device=embeds.device)
     delta = torch.zeros(len(positions), module.out_features, device=embeds.device, requires_grad=True)
     state: dict[str, torch.Tensor] = {}
@@ -166,7 +171,7 @@ def _optimize_group(model, module, embeds, positions, targets, steps, lr, weight
     handle = module.register_forward_hook(add_delta)
     try:
         for step in range(steps + 1):
-            logp = torch.log_softmax(model.decoder_logits(embeds), -1)[arange, targets]
+            logp = torch.log_softmax(model.decoder_logits(embeds, positions=position_ids), -1)[arange, targets]
             if stop_prob is not None:
                 reached = (logp.detach().exp() >= stop_prob) & ~done
                 kept[reached], kept_p[reached] = delta.detach()[reached], logp.detach().exp()[reached]
@@ -198,15 +203,17 @@ def preservation_keys(model: LensModel, probes: Sequence, layer: int, site: str)
     found: list[torch.Tensor] = []
     for probe in probes:
         encoded = probe.encode(model)
-        embeds = model.decoder_inputs(encoded.model_inputs)
-        seen = _capture_all(model, module, embeds)
+        seen = _capture_all(model, module, *model.decoder_call(encoded.model_inputs))
         start, end = encoded.image_span
         keep = [i for i in range(encoded.length) if not start <= i < end]
         found.append(seen[keep])
     return torch.cat(found) if found else torch.empty(0, module.in_features)
 
 
-def _capture_all(model: LensModel, module: nn.Linear, embeds: torch.Tensor) -> torch.Tensor:
+def _capture_all(
+    model: LensModel, module: nn.Linear, embeds: torch.Tensor, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The projection's inputs ``[T, d_in]`` (float32) over one prompt's decoder inputs ``[1, T, d]``."""
     seen: dict[str, torch.Tensor] = {}
 
     def grab(_m, args):
@@ -214,7 +221,7 @@ def _capture_all(model: LensModel, module: nn.Linear, embeds: torch.Tensor) -> t
 
     handle = module.register_forward_pre_hook(grab)
     try:
-        model.adapter.language_model(inputs_embeds=embeds)
+        model.decoder(embeds, positions=position_ids)
     finally:
         handle.remove()
     return seen["key"]

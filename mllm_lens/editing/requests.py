@@ -57,6 +57,7 @@ class EncodedRequest:
     target_id: int
     old_id: int
     embeds: torch.Tensor  # [1, T, d] decoder inputs of the clean run
+    position_ids: torch.Tensor | None = None  # [3, 1, T] an M-RoPE decoder's ids (None: 1-D)
 
     @property
     def length(self) -> int:
@@ -120,19 +121,27 @@ def encode_request(model: LensModel, request: EditRequest, *, allow_same: bool =
     position = key_position(encoded, request.constraint)  # checks the constraint in both cases
     if request.key_token == "last":
         position = encoded.length - 1
-    embeds = model.decoder_inputs(encoded.model_inputs)
-    old_id = int(model.decoder_logits(embeds)[0].argmax())
+    embeds, position_ids = model.decoder_call(encoded.model_inputs)
+    old_id = int(model.decoder_logits(embeds, positions=position_ids)[0].argmax())
     if old_id == target_id and not allow_same:
         token = model.tokenizer.convert_ids_to_tokens(target_id)
         raise EditError(
             f"the model already answers {token!r} to {request.probe.question!r}: nothing to edit "
             f"(new answer {request.new_answer!r})"
         )
-    return EncodedRequest(request, encoded, position, target_id, old_id, embeds)
+    return EncodedRequest(request, encoded, position, target_id, old_id, embeds, position_ids)
 
 
 def encode_requests(model: LensModel, requests: Sequence[EditRequest]) -> list[EncodedRequest]:
     return [encode_request(model, r) for r in requests]
+
+
+def batch_inputs(items: Sequence[EncodedRequest], rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Decoder inputs ``[B, T, d]`` of equal-length requests and their M-RoPE ids ``[3, B, T]``
+    (None for a 1-D decoder): requests of one length may still hold images of other grids."""
+    embeds = torch.cat([items[i].embeds for i in rows])
+    ids = [items[i].position_ids for i in rows]
+    return embeds, None if ids[0] is None else torch.cat([i for i in ids if i is not None], dim=1)
 
 
 def length_groups(items: Sequence[EncodedRequest]) -> list[list[int]]:

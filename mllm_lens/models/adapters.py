@@ -20,7 +20,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
-from mllm_lens.models.decoder_call import decoder_call_refusal
+from mllm_lens.models.decoder_call import decoder_call_refusal, uses_mrope
 from mllm_lens.models.layouts import (
     PatchLayout,
     idefics3_layout,
@@ -28,6 +28,7 @@ from mllm_lens.models.layouts import (
     llava_next_layout,
     llava_onevision_layout,
     pixtral_layout,
+    qwen2_vl_layout,
     square_grid_layout,
 )
 
@@ -63,6 +64,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "llama": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "mistral": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen2": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "qwen2_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "qwen2_5_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "phi": BackboneSpec(
         attention="self_attn", mlp="mlp", mlp_out="fc2", attn_out="dense", final_norm="final_layernorm"
     ),
@@ -77,6 +80,8 @@ WRAPPERS: dict[str, WrapperSpec] = {
     "idefics3": WrapperSpec("model.text_model", "lm_head", idefics3_layout),
     "smolvlm": WrapperSpec("model.text_model", "lm_head", idefics3_layout),
     "internvl": WrapperSpec("model.language_model", "lm_head", internvl_layout),
+    "qwen2_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
+    "qwen2_5_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
 }
 
 MISSING_LAYOUT = "missing the wrapper layout (LM head, image-token layout: which prompt token is which patch)"
@@ -152,6 +157,7 @@ class Adapter:
     patch_layout_fn: Callable[[PreTrainedModel, dict, int], PatchLayout]
     hidden_size: int
     paper_template: bool
+    mrope: bool = False  # the decoder takes 3-D M-RoPE position ids (see LensModel.decoder_call)
 
     @property
     def num_layers(self) -> int:
@@ -196,7 +202,7 @@ class Adapter:
         return self._stack_part(self.spec.final_norm, "final norm")
 
     def rotary_emb(self) -> nn.Module:
-        """The rotary embedding module: ``(hidden, position_ids [1, T]) -> (cos, sin)``."""
+        """The rotary embedding module: ``(hidden, position_ids [1, T] or M-RoPE's [3, 1, T]) -> (cos, sin)``."""
         return self._stack_part(self.spec.rotary, "rotary embedding")
 
     def site_module(self, site: str, layer: int) -> nn.Module:
@@ -300,6 +306,7 @@ def resolve_adapter(model: PreTrainedModel) -> Adapter:
         patch_layout_fn=wrapper.patch_layout,
         hidden_size=hidden,
         paper_template=wrapper.paper_template and backbone == "llama",
+        mrope=uses_mrope(model),
     )
 
 

@@ -1,11 +1,14 @@
 """Which decoder calls the fast tracing paths are exact for, and why a model's are not.
 
 Every fast path (shared prefix cache, partial restart, suffix batching) assumes what LLaVA's
-decoder does: 1-D positions ``0..T-1``, a plain causal mask over the whole prompt, and
-embeddings as the only input. A model whose decoder call differs (bidirectional image block,
-prefix-LM, sliding windows, M-RoPE's 3-D positions, images through cross-attention) would get
-numbers that may be silently wrong, so it is refused with the reason named, whichever adapter
-tables might otherwise map its modules. See DESIGN.md, "The decoder-call contract".
+decoder does: a plain causal mask over the whole prompt, embeddings as the only input, and
+position ids that are either 1-D ``0..T-1`` (the decoder's default) or, for the M-RoPE wrappers
+in :data:`MROPE_REPLAYED`, the 3-D (temporal, height, width) ids the wrapper computes from the
+image grid, which :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call` captures and every
+fast path slices and hands back. A model whose decoder call differs (bidirectional image block,
+prefix-LM, sliding windows, an unchecked M-RoPE wrapper, images through cross-attention or added
+into later layers) would get numbers that may be silently wrong, so it is refused with the reason
+named, whichever adapter tables might otherwise map its modules.
 """
 
 from __future__ import annotations
@@ -32,13 +35,22 @@ KNOWN_REFUSALS: dict[str, str] = {
     ),
 }
 KNOWN_REFUSALS["shieldgemma2"] = KNOWN_REFUSALS["gemma3"]
+KNOWN_REFUSALS["qwen3_vl"] = KNOWN_REFUSALS["qwen3_vl_moe"] = (
+    "DeepStack: Qwen3-VL adds visual features from several vision-tower layers into the residual stream of "
+    "its early decoder layers at the image positions, so the image enters the decoder at more than one place; "
+    "the fast paths and the corruptions feed it through the decoder's input embeddings only"
+)
+
+#: M-RoPE wrappers whose 3-D position ids the fast paths replay (checked against the oracle in tests).
+MROPE_REPLAYED = frozenset({"qwen2_vl", "qwen2_5_vl"})
 
 
 def _text_config(model: PreTrainedModel) -> Any:
     return getattr(model.config, "text_config", None) or model.config
 
 
-def _has_mrope(model: PreTrainedModel) -> bool:
+def uses_mrope(model: PreTrainedModel) -> bool:
+    """Whether the decoder takes M-RoPE's 3-D position ids (a ``mrope_section`` or a ``get_rope_index``)."""
     text = _text_config(model)
     for name in ("rope_parameters", "rope_scaling"):
         rope = getattr(text, name, None)
@@ -54,10 +66,11 @@ def decoder_call_refusal(model: PreTrainedModel) -> str | None:
     if architecture in KNOWN_REFUSALS:
         return KNOWN_REFUSALS[architecture]
     text = _text_config(model)
-    if _has_mrope(model):
+    if uses_mrope(model) and architecture not in MROPE_REPLAYED:
         return (
             "M-RoPE position ids: the decoder takes 3-D (temporal, height, width) positions built by "
-            "get_rope_index from the image grid; the fast paths replay 1-D positions only"
+            "get_rope_index from the image grid; the fast paths replay them only for the wrappers checked "
+            f"against the oracle ({', '.join(sorted(MROPE_REPLAYED))})"
         )
     if getattr(text, "use_bidirectional_attention", False):
         return (

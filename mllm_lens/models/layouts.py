@@ -6,8 +6,9 @@ row-major order after the CLS token is dropped; LLaVA-NeXT and LLaVA-OneVision a
 high-resolution tiles whose rows end in an image-newline token, and their layout is read off the
 model's own packing code. Mistral 3 (Pixtral) closes each row of merged patches with a break
 token. Idefics3 and SmolVLM cut the image into tiles, each introduced by marker tokens, then add a
-global view; InternVL puts its tiles and a thumbnail between ``<img>`` and ``</img>``. Marker tokens
-(newline, break, end, tile tags) are labelled as such, outside the grid.
+global view; InternVL puts its tiles and a thumbnail between ``<img>`` and ``</img>``. Qwen2-VL
+and Qwen2.5-VL merge 2 x 2 patches of an image kept near its own size, so the grid depends on the
+image. Marker tokens (newline, break, end, tile tags) are labelled as such, outside the grid.
 """
 
 from __future__ import annotations
@@ -163,6 +164,29 @@ def pixtral_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) ->
         labels += [f"<img {r},{c}>" for c in range(cols)] + ["<img break>" if r < rows - 1 else "<img end>"]
         grid_index += [r * cols + c for c in range(cols)] + [-1]
     return PatchLayout(labels=labels, rows=rows, cols=cols, grid_index=grid_index)
+
+
+def qwen2_vl_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """Qwen2-VL and Qwen2.5-VL: one token per ``merge x merge`` block of source patches, row-major.
+
+    The grid follows the image: the processor resizes it to a multiple of the merged patch and
+    reports the patch grid ``(t, h, w)`` in ``image_grid_thw``; the tokens are the ``h / merge x
+    w / merge`` merged blocks in row-major order (the order the model's M-RoPE height and width ids
+    count in). ``<|vision_start|>``/``<|vision_end|>`` lie outside the image's span.
+    """
+    grid_thw = model_inputs.get("image_grid_thw")
+    if grid_thw is None:
+        raise UnsupportedModelError("the Qwen-VL layout needs the processor's 'image_grid_thw' input")
+    merge = int(model.config.vision_config.spatial_merge_size)
+    frames, height, width = (int(v) for v in grid_thw[0].tolist())
+    rows, cols = height // merge, width // merge
+    if frames != 1 or rows * cols != n_tokens:
+        raise UnsupportedModelError(
+            f"an image grid of {frames}x{height}x{width} patches merged {merge}x{merge} is {frames * rows * cols} "
+            f"tokens in {frames} frame(s), but the prompt has {n_tokens} image tokens of one frame"
+        )
+    labels = [f"<img {r},{c}>" for r in range(rows) for c in range(cols)]
+    return PatchLayout(labels=labels, rows=rows, cols=cols, grid_index=list(range(rows * cols)))
 
 
 def _shuffled_cells(shuffle: Callable[[torch.Tensor], torch.Tensor], patches: int, scale: int) -> list[tuple[int, int]]:

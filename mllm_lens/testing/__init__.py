@@ -13,6 +13,7 @@ from mllm_lens.testing.tiny import (
 )
 from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
+from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 
 __all__ = [
     "WORDS",
@@ -25,6 +26,8 @@ __all__ = [
     "tiny_llava_onevision",
     "tiny_llava_phi",
     "tiny_mistral3",
+    "tiny_qwen2_5_vl",
+    "tiny_qwen2_vl",
     "tiny_smolvlm",
     "tiny_vipllava",
 ]

@@ -80,8 +80,11 @@ class AttentionInputs:
     logits: torch.Tensor  # [vocab] at the last position
 
 
-def capture_attention_inputs(model: LensModel, embeds: torch.Tensor, layers: Sequence[int]) -> AttentionInputs:
-    """One decoder forward on ``embeds [1, T, d]``, keeping the attention inputs of ``layers``."""
+def capture_attention_inputs(
+    model: LensModel, embeds: torch.Tensor, layers: Sequence[int], positions: torch.Tensor | None = None
+) -> AttentionInputs:
+    """One decoder forward on ``embeds [1, T, d]`` (``positions``: an M-RoPE decoder's ids, see
+    :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`), keeping the attention inputs of ``layers``."""
     adapter = model.adapter
     calls: dict[int, tuple[tuple, dict]] = {}
 
@@ -94,7 +97,7 @@ def capture_attention_inputs(model: LensModel, embeds: torch.Tensor, layers: Seq
     handles = [adapter.attention(layer).register_forward_pre_hook(keeper(layer), with_kwargs=True) for layer in layers]
     try:
         with torch.no_grad():
-            logits = model.decoder_logits(embeds)[0]
+            logits = model.decoder_logits(embeds, positions=positions)[0]
     finally:
         for handle in handles:
             handle.remove()
@@ -190,8 +193,8 @@ def attention_contributions(
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     t = resolve_target(encoded, target)
     chosen = _check_layers(model, layers)
-    embeds = model.decoder_inputs(encoded.model_inputs)
-    inputs = capture_attention_inputs(model, embeds, chosen)
+    embeds, positions = model.decoder_call(encoded.model_inputs)
+    inputs = capture_attention_inputs(model, embeds, chosen, positions)
     per_head, total = zip(*(layer_contributions(model, inputs, layer, t) for layer in chosen), strict=True)
     total_arr = np.stack(total)
     layout = encoded.patch_layout

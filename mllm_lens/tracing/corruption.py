@@ -143,6 +143,11 @@ class Replace:
 
     def corrupted_ids(self, model: LensModel, encoded: EncodedProbe) -> torch.Tensor:
         """Token ids ``[T']`` of the prompt with the phrase replaced."""
+        return self.replaced(model, encoded).input_ids
+
+    def replaced(self, model: LensModel, encoded: EncodedProbe) -> EncodedProbe:
+        """The prompt with the phrase replaced, encoded by the processor (checked: only the
+        phrase's tokens change)."""
         probe = encoded.probe
         original = probe.constraint(self.constraint)
         if not self.by.strip():
@@ -169,7 +174,7 @@ class Replace:
             )
         if torch.equal(new_ids, old_ids):
             raise CorruptionError(f"replacing {original.text!r} by {self.by!r} leaves the prompt's tokens unchanged")
-        return new_ids
+        return replaced
 
     def position_map(self, model: LensModel, encoded: EncodedProbe) -> list[int | None]:
         """For each clean position, the corrupted position it is restored onto (None: none)."""
@@ -203,6 +208,18 @@ def position_map(corruption: Corruption, model: LensModel, encoded: EncodedProbe
         return None
     mapped = corruption.position_map(model, encoded)
     return None if mapped == list(range(encoded.length)) else mapped
+
+
+def corrupted_positions(
+    corruption: Corruption, model: LensModel, encoded: EncodedProbe, clean_positions: torch.Tensor | None
+) -> torch.Tensor | None:
+    """M-RoPE position ids ``[3, 1, T']`` of the corrupted run (None for a 1-D decoder): the clean
+    run's, since noise changes no token and no image grid, unless a replacement changed the prompt;
+    then the replaced prompt's own, as the model computes them (a phrase of another length shifts
+    every later position, as it does in 1-D)."""
+    if clean_positions is None or not isinstance(corruption, Replace):
+        return clean_positions
+    return model.decoder_call(corruption.replaced(model, encoded).model_inputs)[1]
 
 
 def noise(constraint: str | None = None, scale: float = 3.0, seed: int = 0) -> ConstraintNoise:

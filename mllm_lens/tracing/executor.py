@@ -14,6 +14,11 @@ from the clean ones, is identical in both runs. So
 A replacement of another token count gives a corrupted run of another length; then
 ``position_map`` says onto which corrupted position each clean position is restored.
 
+An M-RoPE decoder (Qwen2-VL) takes 3-D position ids computed from the image grid; ``positions``
+holds the clean and the corrupted run's (they differ only after a replaced phrase of another
+length), and every decoder call gets the slice its embeddings cover: the prefix ``[0, p0)``
+(equal in both runs), the clean suffix, the corrupted suffix and the partial plan's base run.
+
 When the corruption starts early (image noise corrupts from the first image token), the shared
 prefix saves little. The *partial* plan then restarts each batch of cells where it can first
 differ from the corrupted run: at the lowest restored layer and the first restored position,
@@ -87,6 +92,28 @@ def forward_hooks(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]
         yield
 
 
+def _cut(positions: torch.Tensor | None, start: int, stop: int | None) -> torch.Tensor | None:
+    """Position ids ``[3, 1, T]`` of ``[start, stop)`` (None stays None: a 1-D decoder)."""
+    return None if positions is None else positions[..., start:stop]
+
+
+def _check_positions(
+    clean: torch.Tensor | None, corrupted: torch.Tensor | None, length: int, corrupted_length: int, p0: int
+) -> None:
+    """Both runs' M-RoPE ids are given or neither, cover their runs and agree on the shared prefix."""
+    if clean is None and corrupted is None:
+        return
+    if clean is None or corrupted is None:
+        raise ValueError("pass the M-RoPE positions of both the clean and the corrupted run")
+    if clean.shape[-1] != length or corrupted.shape[-1] != corrupted_length:
+        raise ValueError(
+            f"positions cover {clean.shape[-1]} and {corrupted.shape[-1]} tokens, "
+            f"the runs {length} and {corrupted_length}"
+        )
+    if not torch.equal(clean[..., :p0], corrupted[..., :p0]):
+        raise ValueError("the clean and corrupted runs' positions differ before their first changed input")
+
+
 class RestorationExecutor:
     """Clean activations, the shared prefix cache and the corrupted suffix of one trace."""
 
@@ -102,6 +129,7 @@ class RestorationExecutor:
         max_batch: int = 64,
         position_map: Sequence[int | None] | None = None,
         plan: str = "auto",
+        positions: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
     ) -> None:
         if plan not in PLANS:
             raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
@@ -122,18 +150,22 @@ class RestorationExecutor:
         if len(self.position_map) != self.length:
             raise ValueError(f"position_map has {len(self.position_map)} entries for {self.length} clean positions")
         self.sites = tuple(sites)
+        self.clean_positions, self.corrupted_positions = positions
+        _check_positions(self.clean_positions, self.corrupted_positions, self.length, corrupted.shape[1], self.p0)
         longest = max(self.length, corrupted.shape[1])
         # a row computes at most the suffix [p0, T) (the partial plan starts at or after p0)
         self.batch_size = batch_size or budget.batch_size(
             model, longest - self.p0, longest, budget=memory_budget, max_batch=max_batch
         )
         with torch.no_grad():
-            prefix = model.prefix_cache(clean[:, : self.p0]) if self.p0 > 0 else None
+            prefix = (
+                model.prefix_cache(clean[:, : self.p0], _cut(self.clean_positions, 0, self.p0)) if self.p0 else None
+            )
             self.shared = None if prefix is None else SharedPrefixCache(prefix, self.batch_size, longest - self.p0)
             self.clean_suffix = clean[:, self.p0 :]
             self.corrupted_suffix = corrupted[:, self.p0 :]
             self.clean_logits, self.activations = self._record_clean()
-            self.corrupted_logits = self._suffix_logits(self.corrupted_suffix)
+            self.corrupted_logits = self._suffix_logits(self.corrupted_suffix, self.corrupted_positions)
 
     def restorable(self, position: int) -> bool:
         """Whether restoring clean ``position`` changes the corrupted run: it lies after the
@@ -143,8 +175,10 @@ class RestorationExecutor:
     def _cache(self, batch: int):
         return None if self.shared is None else self.shared.for_batch(batch)
 
-    def _suffix_logits(self, suffix: torch.Tensor) -> torch.Tensor:
-        return self.model.decoder_logits(suffix, self._cache(suffix.shape[0]))
+    def _suffix_logits(self, suffix: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """Logits of suffix rows ``[B, S, d]`` on the shared prefix; ``positions``: the whole run's."""
+        cache = self._cache(suffix.shape[0])
+        return self.model.decoder_logits(suffix, cache, _cut(positions, self.p0, None))
 
     def _record_clean(self) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
         store: dict[tuple[str, int], torch.Tensor] = {}
@@ -162,7 +196,7 @@ class RestorationExecutor:
             for layer in range(adapter.num_layers)
         ]
         with forward_hooks(hooks):
-            logits = self._suffix_logits(self.clean_suffix)
+            logits = self._suffix_logits(self.clean_suffix, self.clean_positions)
         return logits, store
 
     def _plan(self, cells: Sequence[Cell]) -> dict[tuple[str, int], PlanEntry]:
@@ -278,7 +312,7 @@ class RestorationExecutor:
                 plan.clear()
                 plan.update(self._plan(batch))
                 suffix = self.corrupted_suffix.expand(len(batch), -1, -1)
-                consume(start, torch.softmax(self._suffix_logits(suffix), dim=-1))
+                consume(start, torch.softmax(self._suffix_logits(suffix, self.corrupted_positions), dim=-1))
 
     def _execute_partial(
         self, cells: Sequence[Cell], consume: Callable[[int, torch.Tensor], None], *, progress: bool, desc: str
@@ -286,7 +320,9 @@ class RestorationExecutor:
         from mllm_lens.tracing.partial import PartialDecoder
 
         if self._partial is None:
-            self._partial = PartialDecoder(self.model, self.corrupted, max_batch=self.batch_size)
+            self._partial = PartialDecoder(
+                self.model, self.corrupted, max_batch=self.batch_size, positions=self.corrupted_positions
+            )
         decoder = self._partial
         batches = self._partial_batches(cells)
         bar = tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, unit="batch")

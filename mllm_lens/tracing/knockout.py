@@ -114,9 +114,15 @@ def _check_layers(model: LensModel, layers: Sequence[int] | None) -> list[int]:
 
 
 def knocked_probs(
-    model: LensModel, embeds: torch.Tensor, masks: torch.Tensor, layers: Sequence[int], batch_size: int = 16
+    model: LensModel,
+    embeds: torch.Tensor,
+    masks: torch.Tensor,
+    layers: Sequence[int],
+    batch_size: int = 16,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Next-token distributions ``[N, vocab]`` with mask ``masks[i] [T, T]`` at ``layers`` for row i."""
+    """Next-token distributions ``[N, vocab]`` with mask ``masks[i] [T, T]`` at ``layers`` for row i
+    (``positions``: an M-RoPE decoder's ids of ``embeds``)."""
     adapter = model.adapter
     current: dict[str, torch.Tensor] = {}
 
@@ -134,19 +140,19 @@ def knocked_probs(
         for start in range(0, len(masks), batch_size):
             chunk = masks[start : start + batch_size]
             current["mask"] = chunk[:, None]
-            logits = model.decoder_logits(embeds.expand(len(chunk), -1, -1))
+            logits = model.decoder_logits(embeds.expand(len(chunk), -1, -1), positions=positions)
             parts.append(torch.softmax(logits, -1))
     return torch.cat(parts) if parts else torch.empty(0)
 
 
 def _prepare(model: LensModel, probe: Probe | EncodedProbe, target_id: int | None):
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
-    embeds = model.decoder_inputs(encoded.model_inputs)
+    embeds, positions = model.decoder_call(encoded.model_inputs)
     with torch.no_grad():
-        clean = torch.softmax(model.decoder_logits(embeds)[0], -1)
+        clean = torch.softmax(model.decoder_logits(embeds, positions=positions)[0], -1)
     target = encoded.target_id if target_id is None else target_id
     target = int(clean.argmax()) if target is None else int(target)
-    return encoded, embeds, clean, target
+    return encoded, embeds, positions, clean, target
 
 
 def knockout(
@@ -160,13 +166,13 @@ def knockout(
 ) -> KnockoutResult:
     """Block attention from ``sources`` to ``targets`` (default: every position) at ``layers``
     (default: all); the target token's probability at the last position, clean and knocked."""
-    encoded, embeds, clean, target = _prepare(model, probe, target_id)
+    encoded, embeds, rope, clean, target = _prepare(model, probe, target_id)
     chosen = _check_layers(model, layers)
     positions = source_positions(encoded, sources)
     if targets is not None and any(not 0 <= int(t) < encoded.length for t in targets):
         raise TraceConfigError(f"targets must lie in [0, {encoded.length})")
     mask = knock_mask(encoded.length, positions, targets, embeds.dtype, embeds.device)
-    probs = knocked_probs(model, embeds, mask[None], chosen)[0]
+    probs = knocked_probs(model, embeds, mask[None], chosen, positions=rope)[0]
     return KnockoutResult(float(clean[target]), float(probs[target]), target, positions, chosen)
 
 
@@ -187,7 +193,7 @@ def knockout_test(
     Patches are ranked by the head-summed contribution to ``rank_target`` (default: the
     visual constraint's last token, else the last token) summed over ``layers``.
     """
-    encoded, embeds, clean, target = _prepare(model, probe, target_id)
+    encoded, embeds, rope, clean, target = _prepare(model, probe, target_id)
     chosen = _check_layers(model, layers)
     layout = encoded.patch_layout
     n_patches = layout.rows * layout.cols
@@ -209,7 +215,7 @@ def knockout_test(
             for patches in [top, *draws]
         ]
     )
-    probs = knocked_probs(model, embeds, masks, chosen)[:, target].cpu().numpy()
+    probs = knocked_probs(model, embeds, masks, chosen, positions=rope)[:, target].cpu().numpy()
     clean_prob = float(clean[target])
     return KnockoutTest(
         k=k,

@@ -14,7 +14,9 @@ positions ``[p, T)`` (``[B, T - p, d]``, with the intervention written in), call
 layers ``s .. L-1`` directly (the adapter provides them, the rotary embedding and the final
 norm) with a KV cache that holds the base run's keys/values of ``[0, p)`` and an explicit
 causal mask of shape ``[1, 1, T - p, T]`` (query ``i`` is position ``p + i``), and applies the
-final norm and LM head to the last position only. For a hidden-state restoration at layer
+final norm and LM head to the last position only. The rotary embedding's cos/sin are computed
+once for the whole base run from its position ids (``0..T-1``, or an M-RoPE decoder's 3-D ids,
+which the interventions leave unchanged) and sliced to ``[p, T)``. For a hidden-state restoration at layer
 ``l`` the run starts at ``s = l + 1``: layer ``l``'s output *is* the restored value. Forward
 hooks on the site modules write further clean values (layer windows) into the batch rows.
 
@@ -86,8 +88,15 @@ class PartialDecoder:
     """
 
     def __init__(
-        self, model: LensModel, embeds: torch.Tensor, sites: Sequence[str] = (), *, max_batch: int = 32
+        self,
+        model: LensModel,
+        embeds: torch.Tensor,
+        sites: Sequence[str] = (),
+        *,
+        max_batch: int = 32,
+        positions: torch.Tensor | None = None,
     ) -> None:
+        """``positions``: an M-RoPE decoder's ids ``[3, 1, T]`` of ``embeds`` (None: 1-D ``0..T-1``)."""
         self.model = model
         adapter = model.adapter
         self.num_layers = adapter.num_layers
@@ -105,8 +114,9 @@ class PartialDecoder:
                     hook = self._keep_site((site, layer))
                     stack.callback(adapter.site_module(site, layer).register_forward_hook(hook).remove)
             cache = DynamicCache(config=adapter.decoder_config)
-            self.logits = model.decoder_logits(embeds, cache)[0]
-            positions = torch.arange(self.length, device=embeds.device)[None]
+            self.logits = model.decoder_logits(embeds, cache, positions)[0]
+            if positions is None:
+                positions = torch.arange(self.length, device=embeds.device)[None]
             self.position_embeddings = adapter.rotary_emb()(embeds, position_ids=positions)
         self.base_kv = [layer_kv(layer) for layer in cache.layers]
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None

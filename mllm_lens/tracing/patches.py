@@ -149,11 +149,11 @@ def patch_sweep(
     n_layers = model.num_layers
     chosen = list(range(n_layers)) if layers is None else sorted({int(x) for x in layers})
     windows = [window_layers(layer, window, window_mode, n_layers) for layer in chosen]
-    clean = model.decoder_inputs(encoded.model_inputs)
+    clean, positions = model.decoder_call(encoded.model_inputs)  # noise leaves M-RoPE positions as they are
     # a run may start at the first image token, so a row computes up to the whole prompt
     size = batch_size or budget.batch_size(model, encoded.length, encoded.length, budget=memory_budget, max_batch=32)
     kept = [site] if mode == "restore" and site != "hidden" else []  # hidden = layer outputs, always kept
-    base_clean = PartialDecoder(model, clean, kept, max_batch=size)
+    base_clean = PartialDecoder(model, clean, kept, max_batch=size, positions=positions)
     clean_probs = torch.softmax(base_clean.logits, -1)
     target = encoded.target_id if target_id is None else target_id
     target = int(clean_probs.argmax()) if target is None else int(target)
@@ -161,7 +161,7 @@ def patch_sweep(
     items: list[tuple[int, int, tuple[int, ...], list[int], tuple[int, ...]]]
     if mode == "restore":
         corrupted = noise.apply(model, encoded, clean)
-        base = PartialDecoder(model, corrupted, max_batch=size)
+        base = PartialDecoder(model, corrupted, max_batch=size, positions=positions)
         corrupted_prob = float(torch.softmax(base.logits, -1)[target])
         scores = np.full((len(chosen), rows, cols), np.nan)
         items = [

@@ -33,8 +33,10 @@ def oracle_window(layer: int, window: int, mode: str, num_layers: int) -> list[i
     return [i for i in wanted if 0 <= i < num_layers]
 
 
-def _replaced(model: LensModel, encoded: EncodedProbe, corruption: Replace) -> tuple[torch.Tensor, list[int | None]]:
-    """Corrupted ``input_ids`` and, for each clean position, the corrupted one it maps to."""
+def _replaced(model: LensModel, encoded: EncodedProbe, corruption: Replace) -> tuple[dict, list[int | None]]:
+    """The replaced prompt's model inputs (its own ``input_ids``, and for M-RoPE its own token types,
+    from which the model computes its positions) and, for each clean position, the corrupted one
+    it maps to."""
     constraint = encoded.probe.constraint(corruption.constraint)
     phrase, question = constraint.text, encoded.probe.question
     haystack, needle = (question, phrase) if phrase in question else (question.lower(), phrase.lower())
@@ -54,7 +56,7 @@ def _replaced(model: LensModel, encoded: EncodedProbe, corruption: Replace) -> t
         else:  # inside the phrase: aligned from its last token; no counterpart past the replacement's start
             target = t + shift
             mapping.append(target if target >= start else None)
-    return new.input_ids, mapping
+    return new.model_inputs, mapping
 
 
 def _noise_positions_and_sigma(model: LensModel, encoded: EncodedProbe, corruption, embeds: torch.Tensor):
@@ -80,10 +82,7 @@ def _full_forward(model: LensModel, encoded: EncodedProbe, corruption: Corruptio
     inputs = dict(encoded.model_inputs)
     handles = [module.register_forward_hook(fn) for module, fn in hooks]
     if isinstance(corruption, Replace):
-        ids, _ = _replaced(model, encoded, corruption)
-        inputs["input_ids"] = ids.unsqueeze(0).to(model.device)
-        if "attention_mask" in inputs:
-            inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+        inputs = dict(_replaced(model, encoded, corruption)[0])
     elif corruption is not None:
 
         def add_noise(_module, args, kwargs):

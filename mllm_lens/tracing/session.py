@@ -21,7 +21,7 @@ from mllm_lens.models.adapters import SITES
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import TraceResult
-from mllm_lens.tracing.corruption import Corruption, Replace, as_corruption, position_map
+from mllm_lens.tracing.corruption import Corruption, Replace, as_corruption, corrupted_positions, position_map
 from mllm_lens.tracing.executor import PLANS, Cell, RestorationExecutor
 from mllm_lens.tracing.windows import window_layers
 
@@ -30,17 +30,22 @@ class CorruptionIneffectiveWarning(UserWarning):
     """The corruption did not lower the target's probability; the trace shows little."""
 
 
+Positions = tuple[torch.Tensor | None, torch.Tensor | None]
+
+
 def prepare(
     model: LensModel, probe: Probe | EncodedProbe, corrupt
-) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor]:
-    """Encode the probe and build clean and corrupted decoder inputs ``[1, T, d]``."""
+) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor, Positions]:
+    """Encode the probe and build clean and corrupted decoder inputs ``[1, T, d]``, with their
+    M-RoPE position ids ``[3, 1, T]`` (``(None, None)`` for a 1-D decoder)."""
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     corruption = as_corruption(corrupt)
-    clean = model.decoder_inputs(encoded.model_inputs)
+    clean, clean_positions = model.decoder_call(encoded.model_inputs)
     corrupted = corruption.apply(model, encoded, clean)
     if clean.shape == corrupted.shape and torch.equal(clean, corrupted):
         raise CorruptionError(f"the corruption {corruption} leaves the decoder inputs unchanged")
-    return encoded, corruption, clean, corrupted
+    positions = (clean_positions, corrupted_positions(corruption, model, encoded, clean_positions))
+    return encoded, corruption, clean, corrupted, positions
 
 
 @dataclass
@@ -96,13 +101,14 @@ class TraceSession:
         _check_sites(sites)
         check_batch_size(batch_size, memory_budget)
         self.model = model
-        self.encoded, self.corruption, clean, corrupted = prepare(model, probe, corrupt)
+        self.encoded, self.corruption, clean, corrupted, positions = prepare(model, probe, corrupt)
         self.position_map = position_map(self.corruption, model, self.encoded)
         self.executor = RestorationExecutor(
             model,
             clean,
             corrupted,
             sites,
+            positions=positions,
             batch_size=batch_size,
             memory_budget=memory_budget,
             position_map=self.position_map,
