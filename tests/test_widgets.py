@@ -36,6 +36,7 @@ class SlowSession:
 
     def __init__(self, session):
         self.inner, self.release, self.calls = session, threading.Event(), []
+        self.sites = session.sites
 
     def cell(self, site, layer, position, *args, **kwargs):
         self.calls.append((site, layer, position))
@@ -183,11 +184,11 @@ def test_cancel_stops_a_trace_after_its_current_batch(planted, monkeypatch):
     forward = session.executor._suffix_logits
     batches = []
 
-    def press_cancel_during_the_second_batch(suffix):
+    def press_cancel_during_the_second_batch(suffix, *rest):
         batches.append(len(suffix))
         if len(batches) == 2:
             hm._on_message(hm, {"type": "cancel"}, [])  # what the Cancel button sends, mid-trace
-        return forward(suffix)
+        return forward(suffix, *rest)
 
     monkeypatch.setattr(session.executor, "_suffix_logits", press_cancel_during_the_second_batch)
     hm.run()
