@@ -39,6 +39,7 @@ from mllm_lens.testing.shrink import tiny_model
 from mllm_lens.testing.tiny import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_mistral3, tiny_vipllava
 from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
+from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.reference import reference_trace
 
@@ -58,6 +59,8 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "llava_next": tiny_llava_next,
     "llava_onevision": tiny_llava_onevision,
     "mistral3": tiny_mistral3,
+    "qwen2_5_vl": tiny_qwen2_5_vl,
+    "qwen2_vl": tiny_qwen2_vl,
     "smolvlm": tiny_smolvlm,
     "vipllava": tiny_vipllava,
 }
