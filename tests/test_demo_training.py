@@ -213,7 +213,8 @@ def test_cls_token_is_the_first_image_token_and_the_name_loss_pulls_it_to_the_na
     model(**encoded)  # the model takes the processor's 65 tokens
     embeddings = model.get_input_embeddings().weight
     targets = torch.tensor([5, 9])
-    assert cls_name_distance(embeddings[targets][:, None] * 3.0, embeddings, targets).item() == pytest.approx(0, abs=1e-6)
+    scaled_names = embeddings[targets][:, None] * 3.0
+    assert cls_name_distance(scaled_names, embeddings, targets).item() == pytest.approx(0, abs=1e-6)
     features = torch.randn(2, 65, embeddings.shape[1], requires_grad=True)
     distance = cls_name_distance(features, embeddings, targets)
     assert 0.5 < distance.item() < 1.5  # random directions: cosine near 0
