@@ -9,7 +9,7 @@ tests load them back through :func:`mllm_lens.load`, the same path as a real che
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 from transformers import (
@@ -109,7 +109,10 @@ def _save(model: PreTrainedModel, processor: Any, path: str | Path | None):
 
 
 def random_llava(
-    text_config, vision_config: CLIPVisionConfig, tokenizer: PreTrainedTokenizerFast, strategy: str = "default"
+    text_config,
+    vision_config: CLIPVisionConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    strategy: Literal["default", "full"] = "default",
 ):
     """A random ``LlavaForConditionalGeneration`` and its ``LlavaProcessor``; ``strategy`` is
     LLaVA's ``vision_feature_select_strategy``: ``"default"`` drops the vision tower's CLS token
