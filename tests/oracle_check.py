@@ -117,3 +117,26 @@ def assert_contributions_equal_eager(model: ml.LensModel, saved_path: str, probe
     result = attention_contributions(model, encoded, target=target)
     assert np.abs(result.total - total).max() <= 1e-4 * max(1.0, np.abs(total).max())
     assert result.total.max() > 1e-2 and np.isfinite(result.visual).all()
+
+
+def assert_edit_raises_and_undoes(model: ml.LensModel, probe: ml.Probe, factor: float) -> None:
+    """``ml.edit`` at layer 1 (last-token key) changes the MLP output weight, raises p("Rome") in the
+    full forward at least ``factor``-fold (a random tiny model holds no fact, so no edit reaches
+    p = 0.5), and leaving the edit restores the weight and the probability bit for bit."""
+    from mllm_lens.editing.multedit import EditIneffectiveWarning
+
+    encoded = probe.encode(model)
+    rome = model.tokenizer.convert_tokens_to_ids("Rome")
+
+    def p_rome() -> float:
+        with torch.no_grad():
+            return float(model.hf_model(**encoded.model_inputs).logits[0, -1].softmax(-1)[rome])
+
+    weight = model.adapter.mlp_out(1).weight
+    before, p_before = weight.detach().clone(), p_rome()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EditIneffectiveWarning)
+        with ml.edit(model, probe, "Rome", layer=1, key_token="last"):
+            assert not torch.equal(weight.detach(), before)
+            assert p_rome() > factor * p_before
+    assert torch.equal(weight.detach(), before) and p_rome() == p_before

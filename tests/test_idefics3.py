@@ -5,18 +5,20 @@ the tile markers labelled as markers."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from oracle_check import assert_contributions_equal_eager, assert_sweeps_equal_oracle, assert_trace_equals_oracle
+from oracle_check import (
+    assert_contributions_equal_eager,
+    assert_edit_raises_and_undoes,
+    assert_sweeps_equal_oracle,
+    assert_trace_equals_oracle,
+)
 from PIL import Image
 from transformers import Idefics3Processor
 from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
 import mllm_lens as ml
-from mllm_lens.editing.multedit import EditIneffectiveWarning
 from mllm_lens.errors import UnsupportedModelError
 from mllm_lens.models.layouts import idefics3_layout
 from mllm_lens.testing.tiny_idefics3 import tiny_idefics3
@@ -83,24 +85,8 @@ def test_contributions_equal_eager_direct(model, saved, probe, target):
 
 
 def test_multedit_edits_the_dense_mlp_and_undoes(model, probe):
-    """A random tiny model holds no fact, so no edit reaches p = 0.5 (neither does tiny LLaVA's); the
-    edit at the last token still raises p(new answer) a hundredfold, and leaving undoes it bit for bit."""
-    encoded = probe.encode(model)
-    rome = model.tokenizer.convert_tokens_to_ids("Rome")
-
-    def p_rome() -> float:
-        with torch.no_grad():
-            logits = model.hf_model(**encoded.model_inputs).logits[0, -1]
-        return float(logits.softmax(-1)[rome])
-
-    weight = model.adapter.mlp_out(1).weight
-    before, p_before = weight.detach().clone(), p_rome()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EditIneffectiveWarning)
-        with ml.edit(model, probe, "Rome", layer=1, key_token="last"):
-            assert not torch.equal(weight.detach(), before)
-            assert p_rome() > 100 * p_before
-    assert torch.equal(weight.detach(), before) and p_rome() == p_before
+    """The edit at the last token raises p(new answer) a hundredfold and undoes bit for bit."""
+    assert_edit_raises_and_undoes(model, probe, factor=100)
 
 
 @pytest.fixture(scope="module")

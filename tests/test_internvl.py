@@ -4,17 +4,19 @@ MultEdit edits, and the layout maps each token to its tile, the thumbnail being 
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from oracle_check import assert_contributions_equal_eager, assert_sweeps_equal_oracle, assert_trace_equals_oracle
+from oracle_check import (
+    assert_contributions_equal_eager,
+    assert_edit_raises_and_undoes,
+    assert_sweeps_equal_oracle,
+    assert_trace_equals_oracle,
+)
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import mllm_lens as ml
-from mllm_lens.editing.multedit import EditIneffectiveWarning
 from mllm_lens.testing.tiny_internvl import tiny_internvl
 
 CORRUPTIONS = {
@@ -74,21 +76,7 @@ def test_contributions_equal_eager_direct(model, saved, probe, target):
 
 def test_multedit_edits_the_dense_mlp_and_undoes(model, probe):
     """No fact in a random model: the edit at the last token raises p(new answer) tenfold and undoes bit for bit."""
-    encoded = probe.encode(model)
-    rome = model.tokenizer.convert_tokens_to_ids("Rome")
-
-    def p_rome() -> float:
-        with torch.no_grad():
-            return float(model.hf_model(**encoded.model_inputs).logits[0, -1].softmax(-1)[rome])
-
-    weight = model.adapter.mlp_out(1).weight
-    before, p_before = weight.detach().clone(), p_rome()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EditIneffectiveWarning)
-        with ml.edit(model, probe, "Rome", layer=1, key_token="last"):
-            assert not torch.equal(weight.detach(), before)
-            assert p_rome() > 10 * p_before
-    assert torch.equal(weight.detach(), before) and p_rome() == p_before
+    assert_edit_raises_and_undoes(model, probe, factor=10)
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,19 @@ half needs torchvision (see :mod:`mllm_lens.testing.tiny_qwen2_vl`); the weights
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
-from oracle_check import assert_contributions_equal_eager, assert_sweeps_equal_oracle, assert_trace_equals_oracle
+from oracle_check import (
+    assert_contributions_equal_eager,
+    assert_edit_raises_and_undoes,
+    assert_sweeps_equal_oracle,
+    assert_trace_equals_oracle,
+)
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import mllm_lens as ml
-from mllm_lens.editing.multedit import EditIneffectiveWarning
 from mllm_lens.errors import UnsupportedModelError
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_vl
 
@@ -162,26 +164,8 @@ def test_knockout_equals_token_deletion(models, probe):
 
 @pytest.mark.parametrize("model_type", sorted(CLASSES))
 def test_multedit_edits_the_dense_mlp_and_undoes(models, model_type, probe):
-    """A random tiny model holds no fact; the edit at the last token (its δ optimised on the decoder
-    with the 3-D positions) still raises p(new answer) in the full forward tenfold, and leaving
-    undoes it bit for bit."""
-    model = models[model_type]
-    encoded = probe.encode(model)
-    rome = model.tokenizer.convert_tokens_to_ids("Rome")
-
-    def p_rome() -> float:
-        with torch.no_grad():
-            logits = model.hf_model(**encoded.model_inputs).logits[0, -1]
-        return float(logits.softmax(-1)[rome])
-
-    weight = model.adapter.mlp_out(1).weight
-    before, p_before = weight.detach().clone(), p_rome()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EditIneffectiveWarning)
-        with ml.edit(model, probe, "Rome", layer=1, key_token="last"):
-            assert not torch.equal(weight.detach(), before)
-            assert p_rome() > 10 * p_before
-    assert torch.equal(weight.detach(), before) and p_rome() == p_before
+    """The edit's δ is optimised on the decoder with the 3-D positions; tenfold (Qwen2.5-VL reaches 95x)."""
+    assert_edit_raises_and_undoes(models[model_type], probe, factor=10)
 
 
 @pytest.fixture(scope="module", params=sorted(CLASSES))
