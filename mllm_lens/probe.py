@@ -263,14 +263,18 @@ def _tokenized_view(tokens: list[str], image_span: tuple[int, int] | None = None
     return " ".join(items)
 
 
-def image_expansion(ids: list[int], plain_ids: list[int], image_id: int) -> tuple[int, int]:
+def image_expansion(
+    ids: list[int], plain_ids: list[int], image_id: int, placeholder_id: int | None = None
+) -> tuple[int, int]:
     """``(start, end)`` of the tokens that the processor put in place of the image placeholder.
 
-    ``plain_ids`` is the unexpanded prompt, holding the placeholder once; ``ids`` is the
-    processor's. The run may hold marker tokens beside the image tokens (LLaVA-NeXT's newlines,
-    Pixtral's row breaks, Idefics3's tile markers): the whole run is the image's span.
+    ``plain_ids`` is the unexpanded prompt, holding the placeholder once (the image token, or
+    ``placeholder_id`` where the processor's placeholder is another token, as Gemma 3's
+    ``<start_of_image>``); ``ids`` is the processor's. The run may hold marker tokens beside the
+    image tokens (LLaVA-NeXT's newlines, Pixtral's row breaks, Idefics3's tile markers, Gemma 3's
+    image begin and end): the whole run is the image's span.
     """
-    holders = [i for i, t in enumerate(plain_ids) if t == image_id]
+    holders = [i for i, t in enumerate(plain_ids) if t in (image_id, placeholder_id)]
     if len(holders) > 1:
         raise ProbeError("the prompt holds more than one image; mllm_lens traces one image per probe")
     start = holders[0] if holders else -1
@@ -306,7 +310,9 @@ def encode_probe(probe: Probe, model: LensModel) -> EncodedProbe:
     # image placeholder expanded into the image's run of tokens, marker tokens included.
     plain = tokenizer(prompt, return_offsets_mapping=True)
     plain_ids = plain["input_ids"]
-    start, end = image_expansion(ids.tolist(), plain_ids, image_id)
+    placeholder = tokenizer.convert_tokens_to_ids(image_token)  # Gemma 3's <start_of_image>, not its image token
+    placeholder = None if placeholder == tokenizer.unk_token_id else placeholder
+    start, end = image_expansion(ids.tolist(), plain_ids, image_id, placeholder)
     n_img = end - start
 
     def expanded(i: int) -> int:

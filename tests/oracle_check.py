@@ -119,7 +119,7 @@ def assert_contributions_equal_eager(model: ml.LensModel, saved_path: str, probe
     assert result.total.max() > 1e-2 and np.isfinite(result.visual).all()
 
 
-def assert_edit_raises_and_undoes(model: ml.LensModel, probe: ml.Probe, factor: float) -> None:
+def assert_edit_raises_and_undoes(model: ml.LensModel, probe: ml.Probe, factor: float, **hyperparameters) -> None:
     """``ml.edit`` at layer 1 (last-token key) changes the MLP output weight, raises p("Rome") in the
     full forward at least ``factor``-fold (a random tiny model holds no fact, so no edit reaches
     p = 0.5), and leaving the edit restores the weight and the probability bit for bit."""
@@ -136,7 +136,7 @@ def assert_edit_raises_and_undoes(model: ml.LensModel, probe: ml.Probe, factor: 
     before, p_before = weight.detach().clone(), p_rome()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", EditIneffectiveWarning)
-        with ml.edit(model, probe, "Rome", layer=1, key_token="last"):
+        with ml.edit(model, probe, "Rome", layer=1, key_token="last", **hyperparameters):
             assert not torch.equal(weight.detach(), before)
             assert p_rome() > factor * p_before
     assert torch.equal(weight.detach(), before) and p_rome() == p_before

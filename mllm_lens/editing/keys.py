@@ -22,6 +22,7 @@ from torch import nn
 
 from mllm_lens.editing.requests import EncodedRequest, batch_inputs, length_groups
 from mllm_lens.errors import EditError, UnsupportedModelError
+from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.lens_model import LensModel
 
 EDIT_SITES = ("mlp", "attn")
@@ -61,11 +62,12 @@ def projection(model: LensModel, layer: int, site: str) -> nn.Linear:
 
 def _stack(
     items: Sequence[EncodedRequest], rows: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Decoder inputs, key positions and M-RoPE ids (None: 1-D) of equal-length requests."""
-    embeds, position_ids = batch_inputs(items, rows)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, AttentionPattern | None]:
+    """Decoder inputs, key positions, M-RoPE ids (None: 1-D) and attention pattern (None: causal)
+    of one group of requests (see :func:`length_groups`)."""
+    embeds, position_ids, pattern = batch_inputs(items, rows)
     positions = torch.tensor([items[i].position for i in rows], device=embeds.device)
-    return embeds, positions, position_ids
+    return embeds, positions, position_ids, pattern
 
 
 def _layer_output(output) -> torch.Tensor:
@@ -73,7 +75,7 @@ def _layer_output(output) -> torch.Tensor:
 
 
 def _capture_group(
-    model: LensModel, module: nn.Linear, embeds, positions, position_ids, hidden_layer: int | None
+    model: LensModel, module: nn.Linear, embeds, positions, position_ids, pattern, hidden_layer: int | None
 ) -> dict:
     arange = torch.arange(len(positions), device=embeds.device)
     seen: dict[str, torch.Tensor] = {}
@@ -91,7 +93,7 @@ def _capture_group(
     if hidden_layer is not None:
         handles.append(model.adapter.layers[hidden_layer].register_forward_hook(grab_hidden))
     try:
-        model.decoder(embeds, positions=position_ids)
+        model.decoder(embeds, positions=position_ids, pattern=pattern)
     finally:
         for handle in handles:
             handle.remove()
@@ -145,14 +147,15 @@ def optimize_values(
     for rows in length_groups(items):
         index = torch.tensor(rows)
         targets = torch.tensor([items[i].target_id for i in rows], device=model.device)
-        embeds, positions, position_ids = _stack(items, rows)
         deltas[index], v0s[index], probs[index] = _optimize_group(
-            model, module, embeds, positions, position_ids, targets, steps, lr, weight_decay, clamp, stop_prob
+            model, module, *_stack(items, rows), targets, steps, lr, weight_decay, clamp, stop_prob
         )
     return deltas, v0s, probs
 
 
-def _optimize_group(model, module, embeds, positions, position_ids, targets, steps, lr, weight_decay, clamp, stop_prob):
+def _optimize_group(
+    model, module, embeds, positions, position_ids, pattern, targets, steps, lr, weight_decay, clamp, stop_prob
+):
     arange = torch.arange(len(positions), device=embeds.device)
     delta = torch.zeros(len(positions), module.out_features, device=embeds.device, requires_grad=True)
     state: dict[str, torch.Tensor] = {}
@@ -171,7 +174,8 @@ def _optimize_group(model, module, embeds, positions, position_ids, targets, ste
     handle = module.register_forward_hook(add_delta)
     try:
         for step in range(steps + 1):
-            logp = torch.log_softmax(model.decoder_logits(embeds, positions=position_ids), -1)[arange, targets]
+            logits = model.decoder_logits(embeds, positions=position_ids, pattern=pattern)
+            logp = torch.log_softmax(logits, -1)[arange, targets]
             if stop_prob is not None:
                 reached = (logp.detach().exp() >= stop_prob) & ~done
                 kept[reached], kept_p[reached] = delta.detach()[reached], logp.detach().exp()[reached]
@@ -211,7 +215,11 @@ def preservation_keys(model: LensModel, probes: Sequence, layer: int, site: str)
 
 
 def _capture_all(
-    model: LensModel, module: nn.Linear, embeds: torch.Tensor, position_ids: torch.Tensor | None = None
+    model: LensModel,
+    module: nn.Linear,
+    embeds: torch.Tensor,
+    position_ids: torch.Tensor | None = None,
+    pattern: AttentionPattern | None = None,
 ) -> torch.Tensor:
     """The projection's inputs ``[T, d_in]`` (float32) over one prompt's decoder inputs ``[1, T, d]``."""
     seen: dict[str, torch.Tensor] = {}
@@ -221,7 +229,7 @@ def _capture_all(
 
     handle = module.register_forward_pre_hook(grab)
     try:
-        model.decoder(embeds, positions=position_ids)
+        model.decoder(embeds, positions=position_ids, pattern=pattern)
     finally:
         handle.remove()
     return seen["key"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mllm_lens.errors import EditError, ProbeError
+from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe, answer_token_id
 
@@ -58,6 +59,7 @@ class EncodedRequest:
     old_id: int
     embeds: torch.Tensor  # [1, T, d] decoder inputs of the clean run
     position_ids: torch.Tensor | None = None  # [3, 1, T] an M-RoPE decoder's ids (None: 1-D)
+    pattern: AttentionPattern | None = None  # a self-masking wrapper's attention pattern (None: causal)
 
     @property
     def length(self) -> int:
@@ -121,32 +123,41 @@ def encode_request(model: LensModel, request: EditRequest, *, allow_same: bool =
     position = key_position(encoded, request.constraint)  # checks the constraint in both cases
     if request.key_token == "last":
         position = encoded.length - 1
-    embeds, position_ids = model.decoder_call(encoded.model_inputs)
-    old_id = int(model.decoder_logits(embeds, positions=position_ids)[0].argmax())
+    embeds, position_ids, pattern = model.decoder_call(encoded.model_inputs)
+    old_id = int(model.decoder_logits(embeds, positions=position_ids, pattern=pattern)[0].argmax())
     if old_id == target_id and not allow_same:
         token = model.tokenizer.convert_ids_to_tokens(target_id)
         raise EditError(
             f"the model already answers {token!r} to {request.probe.question!r}: nothing to edit "
             f"(new answer {request.new_answer!r})"
         )
-    return EncodedRequest(request, encoded, position, target_id, old_id, embeds, position_ids)
+    return EncodedRequest(request, encoded, position, target_id, old_id, embeds, position_ids, pattern)
 
 
 def encode_requests(model: LensModel, requests: Sequence[EditRequest]) -> list[EncodedRequest]:
     return [encode_request(model, r) for r in requests]
 
 
-def batch_inputs(items: Sequence[EncodedRequest], rows: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Decoder inputs ``[B, T, d]`` of equal-length requests and their M-RoPE ids ``[3, B, T]``
-    (None for a 1-D decoder): requests of one length may still hold images of other grids."""
+def batch_inputs(
+    items: Sequence[EncodedRequest], rows: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor | None, AttentionPattern | None]:
+    """Decoder inputs ``[B, T, d]`` of requests of one :func:`length_groups` group, their M-RoPE ids
+    ``[3, B, T]`` (None for a 1-D decoder: requests of one length may still hold images of other
+    grids) and their shared attention pattern (None: causal)."""
     embeds = torch.cat([items[i].embeds for i in rows])
     ids = [items[i].position_ids for i in rows]
-    return embeds, None if ids[0] is None else torch.cat([i for i in ids if i is not None], dim=1)
+    return (
+        embeds,
+        None if ids[0] is None else torch.cat([i for i in ids if i is not None], dim=1),
+        items[rows[0]].pattern,
+    )
 
 
 def length_groups(items: Sequence[EncodedRequest]) -> list[list[int]]:
-    """Indices of ``items`` grouped by prompt length (one batch per group, no padding)."""
-    groups: dict[int, list[int]] = {}
+    """Indices of ``items`` grouped by prompt length and attention pattern (one batch per group, no
+    padding, one mask for all its rows)."""
+    groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        groups.setdefault(item.length, []).append(i)
+        key = (item.length, None if item.pattern is None else item.pattern.signature())
+        groups.setdefault(key, []).append(i)
     return list(groups.values())

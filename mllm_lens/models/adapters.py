@@ -20,13 +20,15 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
-from mllm_lens.models.decoder_call import decoder_call_refusal, uses_mrope
+from mllm_lens.models.decoder_call import PATTERN_REPLAYED, POSITION_OFFSETS, decoder_call_refusal, uses_mrope
 from mllm_lens.models.layouts import (
     PatchLayout,
+    gemma3_layout,
     idefics3_layout,
     internvl_layout,
     llava_next_layout,
     llava_onevision_layout,
+    paligemma_layout,
     pixtral_layout,
     qwen2_vl_layout,
     square_grid_layout,
@@ -47,7 +49,6 @@ class BackboneSpec:
     layers: str = "layers"
     value: str = "v_proj"  # value projection inside the attention module (attention contributions)
     final_norm: str = "norm"  # the decoder stack's last norm, before the LM head (partial decoder)
-    rotary: str = "rotary_emb"  # the decoder stack's rotary embedding module (partial decoder)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "qwen2": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen2_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen2_5_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "gemma": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "gemma3_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "phi": BackboneSpec(
         attention="self_attn", mlp="mlp", mlp_out="fc2", attn_out="dense", final_norm="final_layernorm"
     ),
@@ -82,6 +85,8 @@ WRAPPERS: dict[str, WrapperSpec] = {
     "internvl": WrapperSpec("model.language_model", "lm_head", internvl_layout),
     "qwen2_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
     "qwen2_5_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
+    "gemma3": WrapperSpec("model.language_model", "lm_head", gemma3_layout),
+    "paligemma": WrapperSpec("model.language_model", "lm_head", paligemma_layout),
 }
 
 MISSING_LAYOUT = "missing the wrapper layout (LM head, image-token layout: which prompt token is which patch)"
@@ -158,6 +163,8 @@ class Adapter:
     hidden_size: int
     paper_template: bool
     mrope: bool = False  # the decoder takes 3-D M-RoPE position ids (see LensModel.decoder_call)
+    pattern: str | None = None  # the wrapper masks its decoder itself (see attention_pattern); None: causal
+    position_offset: int = 0  # a 1-D decoder's first position id as the wrapper hands it (PaliGemma: 1)
 
     @property
     def num_layers(self) -> int:
@@ -200,10 +207,6 @@ class Adapter:
     def final_norm(self) -> nn.Module:
         """The norm applied to the last layer's output before the LM head."""
         return self._stack_part(self.spec.final_norm, "final norm")
-
-    def rotary_emb(self) -> nn.Module:
-        """The rotary embedding module: ``(hidden, position_ids [1, T] or M-RoPE's [3, 1, T]) -> (cos, sin)``."""
-        return self._stack_part(self.spec.rotary, "rotary embedding")
 
     def site_module(self, site: str, layer: int) -> nn.Module:
         """The module whose output is the site: layer output, MLP output, attention output."""
@@ -307,6 +310,8 @@ def resolve_adapter(model: PreTrainedModel) -> Adapter:
         hidden_size=hidden,
         paper_template=wrapper.paper_template and backbone == "llama",
         mrope=uses_mrope(model),
+        pattern=PATTERN_REPLAYED.get(architecture),
+        position_offset=POSITION_OFFSETS.get(architecture, 0),
     )
 
 

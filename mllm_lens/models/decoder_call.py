@@ -1,14 +1,19 @@
 """Which decoder calls the fast tracing paths are exact for, and why a model's are not.
 
-Every fast path (shared prefix cache, partial restart, suffix batching) assumes what LLaVA's
-decoder does: a plain causal mask over the whole prompt, embeddings as the only input, and
-position ids that are either 1-D ``0..T-1`` (the decoder's default) or, for the M-RoPE wrappers
-in :data:`MROPE_REPLAYED`, the 3-D (temporal, height, width) ids the wrapper computes from the
-image grid, which :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call` captures and every
-fast path slices and hands back. A model whose decoder call differs (bidirectional image block,
-prefix-LM, sliding windows, an unchecked M-RoPE wrapper, images through cross-attention or added
-into later layers) would get numbers that may be silently wrong, so it is refused with the reason
-named, whichever adapter tables might otherwise map its modules.
+Every fast path (shared prefix cache, partial restart, suffix batching) replays the decoder call the
+wrapper makes: embeddings as the only input; position ids that are either 1-D ``0..T-1`` (the
+decoder's default) or, for the M-RoPE wrappers in :data:`MROPE_REPLAYED`, the 3-D (temporal, height,
+width) ids the wrapper computes from the image grid (1-D ids from :data:`POSITION_OFFSETS` on, for
+a wrapper that counts from there); and an attention pattern that is either plainly
+causal or, for the wrappers in :data:`PATTERN_REPLAYED` (Gemma 3's bidirectional image block and
+sliding windows, PaliGemma's prefix-LM), the masks the wrapper builds, captured as an
+:class:`~mllm_lens.models.attention_pattern.AttentionPattern`. :meth:`~mllm_lens.models.lens_model.
+LensModel.decoder_call` captures both and every fast path slices and hands them back. A model whose
+decoder call differs in a way not replayed (an unchecked M-RoPE wrapper or non-causal pattern, a
+text config asking for bidirectional or sliding-window attention the wrapper does not mask itself,
+images through cross-attention or added into later layers) would get numbers that may be silently
+wrong, so it is refused with the reason named, whichever adapter tables might otherwise map its
+modules.
 """
 
 from __future__ import annotations
@@ -19,22 +24,15 @@ from transformers import PreTrainedModel
 
 #: Families whose non-causal attention or image path cannot be read off the text config.
 KNOWN_REFUSALS: dict[str, str] = {
-    "gemma3": (
-        "attention pattern not causal: Gemma 3 lets an image's tokens attend to each other bidirectionally "
-        "(a block mask from token_type_ids) and has sliding-window layers, so a restored position also changes "
-        "earlier ones and the fast paths cannot prove a trace exact"
-    ),
-    "paligemma": (
-        "attention pattern not causal: PaliGemma is a prefix-LM (image and prompt attend to each other "
-        "bidirectionally), so a restored position also changes earlier ones and the fast paths cannot prove "
-        "a trace exact"
-    ),
     "mllama": (
         "image not in the decoder's token sequence: Mllama reads the image through cross-attention layers, "
         "so there are no image-token positions to restore or noise"
     ),
 }
-KNOWN_REFUSALS["shieldgemma2"] = KNOWN_REFUSALS["gemma3"]
+KNOWN_REFUSALS["shieldgemma2"] = (
+    "attention pattern not checked: ShieldGemma 2 wraps Gemma 3 (bidirectional image block, sliding windows) "
+    "as an image classifier; only Gemma3ForConditionalGeneration's masks are replayed and checked against the oracle"
+)
 KNOWN_REFUSALS["qwen3_vl"] = KNOWN_REFUSALS["qwen3_vl_moe"] = (
     "DeepStack: Qwen3-VL adds visual features from several vision-tower layers into the residual stream of "
     "its early decoder layers at the image positions, so the image enters the decoder at more than one place; "
@@ -43,6 +41,15 @@ KNOWN_REFUSALS["qwen3_vl"] = KNOWN_REFUSALS["qwen3_vl_moe"] = (
 
 #: M-RoPE wrappers whose 3-D position ids the fast paths replay (checked against the oracle in tests).
 MROPE_REPLAYED = frozenset({"qwen2_vl", "qwen2_5_vl"})
+#: Wrappers that build their decoder's masks themselves, and the pattern's name: the fast paths replay
+#: the captured masks and restart where :meth:`AttentionPattern.restart` says (checked against the oracle).
+PATTERN_REPLAYED: dict[str, str] = {
+    "gemma3": "bidirectional image block",
+    "paligemma": "prefix-LM (image and prompt read each other both ways)",
+}
+#: Wrappers whose 1-D position ids do not start at 0 (PaliGemma counts from 1): every decoder call
+#: replays the offset (rotary attention reads relative positions, but its float rounding does not).
+POSITION_OFFSETS: dict[str, int] = {"paligemma": 1}
 
 
 def _text_config(model: PreTrainedModel) -> Any:
@@ -72,6 +79,14 @@ def decoder_call_refusal(model: PreTrainedModel) -> str | None:
             "get_rope_index from the image grid; the fast paths replay them only for the wrappers checked "
             f"against the oracle ({', '.join(sorted(MROPE_REPLAYED))})"
         )
+    if architecture == "paligemma" and getattr(text, "model_type", None) != "gemma":
+        return (
+            f"attention pattern not checked: PaliGemma 2 ({getattr(text, 'model_type', '?')} backbone: sliding "
+            "windows, logit soft-capping) is not checked against the oracle; only PaliGemma's Gemma backbone is "
+            "replayed"
+        )
+    if architecture in PATTERN_REPLAYED:
+        return None
     if getattr(text, "use_bidirectional_attention", False):
         return (
             "attention pattern not causal: the text config sets use_bidirectional_attention, so a restored "

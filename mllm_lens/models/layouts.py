@@ -8,7 +8,10 @@ model's own packing code. Mistral 3 (Pixtral) closes each row of merged patches 
 token. Idefics3 and SmolVLM cut the image into tiles, each introduced by marker tokens, then add a
 global view; InternVL puts its tiles and a thumbnail between ``<img>`` and ``</img>``. Qwen2-VL
 and Qwen2.5-VL merge 2 x 2 patches of an image kept near its own size, so the grid depends on the
-image. Marker tokens (newline, break, end, tile tags) are labelled as such, outside the grid.
+image. Gemma 3 pools its vision tower's patches into a fixed square grid (16 x 16 in the checkpoints)
+between begin- and end-of-image markers. PaliGemma keeps its SigLIP tower's patch grid, one token
+per patch, and its processor puts ``<bos>`` right after the image. Marker tokens (newline, break, end,
+tile tags, image begin and end, PaliGemma's ``<bos>``) are labelled as such, outside the grid.
 """
 
 from __future__ import annotations
@@ -187,6 +190,48 @@ def qwen2_vl_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -
         )
     labels = [f"<img {r},{c}>" for r in range(rows) for c in range(cols)]
     return PatchLayout(labels=labels, rows=rows, cols=cols, grid_index=list(range(rows * cols)))
+
+
+def gemma3_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """Gemma 3: ``<start_of_image>``, ``mm_tokens_per_image`` pooled tokens, ``<end_of_image>``.
+
+    The projector average-pools the vision tower's ``p x p`` patch grid into ``side x side`` cells
+    (``side = sqrt(mm_tokens_per_image)``) and flattens them row-major, so token ``k`` covers cell
+    ``(k // side, k % side)`` of the whole (resized, square) image."""
+    config = model.config
+    side = math.isqrt(int(config.mm_tokens_per_image))
+    ids = model_inputs["input_ids"][0].tolist()
+    runs = [i for i, t in enumerate(ids) if t == config.boi_token_index]
+    if side * side != config.mm_tokens_per_image or n_tokens != side * side + 2 or len(runs) != 1:
+        raise UnsupportedModelError(
+            f"gemma3: {n_tokens} image tokens are not one image's <start_of_image>, {side}x{side} pooled tokens "
+            "and <end_of_image> (pan-and-scan crops are not mapped onto the picture)"
+        )
+    start = runs[0]
+    if ids[start + n_tokens - 1] != config.eoi_token_index:
+        raise UnsupportedModelError("gemma3: the image's pooled tokens are not closed by <end_of_image>")
+    labels = ["<img boi>", *(f"<img {r},{c}>" for r in range(side) for c in range(side)), "<img eoi>"]
+    return PatchLayout(labels=labels, rows=side, cols=side, grid_index=[-1, *range(side * side), -1])
+
+
+def paligemma_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
+    """PaliGemma: one token per patch of the SigLIP tower's square grid, row-major, then the ``<bos>``
+    the processor writes after the image (inside the run that replaced the placeholder)."""
+    side = _vision_grid(model)
+    ids = model_inputs["input_ids"][0].tolist()
+    image_id = getattr(model.config, "image_token_id", None)
+    image_id = model.config.image_token_index if image_id is None else image_id
+    start = ids.index(image_id) if image_id in ids else -1
+    tokens = ids[start : start + n_tokens] if start >= 0 else []
+    if tokens[: side * side] != [image_id] * (side * side) or n_tokens not in (side * side, side * side + 1):
+        raise UnsupportedModelError(
+            f"paligemma: {n_tokens} image tokens are not the {side}x{side} patch grid (and the <bos> after it)"
+        )
+    labels = [f"<img {r},{c}>" for r in range(side) for c in range(side)]
+    extra = ["<img bos>"] * (n_tokens - side * side)
+    return PatchLayout(
+        labels=[*labels, *extra], rows=side, cols=side, grid_index=[*range(side * side), *[-1] * len(extra)]
+    )
 
 
 def _shuffled_cells(shuffle: Callable[[torch.Tensor], torch.Tensor], patches: int, scale: int) -> list[tuple[int, int]]:

@@ -1,20 +1,32 @@
 """LensModel: a transformers model, its processor and its adapter, with the few calls the
-tracer needs (decoder inputs and positions, decoder logits on a cached prefix)."""
+tracer needs (the decoder call's inputs, positions and attention pattern; decoder logits on a
+cached prefix)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from mllm_lens.errors import UnsupportedModelError
 from mllm_lens.models.adapters import Adapter, model_dtype, resolve_adapter
+from mllm_lens.models.attention_pattern import AttentionPattern
 
 
 class _Captured(Exception):
     """Raised inside a pre-hook to stop a forward once the decoder inputs are known."""
+
+
+class DecoderCall(NamedTuple):
+    """What the wrapper hands its decoder stack for one prompt: ``embeds [1, T, d]``, an M-RoPE
+    decoder's position ids ``[3, 1, T]`` (None: 1-D) and the attention pattern of a wrapper that
+    masks its decoder itself (None: causal)."""
+
+    embeds: torch.Tensor
+    positions: torch.Tensor | None
+    pattern: AttentionPattern | None
 
 
 @dataclass
@@ -49,17 +61,19 @@ class LensModel:
     def num_layers(self) -> int:
         return self.adapter.num_layers
 
-    def decoder_call(self, model_inputs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def decoder_call(self, model_inputs: dict) -> DecoderCall:
         """The decoder's ``inputs_embeds`` ``[1, T, d]`` (text embeddings with image features
-        scattered in) and, for an M-RoPE decoder, the position ids ``[3, 1, T]`` (temporal, height,
-        width) the wrapper computed from the image grid (None for 1-D positions), exactly as the
-        model builds them; the vision tower runs, the decoder does not."""
-        captured: dict[str, torch.Tensor | None] = {}
+        scattered in), for an M-RoPE decoder the position ids ``[3, 1, T]`` (temporal, height, width)
+        the wrapper computed from the image grid, and for a wrapper that masks its decoder itself the
+        :class:`~mllm_lens.models.attention_pattern.AttentionPattern`, exactly as the model builds
+        them; the vision tower runs, the decoder does not."""
+        captured: dict[str, Any] = {}
 
         def grab(_module, _args, kwargs):
             captured["embeds"] = kwargs["inputs_embeds"].detach().clone()
             positions = kwargs.get("position_ids")
             captured["positions"] = None if positions is None else positions.detach().clone()
+            captured["mask"] = kwargs.get("attention_mask")
             raise _Captured
 
         handle = self.adapter.language_model.register_forward_pre_hook(grab, with_kwargs=True)
@@ -73,16 +87,39 @@ class LensModel:
         embeds = captured.get("embeds")
         if embeds is None:
             raise RuntimeError("the model never called its decoder with inputs_embeds")
+        return DecoderCall(
+            embeds, self._mrope_positions(captured["positions"], embeds), self._pattern(captured["mask"], embeds)
+        )
+
+    def _mrope_positions(self, positions: torch.Tensor | None, embeds: torch.Tensor) -> torch.Tensor | None:
+        """M-RoPE ids as the wrapper handed them; None for a 1-D decoder, once its ids are checked to be
+        the ones every decoder call replays (``offset .. offset + T - 1``)."""
         if not self.adapter.mrope:
-            return embeds, None
-        positions = captured["positions"]
+            expected = self._default_positions(0, embeds.shape[1], embeds.device)
+            if positions is not None and not torch.equal(positions.expand_as(expected), expected):
+                raise UnsupportedModelError(
+                    f"{self.adapter.architecture}: the wrapper handed its decoder 1-D position ids "
+                    f"{positions.flatten()[:4].tolist()}..., not {self.adapter.position_offset}.."
+                    f"{self.adapter.position_offset + embeds.shape[1] - 1}; the fast paths cannot replay them"
+                )
+            return None
         if positions is None or positions.shape != (3, 1, embeds.shape[1]):
             shape = None if positions is None else tuple(positions.shape)
             raise UnsupportedModelError(
                 f"{self.adapter.architecture}: the wrapper handed its M-RoPE decoder position ids of shape {shape}, "
                 f"not (3, 1, {embeds.shape[1]}) (temporal, height, width); the fast paths cannot replay them"
             )
-        return embeds, positions
+        return positions
+
+    def _pattern(self, mask: object, embeds: torch.Tensor) -> AttentionPattern | None:
+        if self.adapter.pattern is None:
+            return None
+        config = self.adapter.decoder_config
+        layer_types = getattr(config, "layer_types", None)
+        kind = self.adapter.pattern
+        if layer_types and "sliding_attention" in layer_types:
+            kind += f", sliding window {config.sliding_window}"
+        return AttentionPattern.from_wrapper_mask(kind, mask, embeds.shape[1], layer_types, self.num_layers)
 
     def decoder_inputs(self, model_inputs: dict) -> torch.Tensor:
         """The decoder's ``inputs_embeds`` ``[1, T, d]`` (see :meth:`decoder_call`)."""
@@ -93,13 +130,20 @@ class LensModel:
         return self.decoder_call(model_inputs)[1] if self.adapter.mrope else None
 
     def decoder(
-        self, embeds: torch.Tensor, cache: DynamicCache | None = None, positions: torch.Tensor | None = None
+        self,
+        embeds: torch.Tensor,
+        cache: DynamicCache | None = None,
+        positions: torch.Tensor | None = None,
+        pattern: AttentionPattern | None = None,
     ) -> Any:
         """The decoder stack's output on ``embeds [B, S, d]`` after ``cache``.
 
         ``positions`` (``[3, 1 or B, S]``, the slice of :meth:`decoder_call`'s ids that ``embeds``
         covers) is required by an M-RoPE decoder, whose default ids (``0..S-1`` after the cache in
-        all three axes) would silently misplace the image; a 1-D decoder takes none."""
+        all three axes) would silently misplace the image; a 1-D decoder takes none. ``pattern`` (the
+        whole run's, from :meth:`decoder_call`) is required by a decoder its wrapper masks itself,
+        whose own default mask (causal) would silently drop the image block; ``embeds`` are its
+        positions ``[cache length, cache length + S)``."""
         if self.adapter.mrope:
             if positions is None:
                 raise UnsupportedModelError(
@@ -111,19 +155,47 @@ class LensModel:
             positions = positions.expand(-1, embeds.shape[0], -1)
         elif positions is not None:
             raise ValueError("a 1-D decoder takes its default positions; pass positions=None")
+        start = 0 if cache is None else cache.get_seq_length()
+        if not self.adapter.mrope and self.adapter.position_offset:
+            positions = self._default_positions(start, embeds.shape[1], embeds.device)
+        mask = None
+        if self.adapter.pattern is not None:
+            if pattern is None:
+                raise UnsupportedModelError(
+                    f"{self.adapter.architecture}'s decoder is masked by its wrapper ({self.adapter.pattern}): pass "
+                    "LensModel.decoder_call's attention pattern (this analysis does not replay it yet)"
+                )
+            mask = pattern.decoder_mask(start, start + embeds.shape[1], embeds.dtype, embeds.device)
+        elif pattern is not None:
+            raise ValueError(f"{self.adapter.architecture}'s decoder is causal; pass pattern=None")
         return self.adapter.language_model(
-            inputs_embeds=embeds, position_ids=positions, cache=cache, use_cache=cache is not None
+            inputs_embeds=embeds, position_ids=positions, attention_mask=mask, cache=cache, use_cache=cache is not None
         )
 
+    def _default_positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """1-D ids ``[1, length]`` of positions ``[start, start + length)`` as the wrapper numbers them."""
+        return torch.arange(start, start + length, device=device)[None] + self.adapter.position_offset
+
     def decoder_logits(
-        self, embeds: torch.Tensor, cache: DynamicCache | None = None, positions: torch.Tensor | None = None
+        self,
+        embeds: torch.Tensor,
+        cache: DynamicCache | None = None,
+        positions: torch.Tensor | None = None,
+        pattern: AttentionPattern | None = None,
     ) -> torch.Tensor:
         """Logits ``[batch, vocab]`` at the last position of ``embeds`` (after ``cache``)."""
-        out = self.decoder(embeds, cache, positions)
+        out = self.decoder(embeds, cache, positions, pattern)
         return self.adapter.lm_head(out.last_hidden_state[:, -1]).float()
 
-    def prefix_cache(self, embeds: torch.Tensor, positions: torch.Tensor | None = None) -> DynamicCache:
+    def new_cache(self) -> DynamicCache:
+        """An empty KV cache that keeps every position's keys: a sliding-window layer's own cache
+        would drop keys that the explicit masks of restarted runs still index."""
+        return DynamicCache()
+
+    def prefix_cache(
+        self, embeds: torch.Tensor, positions: torch.Tensor | None = None, pattern: AttentionPattern | None = None
+    ) -> DynamicCache:
         """The KV cache of ``embeds`` ``[1, p0, d]``, shared by every restoration run."""
-        cache = DynamicCache(config=self.adapter.decoder_config)
-        self.decoder(embeds, cache, positions)
+        cache = self.new_cache()
+        self.decoder(embeds, cache, positions, pattern)
         return cache

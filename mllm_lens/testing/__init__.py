@@ -11,14 +11,17 @@ from mllm_lens.testing.tiny import (
     tiny_mistral3,
     tiny_vipllava,
 )
+from mllm_lens.testing.tiny_gemma3 import tiny_gemma3
 from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
+from mllm_lens.testing.tiny_paligemma import tiny_paligemma
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 
 __all__ = [
     "WORDS",
     "build_tokenizer",
     "random_llava",
+    "tiny_gemma3",
     "tiny_idefics3",
     "tiny_internvl",
     "tiny_llava",
@@ -26,6 +29,7 @@ __all__ = [
     "tiny_llava_onevision",
     "tiny_llava_phi",
     "tiny_mistral3",
+    "tiny_paligemma",
     "tiny_qwen2_5_vl",
     "tiny_qwen2_vl",
     "tiny_smolvlm",

@@ -15,8 +15,10 @@ and ``W_O^h [d, head_dim]`` the head's slice of the output projection. The contr
 How: one forward of the decoder with its usual attention implementation (sdpa by default);
 a forward pre-hook keeps each attention module's inputs. Afterwards each attention module is
 run alone once more on those inputs with ``config._attn_implementation`` set to ``"eager"``
-(restored afterwards) and an explicit causal mask, which returns the weights ``A`` exactly as
-the model computes them (rotary, partial rotary, q/k norms included). Values come from the
+(restored afterwards) and the mask the layer got in that forward (a causal one where the default
+implementation needed none; Gemma 3's image block and sliding window as its wrapper builds them),
+which returns the weights ``A`` exactly as the model computes them (rotary, partial rotary, q/k
+norms included). Values come from the
 adapter's value projection, so no architecture detail lives here.
 """
 
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from mllm_lens.errors import ProbeError, TraceConfigError
+from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import ContributionResult
@@ -60,6 +63,18 @@ def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.
     return mask[None, None]
 
 
+def _additive(mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor:
+    """The layer's mask as eager attention adds it: causal where the forward needed none, a bool mask
+    (True: attend) turned into 0 / the dtype's min, an additive one as it is."""
+    if mask is None:
+        return causal_mask(hidden.shape[1], hidden.dtype, hidden.device)
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=hidden.dtype, device=hidden.device).masked_fill_(
+            ~mask, torch.finfo(hidden.dtype).min
+        )
+    return mask
+
+
 @contextmanager
 def eager_attention(module: nn.Module) -> Iterator[None]:
     """Temporarily switch the module's config to eager attention (which returns its weights)."""
@@ -81,10 +96,15 @@ class AttentionInputs:
 
 
 def capture_attention_inputs(
-    model: LensModel, embeds: torch.Tensor, layers: Sequence[int], positions: torch.Tensor | None = None
+    model: LensModel,
+    embeds: torch.Tensor,
+    layers: Sequence[int],
+    positions: torch.Tensor | None = None,
+    pattern: AttentionPattern | None = None,
 ) -> AttentionInputs:
-    """One decoder forward on ``embeds [1, T, d]`` (``positions``: an M-RoPE decoder's ids, see
-    :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`), keeping the attention inputs of ``layers``."""
+    """One decoder forward on ``embeds [1, T, d]`` (``positions``, ``pattern``: an M-RoPE decoder's ids and
+    a self-masking wrapper's attention pattern, see :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`),
+    keeping the attention inputs of ``layers``."""
     adapter = model.adapter
     calls: dict[int, tuple[tuple, dict]] = {}
 
@@ -97,7 +117,7 @@ def capture_attention_inputs(
     handles = [adapter.attention(layer).register_forward_pre_hook(keeper(layer), with_kwargs=True) for layer in layers]
     try:
         with torch.no_grad():
-            logits = model.decoder_logits(embeds, positions=positions)[0]
+            logits = model.decoder_logits(embeds, positions=positions, pattern=pattern)[0]
     finally:
         for handle in handles:
             handle.remove()
@@ -116,7 +136,7 @@ def attention_weights(model: LensModel, inputs: AttentionInputs, layer: int) -> 
     attention = model.adapter.attention(layer)
     hidden, args, kwargs = _hidden_of(*inputs.calls[layer])
     kwargs = {k: v for k, v in kwargs.items() if k not in ("cache", "past_key_values", "use_cache")}
-    kwargs["attention_mask"] = causal_mask(hidden.shape[1], hidden.dtype, hidden.device)
+    kwargs["attention_mask"] = _additive(kwargs.get("attention_mask"), hidden)
     with torch.no_grad(), eager_attention(attention):
         _out, weights = attention(hidden, *args, **kwargs)
     if weights is None:
@@ -193,8 +213,8 @@ def attention_contributions(
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     t = resolve_target(encoded, target)
     chosen = _check_layers(model, layers)
-    embeds, positions = model.decoder_call(encoded.model_inputs)
-    inputs = capture_attention_inputs(model, embeds, chosen, positions)
+    embeds, positions, pattern = model.decoder_call(encoded.model_inputs)
+    inputs = capture_attention_inputs(model, embeds, chosen, positions, pattern)
     per_head, total = zip(*(layer_contributions(model, inputs, layer, t) for layer in chosen), strict=True)
     total_arr = np.stack(total)
     layout = encoded.patch_layout

@@ -10,8 +10,9 @@ corrupted position each clean position is restored onto.
   may have another token count; the corrupted run then has its own length (see
   :meth:`Replace.position_map` for how its positions line up with the clean run's).
 * :class:`ConstraintNoise` -- ROME's: Gaussian noise of scale ``nu * sigma`` added to the
-  constraint's token embeddings, ``sigma`` = std of the model's token-embedding matrix,
-  ``nu = 3`` by default.
+  constraint's token embeddings, ``sigma`` = std of the model's token-embedding matrix times
+  the embedding layer's ``embed_scale`` where it scales its output (Gemma: sqrt(hidden)), so
+  sigma is the spread of the embeddings the decoder reads; ``nu = 3`` by default.
 * :class:`ImageNoise` -- Gaussian noise of scale ``nu * sigma`` on the image's visual-token
   embeddings (all patches or a given set), ``sigma`` = std of the clean visual tokens.
 
@@ -32,7 +33,8 @@ from mllm_lens.errors import CorruptionError
 from mllm_lens.probe import EncodedProbe, Probe, encode_probe, locate_constraint
 
 if TYPE_CHECKING:
-    from mllm_lens.models.lens_model import LensModel
+    from mllm_lens.models.attention_pattern import AttentionPattern
+    from mllm_lens.models.lens_model import DecoderCall, LensModel
 
 
 def _check_noise(kind: str, scale: float, seed: int) -> None:
@@ -68,7 +70,8 @@ class ConstraintNoise:
 
     def apply(self, model: LensModel, encoded: EncodedProbe, clean: torch.Tensor) -> torch.Tensor:
         pos = self.positions(encoded)
-        sigma = model.adapter.embed_tokens.weight.detach().float().std().item()
+        embed = model.adapter.embed_tokens
+        sigma = embed.weight.detach().float().std().item() * float(getattr(embed, "embed_scale", 1.0))
         out = clean.clone()
         out[0, pos] += self.scale * sigma * _gaussian(len(pos), clean.shape[-1], self.seed, clean)
         return out
@@ -210,16 +213,17 @@ def position_map(corruption: Corruption, model: LensModel, encoded: EncodedProbe
     return None if mapped == list(range(encoded.length)) else mapped
 
 
-def corrupted_positions(
-    corruption: Corruption, model: LensModel, encoded: EncodedProbe, clean_positions: torch.Tensor | None
-) -> torch.Tensor | None:
-    """M-RoPE position ids ``[3, 1, T']`` of the corrupted run (None for a 1-D decoder): the clean
-    run's, since noise changes no token and no image grid, unless a replacement changed the prompt;
-    then the replaced prompt's own, as the model computes them (a phrase of another length shifts
-    every later position, as it does in 1-D)."""
-    if clean_positions is None or not isinstance(corruption, Replace):
-        return clean_positions
-    return model.decoder_call(corruption.replaced(model, encoded).model_inputs)[1]
+def corrupted_call(
+    corruption: Corruption, model: LensModel, encoded: EncodedProbe, clean: DecoderCall
+) -> tuple[torch.Tensor | None, AttentionPattern | None]:
+    """The corrupted run's M-RoPE position ids ``[3, 1, T']`` and attention pattern (None each for a
+    1-D, causal decoder): the clean run's, since noise changes no token and no image grid, unless a
+    replacement changed the prompt; then the replaced prompt's own, as the model computes them (a
+    phrase of another length shifts every later position and the image block after it)."""
+    if (clean.positions is None and clean.pattern is None) or not isinstance(corruption, Replace):
+        return clean.positions, clean.pattern
+    replaced = model.decoder_call(corruption.replaced(model, encoded).model_inputs)
+    return replaced.positions, replaced.pattern
 
 
 def noise(constraint: str | None = None, scale: float = 3.0, seed: int = 0) -> ConstraintNoise:

@@ -19,6 +19,14 @@ holds the clean and the corrupted run's (they differ only after a replaced phras
 length), and every decoder call gets the slice its embeddings cover: the prefix ``[0, p0)``
 (equal in both runs), the clean suffix, the corrupted suffix and the partial plan's base run.
 
+A wrapper that masks its decoder itself (Gemma 3: an image's tokens read each other both ways,
+sliding-window layers) gives ``patterns`` (clean, corrupted): every decoder call is masked with them,
+and the shared prefix ends where no earlier query reads a later key
+(:meth:`~mllm_lens.models.attention_pattern.AttentionPattern.restart`): a corruption or restoration
+inside an image block changes the block's earlier positions too, so the recomputed suffix starts at
+the block's start; positions before it are still the shared clean/corrupted prefix. ``p0`` is that
+start, ``first_changed`` the first position whose inputs differ.
+
 When the corruption starts early (image noise corrupts from the first image token), the shared
 prefix saves little. The *partial* plan then restarts each batch of cells where it can first
 differ from the corrupted run: at the lowest restored layer and the first restored position,
@@ -41,6 +49,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing import budget
 from mllm_lens.tracing.prefix_cache import SharedPrefixCache
@@ -130,6 +139,7 @@ class RestorationExecutor:
         position_map: Sequence[int | None] | None = None,
         plan: str = "auto",
         positions: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+        patterns: tuple[AttentionPattern | None, AttentionPattern | None] = (None, None),
     ) -> None:
         if plan not in PLANS:
             raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
@@ -143,7 +153,9 @@ class RestorationExecutor:
         changed = (clean[:, :shared] != corrupted[:, :shared]).any(dim=-1)[0].nonzero().flatten()
         if changed.numel() == 0 and corrupted.shape[1] == self.length:
             raise ValueError("the corrupted inputs equal the clean inputs")
-        self.p0 = int(changed[0]) if changed.numel() else shared
+        self.first_changed = int(changed[0]) if changed.numel() else shared
+        self.clean_pattern, self.corrupted_pattern = patterns
+        self.p0 = self._shared_prefix(self.first_changed)
         if position_map is None and corrupted.shape[1] != self.length:
             raise ValueError("clean and corrupted inputs differ in length: pass position_map")
         self.position_map = list(range(self.length)) if position_map is None else list(position_map)
@@ -159,13 +171,29 @@ class RestorationExecutor:
         )
         with torch.no_grad():
             prefix = (
-                model.prefix_cache(clean[:, : self.p0], _cut(self.clean_positions, 0, self.p0)) if self.p0 else None
+                model.prefix_cache(clean[:, : self.p0], _cut(self.clean_positions, 0, self.p0), self.clean_pattern)
+                if self.p0
+                else None
             )
             self.shared = None if prefix is None else SharedPrefixCache(prefix, self.batch_size, longest - self.p0)
             self.clean_suffix = clean[:, self.p0 :]
             self.corrupted_suffix = corrupted[:, self.p0 :]
             self.clean_logits, self.activations = self._record_clean()
-            self.corrupted_logits = self._suffix_logits(self.corrupted_suffix, self.corrupted_positions)
+            self.corrupted_logits = self._suffix_logits(
+                self.corrupted_suffix, self.corrupted_positions, self.corrupted_pattern
+            )
+
+    def _shared_prefix(self, first_changed: int) -> int:
+        """The longest prefix ``[0, s)``, ``s <= first_changed``, that no later position reaches in
+        either run (``first_changed`` itself in a causal decoder)."""
+        start = first_changed
+        while True:
+            moved = start
+            for pattern in (self.clean_pattern, self.corrupted_pattern):
+                moved = moved if pattern is None else pattern.restart(moved)
+            if moved == start:
+                return start
+            start = moved
 
     def restorable(self, position: int) -> bool:
         """Whether restoring clean ``position`` changes the corrupted run: it lies after the
@@ -175,10 +203,12 @@ class RestorationExecutor:
     def _cache(self, batch: int):
         return None if self.shared is None else self.shared.for_batch(batch)
 
-    def _suffix_logits(self, suffix: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-        """Logits of suffix rows ``[B, S, d]`` on the shared prefix; ``positions``: the whole run's."""
+    def _suffix_logits(
+        self, suffix: torch.Tensor, positions: torch.Tensor | None, pattern: AttentionPattern | None
+    ) -> torch.Tensor:
+        """Logits of suffix rows ``[B, S, d]`` on the shared prefix; ``positions``, ``pattern``: the whole run's."""
         cache = self._cache(suffix.shape[0])
-        return self.model.decoder_logits(suffix, cache, _cut(positions, self.p0, None))
+        return self.model.decoder_logits(suffix, cache, _cut(positions, self.p0, None), pattern)
 
     def _record_clean(self) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
         store: dict[tuple[str, int], torch.Tensor] = {}
@@ -196,7 +226,7 @@ class RestorationExecutor:
             for layer in range(adapter.num_layers)
         ]
         with forward_hooks(hooks):
-            logits = self._suffix_logits(self.clean_suffix, self.clean_positions)
+            logits = self._suffix_logits(self.clean_suffix, self.clean_positions, self.clean_pattern)
         return logits, store
 
     def _plan(self, cells: Sequence[Cell]) -> dict[tuple[str, int], PlanEntry]:
@@ -250,9 +280,12 @@ class RestorationExecutor:
         return torch.cat(parts) if parts else torch.empty(0)
 
     def _batch_start(self, batch: Sequence[Cell]) -> tuple[int, int]:
-        """``(layer, corrupted position)`` where a batch's restorations can first change the run."""
-        first = min(self.position_map[p] for cell in batch for p in cell.positions)  # type: ignore[type-var]
-        return min(min(cell.layers) for cell in batch), int(first)  # type: ignore[arg-type]
+        """``(layer, corrupted position)`` where a batch's restorations can first change the run
+        (a restoration inside an image block changes the block's earlier positions too)."""
+        mapped = [self.position_map[p] for cell in batch for p in cell.positions]
+        first = min(p for p in mapped if p is not None)
+        pattern = self.corrupted_pattern
+        return min(min(cell.layers) for cell in batch), first if pattern is None else pattern.restart(first)
 
     def _partial_batches(self, cells: Sequence[Cell]) -> list[tuple[int, int]]:
         """Contiguous ``(start, stop)`` runs of cells for the partial plan: at most ``batch_size``
@@ -312,7 +345,8 @@ class RestorationExecutor:
                 plan.clear()
                 plan.update(self._plan(batch))
                 suffix = self.corrupted_suffix.expand(len(batch), -1, -1)
-                consume(start, torch.softmax(self._suffix_logits(suffix, self.corrupted_positions), dim=-1))
+                logits = self._suffix_logits(suffix, self.corrupted_positions, self.corrupted_pattern)
+                consume(start, torch.softmax(logits, dim=-1))
 
     def _execute_partial(
         self, cells: Sequence[Cell], consume: Callable[[int, torch.Tensor], None], *, progress: bool, desc: str
@@ -321,7 +355,11 @@ class RestorationExecutor:
 
         if self._partial is None:
             self._partial = PartialDecoder(
-                self.model, self.corrupted, max_batch=self.batch_size, positions=self.corrupted_positions
+                self.model,
+                self.corrupted,
+                max_batch=self.batch_size,
+                positions=self.corrupted_positions,
+                pattern=self.corrupted_pattern,
             )
         decoder = self._partial
         batches = self._partial_batches(cells)

@@ -146,8 +146,13 @@ def knocked_probs(
 
 
 def _prepare(model: LensModel, probe: Probe | EncodedProbe, target_id: int | None):
+    if model.adapter.pattern is not None:
+        raise UnsupportedModelError(
+            f"knock-out on {model.adapter.architecture}: its knock masks are built on a causal mask, and the decoder's "
+            f"own pattern ({model.adapter.pattern}) is not replayed in them yet"
+        )
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
-    embeds, positions = model.decoder_call(encoded.model_inputs)
+    embeds, positions, _pattern = model.decoder_call(encoded.model_inputs)
     with torch.no_grad():
         clean = torch.softmax(model.decoder_logits(embeds, positions=positions)[0], -1)
     target = encoded.target_id if target_id is None else target_id

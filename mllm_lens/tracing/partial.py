@@ -9,16 +9,23 @@ clean value at one image patch, or corrupting one patch's embedding) leaves
 * every layer below ``s`` unchanged -- the residual stream entering layer ``s`` is the base
   run's, recorded once per layer.
 
+Where the wrapper masks its decoder itself (Gemma 3's bidirectional image block, a prefix-LM), a
+query may read later keys, so the first point holds only from :meth:`PartialDecoder.restart` ``(p)``
+(the image block's start for a position inside it; 0 in a prefix-LM's prefix): a caller starts its
+run there, and every layer is masked with the captured pattern's own mask (sliding windows included).
+
 A restoration run therefore starts at layer ``s`` from the base run's hidden states of
 positions ``[p, T)`` (``[B, T - p, d]``, with the intervention written in), calls the decoder
 layers ``s .. L-1`` directly (the adapter provides them, the rotary embedding and the final
 norm) with a KV cache that holds the base run's keys/values of ``[0, p)`` and an explicit
-causal mask of shape ``[1, 1, T - p, T]`` (query ``i`` is position ``p + i``), and applies the
-final norm and LM head to the last position only. The rotary embedding's cos/sin are computed
-once for the whole base run from its position ids (``0..T-1``, or an M-RoPE decoder's 3-D ids,
-which the interventions leave unchanged) and sliced to ``[p, T)``. For a hidden-state restoration at layer
-``l`` the run starts at ``s = l + 1``: layer ``l``'s output *is* the restored value. Forward
-hooks on the site modules write further clean values (layer windows) into the batch rows.
+mask of shape ``[1, 1, T - p, T]`` (query ``i`` is position ``p + i``; causal, or the layer's rows of
+the captured pattern), and applies the final norm and LM head to the last position only. Each
+layer's rotary cos/sin are the ones the decoder handed it in the base run (from its position ids,
+``0..T-1`` or an M-RoPE decoder's 3-D ids, which the interventions leave unchanged; per layer, as
+Gemma 3's local and global layers rotate with different bases), sliced to ``[p, T)``. For a
+hidden-state restoration at layer ``l`` the run starts at ``s = l + 1``: layer ``l``'s output *is*
+the restored value. Forward hooks on the site modules write further clean values (layer windows)
+into the batch rows.
 
 The per-batch cache is one buffer ``[rows, kv_heads, T, head_dim]`` per layer (rows: the largest
 run so far, grown by doubling up to ``max_batch``), filled with the base keys/values when it is
@@ -39,9 +46,10 @@ from contextlib import ExitStack
 from typing import cast
 
 import torch
-from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
+from mllm_lens.errors import UnsupportedModelError
+from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing.executor import PlanEntry, _site_tensor, _with_site_tensor
 from mllm_lens.tracing.prefix_cache import cache_of, layer_kv
@@ -95,9 +103,12 @@ class PartialDecoder:
         *,
         max_batch: int = 32,
         positions: torch.Tensor | None = None,
+        pattern: AttentionPattern | None = None,
     ) -> None:
-        """``positions``: an M-RoPE decoder's ids ``[3, 1, T]`` of ``embeds`` (None: 1-D ``0..T-1``)."""
+        """``positions``: an M-RoPE decoder's ids ``[3, 1, T]`` of ``embeds`` (None: 1-D ``0..T-1``);
+        ``pattern``: the attention pattern of a decoder its wrapper masks (None: causal)."""
         self.model = model
+        self.pattern = pattern
         adapter = model.adapter
         self.num_layers = adapter.num_layers
         self.length = embeds.shape[1]
@@ -105,6 +116,7 @@ class PartialDecoder:
         self.inputs: list[torch.Tensor] = [torch.empty(0)] * self.num_layers
         self.outputs: list[torch.Tensor] = [torch.empty(0)] * self.num_layers
         self.site_outputs: dict[tuple[str, int], torch.Tensor] = {}
+        self.rope: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * self.num_layers  # cos/sin per layer
         with ExitStack() as stack, torch.no_grad():
             for layer in range(self.num_layers):
                 module = adapter.layers[layer]
@@ -113,11 +125,13 @@ class PartialDecoder:
                 for site in sites:
                     hook = self._keep_site((site, layer))
                     stack.callback(adapter.site_module(site, layer).register_forward_hook(hook).remove)
-            cache = DynamicCache(config=adapter.decoder_config)
-            self.logits = model.decoder_logits(embeds, cache, positions)[0]
-            if positions is None:
-                positions = torch.arange(self.length, device=embeds.device)[None]
-            self.position_embeddings = adapter.rotary_emb()(embeds, position_ids=positions)
+            cache = model.new_cache()
+            self.logits = model.decoder_logits(embeds, cache, positions, pattern)[0]
+        if any(rope is None for rope in self.rope):
+            raise UnsupportedModelError(
+                f"{adapter.backbone!r} decoder layers are not handed their rotary cos/sin as 'position_embeddings'; "
+                "partial restarts cannot replay them"
+            )
         self.base_kv = [layer_kv(layer) for layer in cache.layers]
         self._buffers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self._keys_only: bool | None = None  # see _keys_only_calls_work
@@ -127,8 +141,27 @@ class PartialDecoder:
         def hook(_module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             self.inputs[layer] = hidden[0].detach().clone()
+            self.rope[layer] = kwargs.get("position_embeddings")
 
         return hook
+
+    def restart(self, position: int) -> int:
+        """Where a run whose interventions start at ``position`` must start: ``position`` in a causal
+        decoder, the pattern's :meth:`~mllm_lens.models.attention_pattern.AttentionPattern.restart` otherwise."""
+        return position if self.pattern is None else self.pattern.restart(position)
+
+    def masks(self, start: int) -> list[torch.Tensor]:
+        """Each layer's additive mask ``[1, 1, T - start, T]`` for queries ``[start, T)``: causal, or
+        the layer's rows of the pattern (layers of one kind share one tensor)."""
+        dtype, device = self.inputs[0].dtype, self.inputs[0].device
+        if self.pattern is not None:
+            pattern = self.pattern
+            made = {key: pattern.mask(key, start, self.length, dtype, device) for key in set(pattern.layer_keys)}
+            return [made[key] for key in pattern.layer_keys]
+        query = torch.arange(start, self.length, device=device)[:, None]
+        keys = torch.arange(self.length, device=device)[None]
+        mask = torch.zeros(self.length - start, self.length, dtype=dtype, device=device)
+        return [mask.masked_fill_(keys > query, torch.finfo(dtype).min)[None, None]] * self.num_layers
 
     def _keep_output(self, layer: int):
         def hook(_module, _args, output):
@@ -202,25 +235,25 @@ class PartialDecoder:
                 module = adapter.site_module(*key)
                 stack.callback(module.register_forward_hook(_restorer(entry)).remove)
             if start_layer <= last:
-                cache = self._cache(rows, start)
-                device, dtype = hidden.device, hidden.dtype
-                query = torch.arange(start, self.length, device=device)[:, None]
-                keys = torch.arange(self.length, device=device)[None]
-                mask = torch.zeros(span, self.length, dtype=dtype, device=device)
-                mask.masked_fill_(keys > query, torch.finfo(dtype).min)
-                cos, sin = self.position_embeddings
-                kwargs = dict(
-                    attention_mask=mask[None, None],
-                    position_ids=query.T,
-                    cache=cache,
-                    use_cache=True,
-                    position_embeddings=(cos[:, start:], sin[:, start:]),
-                )
+                cache, masks = self._cache(rows, start), self.masks(start)
                 for layer in range(start_layer, last if split_last else last + 1):
+                    kwargs = self._layer_kwargs(layer, start, cache, masks[layer])
                     hidden = _site_tensor(adapter.layers[layer](hidden, **kwargs))
                 if split_last:
+                    kwargs = self._layer_kwargs(last, start, cache, masks[last])
                     hidden = self._last_layer(hidden, kwargs, cast(_BufferLayer, cache.layers[last]))
             return self.head(hidden[:, -1])
+
+    def _layer_kwargs(self, layer: int, start: int, cache: Cache, mask: torch.Tensor) -> dict:
+        """Keyword arguments of ``layer``'s call on queries ``[start, T)``."""
+        cos, sin = cast(tuple[torch.Tensor, torch.Tensor], self.rope[layer])
+        return dict(
+            attention_mask=mask,
+            position_ids=torch.arange(start, self.length, device=cos.device)[None],
+            cache=cache,
+            use_cache=True,
+            position_embeddings=(cos[:, start:], sin[:, start:]),
+        )
 
     def _keys_only_calls_work(self) -> bool:
         """Whether the last layer stores its keys/values through the cache before attending (every
@@ -232,17 +265,13 @@ class PartialDecoder:
             probe = _BufferLayer(keys, values, 1, self.length - 2)
             probe.keys_only = True
             layers = [_BufferLayer(k, v, 1, self.length - 2) for k, v in self.base_kv[:last]] + [probe]
-            cos, sin = self.position_embeddings
-            mask = torch.zeros(1, 1, 2, self.length, dtype=self.inputs[last].dtype, device=keys.device)
             try:
                 with torch.no_grad():
                     self.model.adapter.layers[last](
                         self.inputs[last][None, -2:],
-                        attention_mask=mask,
-                        position_ids=torch.arange(self.length - 2, self.length, device=keys.device)[None],
-                        cache=cache_of(layers),
-                        use_cache=True,
-                        position_embeddings=(cos[:, -2:], sin[:, -2:]),
+                        **self._layer_kwargs(
+                            last, self.length - 2, cache_of(layers), self.masks(self.length - 2)[last]
+                        ),
                     )
             except _KeysWritten:
                 self._keys_only = True

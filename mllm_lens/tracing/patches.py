@@ -15,7 +15,10 @@ prefix saves almost nothing. Instead a cell whose first restored (or corrupted) 
 ``>= s`` on top of the base run's keys/values (:class:`~mllm_lens.tracing.partial.PartialDecoder`;
 hidden-state restorations start one layer above the restored one). Cells are grouped by
 ``s``, sorted by ``p`` and batched; a batch starts at its smallest ``p`` (rows with a larger
-``p`` recompute a few unchanged positions, which is exact). Every score equals the plain
+``p`` recompute a few unchanged positions, which is exact). Where the wrapper masks its decoder
+itself (Gemma 3's image tokens read each other both ways), ``p`` is where the first restored or
+noised token can reach (:meth:`~mllm_lens.tracing.partial.PartialDecoder.restart`: the image
+block's start), and every layer is masked with the model's own pattern. Every score equals the plain
 per-cell loop :func:`~mllm_lens.tracing.reference.reference_patch_sweep` (one full forward per
 cell) to float32 rounding.
 
@@ -149,11 +152,13 @@ def patch_sweep(
     n_layers = model.num_layers
     chosen = list(range(n_layers)) if layers is None else sorted({int(x) for x in layers})
     windows = [window_layers(layer, window, window_mode, n_layers) for layer in chosen]
-    clean, positions = model.decoder_call(encoded.model_inputs)  # noise leaves M-RoPE positions as they are
+    # noise leaves M-RoPE positions and the attention pattern as they are
+    clean, positions, pattern = model.decoder_call(encoded.model_inputs)
     # a run may start at the first image token, so a row computes up to the whole prompt
     size = batch_size or budget.batch_size(model, encoded.length, encoded.length, budget=memory_budget, max_batch=32)
     kept = [site] if mode == "restore" and site != "hidden" else []  # hidden = layer outputs, always kept
-    base_clean = PartialDecoder(model, clean, kept, max_batch=size, positions=positions)
+    base_clean = PartialDecoder(model, clean, kept, max_batch=size, positions=positions, pattern=pattern)
+    restart = base_clean.restart  # a cell starts where its first restored or noised token can reach
     clean_probs = torch.softmax(base_clean.logits, -1)
     target = encoded.target_id if target_id is None else target_id
     target = int(clean_probs.argmax()) if target is None else int(target)
@@ -161,12 +166,12 @@ def patch_sweep(
     items: list[tuple[int, int, tuple[int, ...], list[int], tuple[int, ...]]]
     if mode == "restore":
         corrupted = noise.apply(model, encoded, clean)
-        base = PartialDecoder(model, corrupted, max_batch=size, positions=positions)
+        base = PartialDecoder(model, corrupted, max_batch=size, positions=positions, pattern=pattern)
         corrupted_prob = float(torch.softmax(base.logits, -1)[target])
         scores = np.full((len(chosen), rows, cols), np.nan)
         items = [
             (
-                start_img + idx[0],
+                restart(start_img + idx[0]),
                 wl[0] + 1 if site == "hidden" else wl[0],
                 (li, *cell),
                 [start_img + i for i in idx],
@@ -178,7 +183,7 @@ def patch_sweep(
     else:
         base, corrupted_prob = base_clean, None
         scores = np.full((rows, cols), np.nan)
-        items = [(start_img + idx[0], 0, cell, idx, ()) for cell, idx in cells]
+        items = [(restart(start_img + idx[0]), 0, cell, idx, ()) for cell, idx in cells]
     groups: dict[int, list] = {}
     for item in items:
         groups.setdefault(item[1], []).append(item)
@@ -220,6 +225,7 @@ def patch_sweep(
             "layers": chosen,
             "noise": {"scale": noise.scale, "seed": noise.seed, "patches": noise.describe(encoded)["patches"]},
             "batch_size": size,
+            **({} if pattern is None else {"attention": pattern.describe()}),
             "prompt": encoded.prompt,
             "model": model.name,
         },

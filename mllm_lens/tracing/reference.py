@@ -62,7 +62,8 @@ def _replaced(model: LensModel, encoded: EncodedProbe, corruption: Replace) -> t
 def _noise_positions_and_sigma(model: LensModel, encoded: EncodedProbe, corruption, embeds: torch.Tensor):
     if isinstance(corruption, ConstraintNoise):
         start, end = encoded.spans[encoded.probe.constraint(corruption.constraint).text]
-        sigma = model.adapter.embed_tokens.weight.detach().float().std().item()
+        embed = model.adapter.embed_tokens  # the table's std times the scale the layer multiplies its output by
+        sigma = embed.weight.detach().float().std().item() * float(getattr(embed, "embed_scale", 1.0))
         return list(range(start, end)), sigma
     start, end = encoded.image_span
     if corruption.patches is None:

@@ -18,10 +18,11 @@ import torch
 
 from mllm_lens.errors import CorruptionError, TraceConfigError
 from mllm_lens.models.adapters import SITES
+from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import TraceResult
-from mllm_lens.tracing.corruption import Corruption, Replace, as_corruption, corrupted_positions, position_map
+from mllm_lens.tracing.corruption import Corruption, Replace, as_corruption, corrupted_call, position_map
 from mllm_lens.tracing.executor import PLANS, Cell, RestorationExecutor
 from mllm_lens.tracing.windows import window_layers
 
@@ -31,21 +32,31 @@ class CorruptionIneffectiveWarning(UserWarning):
 
 
 Positions = tuple[torch.Tensor | None, torch.Tensor | None]
+Patterns = tuple[AttentionPattern | None, AttentionPattern | None]
 
 
 def prepare(
     model: LensModel, probe: Probe | EncodedProbe, corrupt
-) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor, Positions]:
+) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor, Positions, Patterns]:
     """Encode the probe and build clean and corrupted decoder inputs ``[1, T, d]``, with their
-    M-RoPE position ids ``[3, 1, T]`` (``(None, None)`` for a 1-D decoder)."""
+    M-RoPE position ids ``[3, 1, T]`` (``(None, None)`` for a 1-D decoder) and attention patterns
+    (``(None, None)`` for a causal decoder)."""
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     corruption = as_corruption(corrupt)
-    clean, clean_positions = model.decoder_call(encoded.model_inputs)
+    call = model.decoder_call(encoded.model_inputs)
+    clean = call.embeds
     corrupted = corruption.apply(model, encoded, clean)
     if clean.shape == corrupted.shape and torch.equal(clean, corrupted):
         raise CorruptionError(f"the corruption {corruption} leaves the decoder inputs unchanged")
-    positions = (clean_positions, corrupted_positions(corruption, model, encoded, clean_positions))
-    return encoded, corruption, clean, corrupted, positions
+    corrupted_positions, corrupted_pattern = corrupted_call(corruption, model, encoded, call)
+    return (
+        encoded,
+        corruption,
+        clean,
+        corrupted,
+        (call.positions, corrupted_positions),
+        (call.pattern, corrupted_pattern),
+    )
 
 
 @dataclass
@@ -101,7 +112,7 @@ class TraceSession:
         _check_sites(sites)
         check_batch_size(batch_size, memory_budget)
         self.model = model
-        self.encoded, self.corruption, clean, corrupted, positions = prepare(model, probe, corrupt)
+        self.encoded, self.corruption, clean, corrupted, positions, patterns = prepare(model, probe, corrupt)
         self.position_map = position_map(self.corruption, model, self.encoded)
         self.executor = RestorationExecutor(
             model,
@@ -109,6 +120,7 @@ class TraceSession:
             corrupted,
             sites,
             positions=positions,
+            patterns=patterns,
             batch_size=batch_size,
             memory_budget=memory_budget,
             position_map=self.position_map,
@@ -252,6 +264,11 @@ class TraceSession:
                 labels[pos] = f"{labels[pos]}→{corrupted[target]}"
         return labels
 
+    def _attention(self) -> dict:
+        """The attention pattern the fast paths replayed, for a decoder its wrapper masks itself."""
+        pattern = self.executor.clean_pattern
+        return {} if pattern is None else {"attention": pattern.describe()}
+
     def _result(self, site: str, scores: np.ndarray, window: int, window_mode: str) -> TraceResult:
         encoded, probe = self.encoded, self.encoded.probe
         extra = {}
@@ -274,7 +291,9 @@ class TraceSession:
                 "window": window,
                 "window_mode": window_mode,
                 "corruption": self.corruption.describe(encoded),
-                "first_corrupted_position": self.executor.p0,
+                "first_corrupted_position": self.executor.first_changed,
+                "recomputed_from": self.executor.p0,
+                **self._attention(),
                 "batch_size": self.executor.batch_size,
                 "plan": self.executor.last_plan,
                 "prompt": encoded.prompt,
