@@ -165,6 +165,24 @@ def test_multedit_edits_the_dense_mlp_and_undoes(model, probe):
     assert_edit_raises_and_undoes(model, probe, factor=1.2)
 
 
-def test_knockout_is_refused_until_it_replays_the_pattern(model, probe):
-    with pytest.raises(UnsupportedModelError, match="knock-out on gemma3"):
-        ml.tracing.knockout(model, probe, [(0, 0)])
+def test_knockout_equals_token_deletion(model, probe):
+    """Cutting every edge from three image tokens at every layer (edges from earlier block tokens,
+    which read them both ways, included) == deleting them while the others keep their positions and
+    the model's masks between them (global and sliding)."""
+    encoded = probe.encode(model)
+    removed = [5, 9, 12]
+    result = ml.tracing.knockout(model, encoded, removed)
+    embeds, _positions, pattern = model.decoder_call(encoded.model_inputs)
+    keep = [i for i in range(encoded.length) if i not in removed]
+    low = torch.finfo(embeds.dtype).min
+    masks = {
+        key: torch.zeros(len(keep), len(keep)).masked_fill(~allowed[keep][:, keep], low)[None, None]
+        for key, allowed in pattern.allowed.items()
+    }
+    with torch.no_grad():
+        out = model.adapter.language_model(
+            inputs_embeds=embeds[:, keep], attention_mask=masks, position_ids=torch.tensor([keep])
+        )
+        logits = model.adapter.lm_head(out.last_hidden_state[:, -1]).float()
+    assert abs(result.knocked_prob - float(torch.softmax(logits, -1)[0, result.target_id])) <= 1e-5
+    assert abs(result.drop) > 1e-4  # the knock-out did something

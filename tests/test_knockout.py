@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText
 
 import mllm_lens as ml
 from mllm_lens.errors import TraceConfigError
-from mllm_lens.tracing.knockout import knock_mask, knockout, knockout_test
+from mllm_lens.tracing.knockout import cut_edges, knockout, knockout_test
 
 
 def _deleted_reference(model: ml.LensModel, encoded, removed: list[int], target: int) -> float:
@@ -53,13 +53,12 @@ def test_blocking_all_sources_of_last_changes_output(models, arch, probe):
     assert abs(result.drop) > 1e-3
 
 
-def test_mask_shape_and_diagonal():
-    mask = knock_mask(5, [1, 3], None, torch.float32, torch.device("cpu"))
-    blocked = mask < 0
-    assert not blocked.diagonal().any()
-    assert blocked[4, 1] and blocked[4, 3] and blocked[2, 1] and not blocked[4, 2]
-    assert blocked[0, 1]  # causal part kept
-    only = knock_mask(5, [1], [4], torch.float32, torch.device("cpu")) < 0
+def test_cut_edges_keep_the_diagonal():
+    cut = cut_edges(5, [1, 3], None, torch.device("cpu"))
+    assert not cut.diagonal().any()
+    assert cut[4, 1] and cut[4, 3] and cut[2, 1] and not cut[4, 2]
+    assert cut[0, 1]  # an earlier position's edge to a source too (open where the pattern is not causal)
+    only = cut_edges(5, [1], [4], torch.device("cpu"))
     assert only[4, 1] and not only[2, 1]
 
 

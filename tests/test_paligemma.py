@@ -107,6 +107,25 @@ def test_multedit_edits_the_dense_mlp_and_undoes(model, probe):
     assert_edit_raises_and_undoes(model, probe, factor=10)
 
 
+def test_knockout_equals_token_deletion(model, probe):
+    """Cutting every edge from three image tokens at every layer (earlier ones read them too) ==
+    deleting them, the others keeping their (1-based) positions."""
+    encoded = probe.encode(model)
+    removed = [2, 7, 11]
+    result = ml.tracing.knockout(model, encoded, removed)
+    embeds = model.decoder_call(encoded.model_inputs).embeds
+    keep = [i for i in range(encoded.length) if i not in removed]
+    with torch.no_grad():
+        out = model.adapter.language_model(
+            inputs_embeds=embeds[:, keep],
+            attention_mask=torch.zeros(1, 1, len(keep), len(keep)),
+            position_ids=torch.tensor([keep]) + 1,
+        )
+        logits = model.adapter.lm_head(out.last_hidden_state[:, -1]).float()
+    assert abs(result.knocked_prob - float(torch.softmax(logits, -1)[0, result.target_id])) <= 1e-5
+    assert abs(result.drop) > 1e-4
+
+
 def test_paligemma2_is_refused():
     model, _ = tiny_paligemma()
     model.config.text_config.model_type = "gemma2"

@@ -2,9 +2,12 @@
 
 At each chosen layer, target positions may not attend to the source positions: the entries
 ``(t, j)`` of the attention mask are set to the dtype's minimum (an additive float mask
-``[B, 1, T, T]`` = causal mask + knocked entries, passed to the attention module by a forward
-pre-hook; eager and sdpa attention both add it to the scores before the softmax, so the
-knocked weights are exactly 0 and the rest renormalise). A position always keeps its own
+``[B, 1, T, T]`` = the layer's own mask + knocked entries, passed to the attention module by a
+forward pre-hook; eager and sdpa attention both add it to the scores before the softmax, so the
+knocked weights are exactly 0 and the rest renormalise). The layer's own mask is causal, or, where
+the wrapper masks its decoder itself (Gemma 3's image block and sliding windows, PaliGemma's
+prefix-LM), the mask the decoder call hands the layer, so an edge to an earlier position that the
+pattern opens (an image token reading a later one) is cut too. A position always keeps its own
 diagonal entry, so no row is fully masked. No KV cache is used: the whole decoder runs on the
 clean inputs, and each batch row carries its own mask, so many knock-outs share one forward.
 
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from mllm_lens.errors import TraceConfigError, UnsupportedModelError
+from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.tracing.attention import attention_contributions
@@ -91,18 +95,14 @@ def source_positions(encoded: EncodedProbe, sources: Sequence[Source]) -> list[i
     return sorted(set(out))
 
 
-def knock_mask(
-    length: int, sources: Sequence[int], targets: Sequence[int] | None, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """Additive mask ``[T, T]``: causal, plus ``(t, j)`` at the dtype's min for t in targets, j in sources, t != j."""
-    blocked = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+def cut_edges(length: int, sources: Sequence[int], targets: Sequence[int] | None, device: torch.device) -> torch.Tensor:
+    """Bool ``[T, T]``: True at ``(t, j)`` for t in targets (default: all), j in sources, t != j."""
+    cut = torch.zeros(length, length, dtype=torch.bool, device=device)
     if sources:
-        cut = torch.zeros(length, length, dtype=torch.bool, device=device)
         rows = torch.arange(length, device=device) if targets is None else torch.tensor(list(targets), device=device)
         cut[rows[:, None], torch.tensor(list(sources), device=device)[None]] = True
         cut.fill_diagonal_(False)
-        blocked |= cut
-    return torch.zeros(length, length, dtype=dtype, device=device).masked_fill(blocked, torch.finfo(dtype).min)
+    return cut
 
 
 def _check_layers(model: LensModel, layers: Sequence[int] | None) -> list[int]:
@@ -116,20 +116,27 @@ def _check_layers(model: LensModel, layers: Sequence[int] | None) -> list[int]:
 def knocked_probs(
     model: LensModel,
     embeds: torch.Tensor,
-    masks: torch.Tensor,
+    cuts: torch.Tensor,
     layers: Sequence[int],
     batch_size: int = 16,
     positions: torch.Tensor | None = None,
+    pattern: AttentionPattern | None = None,
 ) -> torch.Tensor:
-    """Next-token distributions ``[N, vocab]`` with mask ``masks[i] [T, T]`` at ``layers`` for row i
-    (``positions``: an M-RoPE decoder's ids of ``embeds``)."""
+    """Next-token distributions ``[N, vocab]`` with the edges ``cuts[i] [T, T]`` (bool, see
+    :func:`cut_edges`) cut at ``layers`` for row i (``positions``, ``pattern``: an M-RoPE decoder's ids
+    and a self-masking wrapper's pattern, from :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`)."""
     adapter = model.adapter
     current: dict[str, torch.Tensor] = {}
+    causal = torch.ones(cuts.shape[-2:], dtype=torch.bool, device=cuts.device).triu(1)
+    lowest = torch.finfo(embeds.dtype).min
 
     def swap(_module, args, kwargs):
         if "attention_mask" not in kwargs:
             raise UnsupportedModelError("the attention module is not given its mask as the 'attention_mask' keyword")
-        kwargs["attention_mask"] = current["mask"]
+        own = kwargs["attention_mask"]  # the pattern's rows for a self-masked decoder, else none needed (causal)
+        if pattern is None:
+            own = torch.zeros(causal.shape, dtype=embeds.dtype, device=embeds.device).masked_fill(causal, lowest)
+        kwargs["attention_mask"] = own.masked_fill(current["cut"], lowest)
         return args, kwargs
 
     parts = []
@@ -137,27 +144,22 @@ def knocked_probs(
         for layer in layers:
             handle = adapter.attention(layer).register_forward_pre_hook(swap, with_kwargs=True)
             stack.callback(handle.remove)
-        for start in range(0, len(masks), batch_size):
-            chunk = masks[start : start + batch_size]
-            current["mask"] = chunk[:, None]
-            logits = model.decoder_logits(embeds.expand(len(chunk), -1, -1), positions=positions)
+        for start in range(0, len(cuts), batch_size):
+            chunk = cuts[start : start + batch_size]
+            current["cut"] = chunk[:, None]
+            logits = model.decoder_logits(embeds.expand(len(chunk), -1, -1), positions=positions, pattern=pattern)
             parts.append(torch.softmax(logits, -1))
     return torch.cat(parts) if parts else torch.empty(0)
 
 
 def _prepare(model: LensModel, probe: Probe | EncodedProbe, target_id: int | None):
-    if model.adapter.pattern is not None:
-        raise UnsupportedModelError(
-            f"knock-out on {model.adapter.architecture}: its knock masks are built on a causal mask, and the decoder's "
-            f"own pattern ({model.adapter.pattern}) is not replayed in them yet"
-        )
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
-    embeds, positions, _pattern = model.decoder_call(encoded.model_inputs)
+    call = model.decoder_call(encoded.model_inputs)
     with torch.no_grad():
-        clean = torch.softmax(model.decoder_logits(embeds, positions=positions)[0], -1)
+        clean = torch.softmax(model.decoder_logits(call.embeds, positions=call.positions, pattern=call.pattern)[0], -1)
     target = encoded.target_id if target_id is None else target_id
     target = int(clean.argmax()) if target is None else int(target)
-    return encoded, embeds, positions, clean, target
+    return encoded, call, clean, target
 
 
 def knockout(
@@ -171,13 +173,13 @@ def knockout(
 ) -> KnockoutResult:
     """Block attention from ``sources`` to ``targets`` (default: every position) at ``layers``
     (default: all); the target token's probability at the last position, clean and knocked."""
-    encoded, embeds, rope, clean, target = _prepare(model, probe, target_id)
+    encoded, call, clean, target = _prepare(model, probe, target_id)
     chosen = _check_layers(model, layers)
     positions = source_positions(encoded, sources)
     if targets is not None and any(not 0 <= int(t) < encoded.length for t in targets):
         raise TraceConfigError(f"targets must lie in [0, {encoded.length})")
-    mask = knock_mask(encoded.length, positions, targets, embeds.dtype, embeds.device)
-    probs = knocked_probs(model, embeds, mask[None], chosen, positions=rope)[0]
+    cut = cut_edges(encoded.length, positions, targets, call.embeds.device)
+    probs = knocked_probs(model, call.embeds, cut[None], chosen, positions=call.positions, pattern=call.pattern)[0]
     return KnockoutResult(float(clean[target]), float(probs[target]), target, positions, chosen)
 
 
@@ -198,7 +200,7 @@ def knockout_test(
     Patches are ranked by the head-summed contribution to ``rank_target`` (default: the
     visual constraint's last token, else the last token) summed over ``layers``.
     """
-    encoded, embeds, rope, clean, target = _prepare(model, probe, target_id)
+    encoded, call, clean, target = _prepare(model, probe, target_id)
     chosen = _check_layers(model, layers)
     layout = encoded.patch_layout
     n_patches = layout.rows * layout.cols
@@ -214,13 +216,14 @@ def knockout_test(
     draws = [
         [divmod(int(i), layout.cols) for i in rng.choice(n_patches, size=k, replace=False)] for _ in range(repeats)
     ]
-    masks = torch.stack(
+    cuts = torch.stack(
         [
-            knock_mask(encoded.length, source_positions(encoded, patches), targets, embeds.dtype, embeds.device)
+            cut_edges(encoded.length, source_positions(encoded, patches), targets, call.embeds.device)
             for patches in [top, *draws]
         ]
     )
-    probs = knocked_probs(model, embeds, masks, chosen, positions=rope)[:, target].cpu().numpy()
+    knocked = knocked_probs(model, call.embeds, cuts, chosen, positions=call.positions, pattern=call.pattern)
+    probs = knocked[:, target].cpu().numpy()
     clean_prob = float(clean[target])
     return KnockoutTest(
         k=k,
