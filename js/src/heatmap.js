@@ -362,6 +362,8 @@ export function renderHeatmap({ model, el }) {
     return `${site} · layer ${cell.layer} · ${where} · p ${fmt(value)} · IE ${fmt(value - model.get("corrupted_prob"))} · normalised ${fmt(normalised)}`;
   }
 
+  let clickedAt = null; // when the last restoration was asked for (performance.now())
+
   function activate(cell) {
     const row = geom.rows[cell.row];
     if (row.kind === "band") {
@@ -373,6 +375,7 @@ export function renderHeatmap({ model, el }) {
     if (clickable) {
       // the result shown is now the previous cell's: dimmed until this one's arrives
       result.classList.toggle("mll-stale", result.childElementCount > 0);
+      clickedAt = performance.now();
       model.send({ type: "cell", panel: cell.panel, layer: cell.layer, position: row.positions[0] });
     }
   }
@@ -424,6 +427,11 @@ export function renderHeatmap({ model, el }) {
     if (!out || !out.restored_top) {
       result.replaceChildren();
       return;
+    }
+    if (clickedAt !== null) {
+      // click -> result as the page sees it (kernel run + messaging + this render), for the e2e timing
+      root.dataset.clickMs = (performance.now() - clickedAt).toFixed(1);
+      clickedAt = null;
     }
     const span = out.layers.length > 1 ? ` (layers ${out.layers[0]}–${out.layers[out.layers.length - 1]})` : "";
     result.replaceChildren(

@@ -200,10 +200,15 @@ export function renderOverlay({ model, el }) {
     return patchAt(event.clientX - box.left, event.clientY - box.top, size[0], size[1], rows, cols);
   }
 
+  let requestedAt = null; // when the last patch curve was asked for (performance.now())
+
   function request(patches) {
     const clickable = model.get("clickable");
     readout.textContent = clickedText(`patches ${patches.map((p) => `(${p})`).join(" ")}`, clickable);
-    if (clickable) model.send({ type: "patches", patches });
+    if (clickable) {
+      requestedAt = performance.now();
+      model.send({ type: "patches", patches });
+    }
     else {
       model.set("selected", patches);
       model.save_changes();
@@ -277,6 +282,11 @@ export function renderOverlay({ model, el }) {
       chart(curve.data),
     );
     readout.textContent = `done: ${label}`;
+    if (requestedAt !== null) {
+      // click -> curve as the page sees it (kernel run + messaging + this render), for the e2e timing
+      root.dataset.clickMs = (performance.now() - requestedAt).toFixed(1);
+      requestedAt = null;
+    }
   }
 
   const redrawOn = ["values", "layer", "colormap", "scale", "vmin", "vmax", "selected", "status", "error", "error_details", "title", "value_label", "corruption", "clean_prob", "corrupted_prob"];
