@@ -51,6 +51,7 @@ def model(saved) -> ml.LensModel:
 def test_loads_with_the_patch_grid_and_the_bos_after_it(model, probe):
     encoded = probe.encode(model)
     assert model.adapter.architecture == "paligemma" and model.adapter.backbone == "gemma"
+    assert model.adapter.position_offset == 1  # PaliGemma numbers positions from 1; every call replays it
     start, end = encoded.image_span
     assert (start, end) == (0, 17)
     assert encoded.labels[start:end] == [*(f"<img {r},{c}>" for r in range(4) for c in range(4)), "<img bos>"]

@@ -88,15 +88,15 @@ class LensModel:
         if embeds is None:
             raise RuntimeError("the model never called its decoder with inputs_embeds")
         return DecoderCall(
-            embeds, self._mrope_positions(captured["positions"], embeds), self._pattern(captured["mask"], embeds)
+            embeds, self._positions(captured["positions"], embeds), self._pattern(captured["mask"], embeds)
         )
 
-    def _mrope_positions(self, positions: torch.Tensor | None, embeds: torch.Tensor) -> torch.Tensor | None:
-        """M-RoPE ids as the wrapper handed them; None for a 1-D decoder, once its ids are checked to be
-        the ones every decoder call replays (``offset .. offset + T - 1``)."""
+    def _positions(self, positions: torch.Tensor | None, embeds: torch.Tensor) -> torch.Tensor | None:
+        """M-RoPE ids as the wrapper handed them; None for a 1-D decoder, once the ids the wrapper handed
+        it (if any) are checked to be the ones every decoder call replays (``offset .. offset + T - 1``)."""
         if not self.adapter.mrope:
-            expected = self._default_positions(0, embeds.shape[1], embeds.device)
-            if positions is not None and not torch.equal(positions.expand_as(expected), expected):
+            expected = self._default_positions(0, embeds.shape[1], embeds.device)[0]
+            if positions is not None and not torch.equal(positions.reshape(-1), expected):
                 raise UnsupportedModelError(
                     f"{self.adapter.architecture}: the wrapper handed its decoder 1-D position ids "
                     f"{positions.flatten()[:4].tolist()}..., not {self.adapter.position_offset}.."
