@@ -12,17 +12,19 @@ from mllm_lens.testing.shrink import tiny_model
 from mllm_lens.testing.support_matrix import COLUMNS, DOC, OK, main, parse_rows, render_row, support_row
 
 PASSING = (
+    "gemma3",
     "idefics3",
     "internvl",
     "llava",
     "llava_next",
     "llava_onevision",
     "mistral3",
+    "paligemma",
     "qwen2_vl",
     "smolvlm",
     "vipllava",
 )
-SUBSET = (*PASSING, "gemma3", "idefics2", "qwen3_vl")
+SUBSET = (*PASSING, "shieldgemma2", "idefics2", "qwen3_vl")
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def test_checked_in_rows_are_current(rows):
 def test_supported_types_pass_every_column_and_refused_ones_are_not_tried(rows):
     for model_type in PASSING:
         assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
-    for model_type in ("gemma3", "idefics2", "qwen3_vl"):
+    for model_type in ("shieldgemma2", "idefics2", "qwen3_vl"):
         assert rows[model_type]["loads"] != OK
         assert {rows[model_type][c] for c in COLUMNS[1:]} == {"–"}
 
@@ -49,19 +51,18 @@ def test_supported_types_pass_every_column_and_refused_ones_are_not_tried(rows):
 def test_check_flags_a_stale_row(tmp_path):
     doc = tmp_path / "SUPPORTED_MODELS.md"
     doc.write_text(DOC.read_text())
-    assert main(["--check", "--only", "gemma3", "--out", str(doc)]) == 0
-    row = parse_rows(doc.read_text())["gemma3"]
-    doc.write_text(doc.read_text().replace(row, row.replace("not causal", "causal")))
-    assert main(["--check", "--only", "gemma3", "--out", str(doc)]) == 1
-    assert main(["--only", "gemma3", "--out", str(doc)]) == 0  # rewrites that row
+    assert main(["--check", "--only", "shieldgemma2", "--out", str(doc)]) == 0
+    row = parse_rows(doc.read_text())["shieldgemma2"]
+    doc.write_text(doc.read_text().replace(row, row.replace("not checked", "checked")))
+    assert main(["--check", "--only", "shieldgemma2", "--out", str(doc)]) == 1
+    assert main(["--only", "shieldgemma2", "--out", str(doc)]) == 0  # rewrites that row
     assert doc.read_text() == DOC.read_text()
 
 
 @pytest.mark.parametrize(
     "model_type,reason",
     [
-        ("gemma3", "attention pattern not causal: Gemma 3 lets an image's tokens attend to each other"),
-        ("paligemma", "attention pattern not causal: PaliGemma is a prefix-LM"),
+        ("shieldgemma2", "only Gemma3ForConditionalGeneration's masks are replayed"),
         ("glm4v", "M-RoPE position ids: .* only for the wrappers checked against the oracle"),
         ("qwen3_vl", "DeepStack: Qwen3-VL adds visual features .* early decoder layers"),
         ("mllama", "through cross-attention layers"),

@@ -37,8 +37,10 @@ from mllm_lens.io import atomic_path
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.testing.shrink import tiny_model
 from mllm_lens.testing.tiny import tiny_llava, tiny_llava_next, tiny_llava_onevision, tiny_mistral3, tiny_vipllava
+from mllm_lens.testing.tiny_gemma3 import tiny_gemma3
 from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
+from mllm_lens.testing.tiny_paligemma import tiny_paligemma
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
 from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.reference import reference_trace
@@ -53,12 +55,14 @@ COMMAND = "python -m mllm_lens.testing.support_matrix"
 
 #: Types whose tiny builder comes with a real processor (probes encode as for a checkpoint).
 BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
+    "gemma3": tiny_gemma3,
     "idefics3": tiny_idefics3,
     "internvl": tiny_internvl,
     "llava": tiny_llava,
     "llava_next": tiny_llava_next,
     "llava_onevision": tiny_llava_onevision,
     "mistral3": tiny_mistral3,
+    "paligemma": tiny_paligemma,
     "qwen2_5_vl": tiny_qwen2_5_vl,
     "qwen2_vl": tiny_qwen2_vl,
     "smolvlm": tiny_smolvlm,
