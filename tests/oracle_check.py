@@ -15,6 +15,14 @@ from mllm_lens.tracing.corruption import ImageNoise, as_corruption
 from mllm_lens.tracing.patches import patch_sweep
 from mllm_lens.tracing.reference import reference_patch_sweep, reference_trace
 
+#: The three corruptions every family's oracle tests run: phrase noise, image noise, and a
+#: replacement of another length (the tiny families' prompts all ask about "this country").
+FAMILY_CORRUPTIONS = {
+    "noise": ml.noise("this country"),
+    "image": ml.image_noise(),
+    "replace": ml.replace("this country", "the famous city"),
+}
+
 
 def assert_trace_equals_oracle(model: ml.LensModel, probe: ml.Probe, corrupt, site: str, window: int, mode: str):
     """Both restart plans (shared prefix; partial restart at the restored layer and position) equal

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from oracle_check import (
+    FAMILY_CORRUPTIONS,
     assert_contributions_equal_eager,
     assert_edit_raises_and_undoes,
     assert_sweeps_equal_oracle,
@@ -27,11 +28,7 @@ from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.patches import patch_sweep
 from mllm_lens.tracing.reference import reference_patch_sweep, reference_trace
 
-CORRUPTIONS = {
-    "noise": ml.noise("this country"),
-    "image": ml.image_noise(),
-    "replace": ml.replace("this country", "the famous city"),
-}
+CORRUPTIONS = FAMILY_CORRUPTIONS
 TRACE_CASES = [
     (corruption, site, window, mode)
     for corruption in sorted(CORRUPTIONS)

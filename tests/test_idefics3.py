@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from oracle_check import (
+    FAMILY_CORRUPTIONS,
     assert_contributions_equal_eager,
     assert_edit_raises_and_undoes,
     assert_sweeps_equal_oracle,
@@ -23,11 +24,7 @@ from mllm_lens.errors import UnsupportedModelError
 from mllm_lens.models.layouts import idefics3_layout
 from mllm_lens.testing.tiny_idefics3 import tiny_idefics3
 
-CORRUPTIONS = {
-    "noise": ml.noise("this country"),
-    "image": ml.image_noise(),
-    "replace": ml.replace("this country", "the famous city"),
-}
+CORRUPTIONS = FAMILY_CORRUPTIONS
 CLASSES = {"idefics3": "Idefics3ForConditionalGeneration", "smolvlm": "SmolVLMForConditionalGeneration"}
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from oracle_check import (
+    FAMILY_CORRUPTIONS,
     assert_contributions_equal_eager,
     assert_edit_raises_and_undoes,
     assert_sweeps_equal_oracle,
@@ -19,11 +20,7 @@ from transformers import AutoModelForImageTextToText
 import mllm_lens as ml
 from mllm_lens.testing.tiny_internvl import tiny_internvl
 
-CORRUPTIONS = {
-    "noise": ml.noise("this country"),
-    "image": ml.image_noise(),
-    "replace": ml.replace("this country", "the famous city"),
-}
+CORRUPTIONS = FAMILY_CORRUPTIONS
 
 
 @pytest.fixture(scope="module")

@@ -6,18 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from oracle_check import assert_trace_equals_oracle
+from oracle_check import FAMILY_CORRUPTIONS, assert_trace_equals_oracle
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 import mllm_lens as ml
 from mllm_lens.testing import tiny_llava_onevision
 
-CORRUPTIONS = {
-    "noise": ml.noise("this country"),
-    "image": ml.image_noise(),
-    "replace": ml.replace("this country", "the famous city"),
-}
+CORRUPTIONS = FAMILY_CORRUPTIONS
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from oracle_check import (
+    FAMILY_CORRUPTIONS,
     assert_contributions_equal_eager,
     assert_edit_raises_and_undoes,
     assert_sweeps_equal_oracle,
@@ -25,11 +26,7 @@ from mllm_lens.testing.tiny_paligemma import tiny_paligemma
 from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.reference import reference_trace
 
-CORRUPTIONS = {
-    "noise": ml.noise("this country"),
-    "image": ml.image_noise(),
-    "replace": ml.replace("this country", "the famous city"),
-}
+CORRUPTIONS = FAMILY_CORRUPTIONS
 #: Every corruption x site in the paper's window; the ROME window once per corruption.
 TRACE_CASES = [(c, site, 1, "paper") for c in sorted(CORRUPTIONS) for site in ("hidden", "mlp", "attn")]
 TRACE_CASES += [("noise", "mlp", 3, "rome"), ("image", "attn", 3, "rome"), ("replace", "hidden", 3, "rome")]

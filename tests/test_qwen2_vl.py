@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from oracle_check import (
+    FAMILY_CORRUPTIONS,
     assert_contributions_equal_eager,
     assert_edit_raises_and_undoes,
     assert_sweeps_equal_oracle,
@@ -27,11 +28,7 @@ import mllm_lens as ml
 from mllm_lens.errors import UnsupportedModelError
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_vl
 
-CORRUPTIONS = {
-    "noise": ml.noise("this country"),
-    "image": ml.image_noise(),
-    "replace": ml.replace("this country", "the famous city"),
-}
+CORRUPTIONS = FAMILY_CORRUPTIONS
 CLASSES = {"qwen2_vl": "Qwen2VLForConditionalGeneration", "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
 #: Qwen2-VL: every corruption x site x window mode. Qwen2.5-VL runs the same decoder code (its vision
 #: tower and rope index differ), so each corruption once, on another site and window each.

@@ -53,6 +53,18 @@ WORDS = (
 ).split()
 
 
+def tiny_siglip(image_size: int, patch_size: int) -> SiglipVisionConfig:
+    """The one-layer SigLIP tower the tiny SigLIP-based families share (LLaVA-OneVision, Gemma 3, PaliGemma)."""
+    return SiglipVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+
+
 def build_tokenizer(
     extra_words: tuple[str, ...] = (), n_filler: int = 64, named: dict[str, str] | None = None
 ) -> PreTrainedTokenizerFast:
@@ -244,14 +256,7 @@ def tiny_llava_onevision(path: str | Path | None = None, *, seed: int = 0, image
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+    vision = tiny_siglip(image_size, patch_size)
     text = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=32,

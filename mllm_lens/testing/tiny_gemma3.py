@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor, SiglipVisionConfig
+from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3Processor
 from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig
 from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-from mllm_lens.testing.tiny import build_tokenizer
+from mllm_lens.testing.tiny import build_tokenizer, tiny_siglip
 
 BOI, EOI = "<start_of_image>", "<end_of_image>"
 MARKERS = ["<start_of_turn>", "<end_of_turn>"]
@@ -60,14 +60,7 @@ def tiny_gemma3(path: str | Path | None = None, *, seed: int = 0) -> tuple[Any, 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(("user", "model"), named={"boi_token": BOI, "eoi_token": EOI})
     tokenizer.add_tokens(MARKERS, special_tokens=True)
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-    )
+    vision = tiny_siglip(IMAGE_SIZE, PATCH_SIZE)
     ids: dict[str, Any] = {token: tokenizer.convert_tokens_to_ids(token) for token in (BOI, EOI, "<image>")}
     config = Gemma3Config(
         text_config=Gemma3TextConfig(vocab_size=len(tokenizer), **TEXT),

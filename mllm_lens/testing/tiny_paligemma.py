@@ -18,11 +18,10 @@ from transformers import (
     PaliGemmaConfig,
     PaliGemmaForConditionalGeneration,
     PaliGemmaProcessor,
-    SiglipVisionConfig,
 )
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-from mllm_lens.testing.tiny import build_tokenizer
+from mllm_lens.testing.tiny import build_tokenizer, tiny_siglip
 
 #: PaliGemma takes no chat turns: the image, then the task prompt.
 PALIGEMMA_CHAT_TEMPLATE = (
@@ -57,14 +56,7 @@ def tiny_paligemma(path: str | Path | None = None, *, seed: int = 0) -> tuple[An
         pad_token_id=3,
         initializer_range=0.5,  # the decoder's own init: peaked distributions, sharp oracle comparisons
     )
-    vision = SiglipVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        image_size=IMAGE_SIZE,
-        patch_size=PATCH_SIZE,
-    )
+    vision = tiny_siglip(IMAGE_SIZE, PATCH_SIZE)
     options: dict[str, Any] = dict(initializer_range=0.5)  # the head's and projector's init
     config = PaliGemmaConfig(
         vision_config=vision,
