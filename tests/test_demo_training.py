@@ -224,3 +224,24 @@ def test_cls_token_is_the_first_image_token_and_the_name_loss_pulls_it_to_the_na
         tiny_routed_training(steps=1, cls_name_loss=1.0)
     _, _, curve = tiny_routed_training(steps=2, log_every=1, cls_token=True, cls_name_loss=1.0)
     assert all(0 < point["cls_name"] < 2 for point in curve)
+
+
+def test_cls_name_contrast_picks_the_own_name_and_pushes_away_from_the_others():
+    """The contrastive CLS loss is small when the CLS feature is its own name's embedding, large
+    when it is another candidate's (unlike the cosine pull, it sees the other names), and moves
+    only the image side."""
+    from mllm_lens.demo.train import cls_name_contrast
+
+    embeddings = torch.randn(20, 16)
+    candidates = torch.tensor([3, 7, 11, 15])
+    own = embeddings[candidates][:, None].repeat(1, 5, 1) * 2.0  # CLS = own name, any scale
+    right = cls_name_contrast(own, embeddings, candidates, torch.arange(4), 0.05)
+    wrong = cls_name_contrast(own, embeddings, candidates, torch.tensor([1, 2, 3, 0]), 0.05)
+    assert right.item() < 0.1 < 5.0 < wrong.item()
+    features = torch.randn(4, 5, 16, requires_grad=True)
+    cls_name_contrast(features, embeddings.requires_grad_(), candidates, torch.arange(4), 0.1).backward()
+    assert embeddings.grad is None and features.grad[:, 1:].eq(0).all() and features.grad[:, 0].ne(0).any()
+    _, _, curve = tiny_routed_training(
+        steps=2, log_every=1, cls_token=True, cls_name_loss=1.0, cls_name_temperature=0.1
+    )
+    assert all(point["cls_name"] > 0 for point in curve)

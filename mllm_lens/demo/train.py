@@ -260,6 +260,24 @@ def cls_name_distance(features: torch.Tensor, embeddings: torch.Tensor, targets:
     return (1 - torch.nn.functional.cosine_similarity(cls, embeddings[targets].detach(), dim=-1)).mean()
 
 
+def cls_name_contrast(
+    features: torch.Tensor,
+    embeddings: torch.Tensor,
+    candidates: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Cross-entropy of picking each image's country among ``candidates`` (name token ids) by the
+    cosine between its projected CLS feature and their input embeddings, over ``temperature``.
+    The cosine pull (:func:`cls_name_distance`) only draws the CLS feature towards its name; this
+    also pushes it away from every other name, so the decoder cannot mistake one flag's token
+    for a similar country's name. ``targets`` index ``candidates``."""
+    cls = features.reshape(len(targets), -1, features.shape[-1])[:, 0]
+    names = embeddings[candidates].detach()
+    cosines = torch.nn.functional.cosine_similarity(cls[:, None], names[None], dim=-1)
+    return torch.nn.functional.cross_entropy(cosines / temperature, targets)
+
+
 def decoder_parameters(model) -> list[torch.nn.Parameter]:
     """The text decoder's weights (language model and output head): what LLaVA's alignment stage
     keeps frozen while the vision tower and projector learn to feed it."""
@@ -307,6 +325,7 @@ def train(
     shadow_rows: int = 16,
     cls_token: bool = False,
     cls_name_loss: float = 0.0,
+    cls_name_temperature: float = 0.0,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -447,8 +466,15 @@ def train(
             loss = loss + name_at_phrase * extras["name_loss"]
         if cls_name_loss and with_image:
             shown_names = [countries[i] for i in shown]
-            targets = torch.tensor(tokenizer.convert_tokens_to_ids(shown_names))
-            extras["cls_name"] = cls_name_distance(projected["features"], model.get_input_embeddings().weight, targets)
+            embeddings = model.get_input_embeddings().weight
+            if cls_name_temperature:
+                candidates = torch.tensor(tokenizer.convert_tokens_to_ids(countries))
+                extras["cls_name"] = cls_name_contrast(
+                    projected["features"], embeddings, candidates, torch.tensor(shown), cls_name_temperature
+                )
+            else:
+                targets = torch.tensor(tokenizer.convert_tokens_to_ids(shown_names))
+                extras["cls_name"] = cls_name_distance(projected["features"], embeddings, targets)
             loss = loss + cls_name_loss * extras["cls_name"]
         optimizer.zero_grad()
         loss.backward()
@@ -480,6 +506,7 @@ def train(
         "shadow_rows": shadow_rows,
         "cls_token": cls_token,
         "cls_name_loss": cls_name_loss,
+        "cls_name_temperature": cls_name_temperature,
         "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
@@ -584,6 +611,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cls-name-loss", type=float, default=0.0, help="weight of pulling the CLS feature to the name's embedding"
     )
+    parser.add_argument(
+        "--cls-name-temperature",
+        type=float,
+        default=0.0,
+        help="with --cls-name-loss: contrast the CLS feature with every country's name (cosine / T, cross-entropy)",
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -620,6 +653,7 @@ def main(argv: list[str] | None = None) -> None:
         shadow_rows=args.shadow_rows,
         cls_token=args.cls_token,
         cls_name_loss=args.cls_name_loss,
+        cls_name_temperature=args.cls_name_temperature,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 
