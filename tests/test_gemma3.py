@@ -74,7 +74,7 @@ def test_the_captured_pattern_is_the_models_and_reproduces_its_forward(model, pr
     stays causal. The decoder on the captured pattern equals the full forward; its own default
     (causal, sliding) mask does not; a call without the pattern is refused."""
     encoded = probe.encode(model)
-    embeds, _positions, pattern = model.decoder_call(encoded.model_inputs)
+    embeds, _positions, pattern, _deepstack = model.decoder_call(encoded.model_inputs)
     assert pattern is not None and pattern.kind == "bidirectional image block, sliding window 6"
     a, b = BLOCK
     full, sliding = pattern.allowed["full_attention"], pattern.allowed["sliding_attention"]
@@ -169,7 +169,7 @@ def test_knockout_equals_token_deletion(model, probe):
     encoded = probe.encode(model)
     removed = [5, 9, 12]
     result = ml.tracing.knockout(model, encoded, removed)
-    embeds, _positions, pattern = model.decoder_call(encoded.model_inputs)
+    embeds, _positions, pattern, _deepstack = model.decoder_call(encoded.model_inputs)
     keep = [i for i in range(encoded.length) if i not in removed]
     low = torch.finfo(embeds.dtype).min
     masks = {

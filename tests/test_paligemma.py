@@ -57,7 +57,7 @@ def test_loads_with_the_patch_grid_and_the_bos_after_it(model, probe):
 
 def test_the_prefix_is_bidirectional_and_no_position_is_a_shared_prefix(model, probe):
     encoded = probe.encode(model)
-    embeds, _positions, pattern = model.decoder_call(encoded.model_inputs)
+    embeds, _positions, pattern, _deepstack = model.decoder_call(encoded.model_inputs)
     assert pattern is not None and bool(pattern.allowed["all"].all())
     assert {pattern.restart(p) for p in range(encoded.length)} == {0}
     with torch.no_grad():

@@ -86,7 +86,7 @@ def test_the_decoder_gets_the_models_3d_positions(models, model_type, probe):
     own 1-D default would not, and a call without them is refused rather than silently wrong."""
     model = models[model_type]
     encoded = probe.encode(model)
-    embeds, positions, _pattern = model.decoder_call(encoded.model_inputs)
+    embeds, positions, _pattern, _deepstack = model.decoder_call(encoded.model_inputs)
     inputs = encoded.model_inputs
     expected, _ = model.hf_model.model.get_rope_index(
         inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
@@ -150,7 +150,7 @@ def test_knockout_equals_token_deletion(models, probe):
     start, end = encoded.image_span
     removed = [start + 1, start + 2, end - 1]
     result = ml.tracing.knockout(model, encoded, removed)
-    embeds, positions, _pattern = model.decoder_call(encoded.model_inputs)
+    embeds, positions, _pattern, _deepstack = model.decoder_call(encoded.model_inputs)
     keep = [i for i in range(encoded.length) if i not in removed]
     with torch.no_grad():
         out = model.hf_model.model.language_model(inputs_embeds=embeds[:, keep], position_ids=positions[..., keep])
@@ -189,7 +189,7 @@ def test_bright_patch_lands_on_its_merged_token(isolated, height, width, bright)
     pixels[bright[0] * 8 : (bright[0] + 1) * 8, bright[1] * 8 : (bright[1] + 1) * 8] = 240
     lit = ml.Probe(Image.fromarray(pixels), "which country is this").encode(isolated)
     start, end = lit.image_span
-    lit_embeds, positions, _pattern = isolated.decoder_call(lit.model_inputs)
+    lit_embeds, positions, _pattern, _deepstack = isolated.decoder_call(lit.model_inputs)
     moved = (isolated.decoder_inputs(dark.model_inputs)[0] - lit_embeds[0])[start:end].abs().amax(-1)
     layout = lit.patch_layout
     assert (layout.rows, layout.cols, end - start) == (height // 8, width // 8, height * width // 64)

@@ -75,7 +75,7 @@ def test_failed_save_keeps_the_old_file(models, probe, tmp_path, monkeypatch):
 def test_interrupt_leaves_no_hooks(models, probe):
     model = models["llava"]
     before = _all_hooks(model)
-    encoded, _, clean, corrupted, _positions, _patterns = prepare(model, probe, ml.noise())
+    encoded, _, clean, corrupted, _positions, _patterns, _deepstacks = prepare(model, probe, ml.noise())
     executor = RestorationExecutor(model, clean, corrupted, ["mlp"], batch_size=2)
     cells = [Cell("mlp", (layer,), executor.p0) for layer in range(5)]
 

@@ -60,9 +60,9 @@ def finetune(
             grads = [torch.zeros_like(m) for m in masters]
             total = 0.0
             for rows in groups:
-                embeds, position_ids, pattern = batch_inputs(items, rows)
+                embeds, position_ids, pattern, deepstack = batch_inputs(items, rows)
                 targets = torch.tensor([items[i].target_id for i in rows], device=embeds.device)
-                logits = model.decoder_logits(embeds, positions=position_ids, pattern=pattern)
+                logits = model.decoder_logits(embeds, positions=position_ids, pattern=pattern, deepstack=deepstack)
                 loss = F.cross_entropy(logits, targets, reduction="sum") / len(items)
                 for acc, grad in zip(grads, torch.autograd.grad(loss, masters), strict=True):
                     acc += grad

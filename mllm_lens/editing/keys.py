@@ -23,6 +23,7 @@ from torch import nn
 from mllm_lens.editing.requests import EncodedRequest, batch_inputs, length_groups
 from mllm_lens.errors import EditError, UnsupportedModelError
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 
 EDIT_SITES = ("mlp", "attn")
@@ -62,12 +63,12 @@ def projection(model: LensModel, layer: int, site: str) -> nn.Linear:
 
 def _stack(
     items: Sequence[EncodedRequest], rows: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, AttentionPattern | None]:
-    """Decoder inputs, key positions, M-RoPE ids (None: 1-D) and attention pattern (None: causal)
-    of one group of requests (see :func:`length_groups`)."""
-    embeds, position_ids, pattern = batch_inputs(items, rows)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, AttentionPattern | None, DeepStack | None]:
+    """Decoder inputs, key positions, M-RoPE ids (None: 1-D), attention pattern (None: causal) and
+    DeepStack additions (None: none) of one group of requests (see :func:`length_groups`)."""
+    embeds, position_ids, pattern, deepstack = batch_inputs(items, rows)
     positions = torch.tensor([items[i].position for i in rows], device=embeds.device)
-    return embeds, positions, position_ids, pattern
+    return embeds, positions, position_ids, pattern, deepstack
 
 
 def _layer_output(output) -> torch.Tensor:
@@ -75,7 +76,7 @@ def _layer_output(output) -> torch.Tensor:
 
 
 def _capture_group(
-    model: LensModel, module: nn.Linear, embeds, positions, position_ids, pattern, hidden_layer: int | None
+    model: LensModel, module: nn.Linear, embeds, positions, position_ids, pattern, deepstack, hidden_layer: int | None
 ) -> dict:
     arange = torch.arange(len(positions), device=embeds.device)
     seen: dict[str, torch.Tensor] = {}
@@ -93,7 +94,7 @@ def _capture_group(
     if hidden_layer is not None:
         handles.append(model.adapter.layers[hidden_layer].register_forward_hook(grab_hidden))
     try:
-        model.decoder(embeds, positions=position_ids, pattern=pattern)
+        model.decoder(embeds, positions=position_ids, pattern=pattern, deepstack=deepstack)
     finally:
         for handle in handles:
             handle.remove()
@@ -154,7 +155,19 @@ def optimize_values(
 
 
 def _optimize_group(
-    model, module, embeds, positions, position_ids, pattern, targets, steps, lr, weight_decay, clamp, stop_prob
+    model,
+    module,
+    embeds,
+    positions,
+    position_ids,
+    pattern,
+    deepstack,
+    targets,
+    steps,
+    lr,
+    weight_decay,
+    clamp,
+    stop_prob,
 ):
     arange = torch.arange(len(positions), device=embeds.device)
     delta = torch.zeros(len(positions), module.out_features, device=embeds.device, requires_grad=True)
@@ -174,7 +187,7 @@ def _optimize_group(
     handle = module.register_forward_hook(add_delta)
     try:
         for step in range(steps + 1):
-            logits = model.decoder_logits(embeds, positions=position_ids, pattern=pattern)
+            logits = model.decoder_logits(embeds, positions=position_ids, pattern=pattern, deepstack=deepstack)
             logp = torch.log_softmax(logits, -1)[arange, targets]
             if stop_prob is not None:
                 reached = (logp.detach().exp() >= stop_prob) & ~done
@@ -220,6 +233,7 @@ def _capture_all(
     embeds: torch.Tensor,
     position_ids: torch.Tensor | None = None,
     pattern: AttentionPattern | None = None,
+    deepstack: DeepStack | None = None,
 ) -> torch.Tensor:
     """The projection's inputs ``[T, d_in]`` (float32) over one prompt's decoder inputs ``[1, T, d]``."""
     seen: dict[str, torch.Tensor] = {}
@@ -229,7 +243,7 @@ def _capture_all(
 
     handle = module.register_forward_pre_hook(grab)
     try:
-        model.decoder(embeds, positions=position_ids, pattern=pattern)
+        model.decoder(embeds, positions=position_ids, pattern=pattern, deepstack=deepstack)
     finally:
         handle.remove()
     return seen["key"]

@@ -17,6 +17,7 @@ import torch
 
 from mllm_lens.errors import EditError, ProbeError
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe, answer_token_id
 
@@ -60,6 +61,7 @@ class EncodedRequest:
     embeds: torch.Tensor  # [1, T, d] decoder inputs of the clean run
     position_ids: torch.Tensor | None = None  # [3, 1, T] an M-RoPE decoder's ids (None: 1-D)
     pattern: AttentionPattern | None = None  # a self-masking wrapper's attention pattern (None: causal)
+    deepstack: DeepStack | None = None  # a DeepStack wrapper's additions after early layers (None: none)
 
     @property
     def length(self) -> int:
@@ -123,15 +125,15 @@ def encode_request(model: LensModel, request: EditRequest, *, allow_same: bool =
     position = key_position(encoded, request.constraint)  # checks the constraint in both cases
     if request.key_token == "last":
         position = encoded.length - 1
-    embeds, position_ids, pattern = model.decoder_call(encoded.model_inputs)
-    old_id = int(model.decoder_logits(embeds, positions=position_ids, pattern=pattern)[0].argmax())
+    embeds, position_ids, pattern, deepstack = model.decoder_call(encoded.model_inputs)
+    old_id = int(model.decoder_logits(embeds, positions=position_ids, pattern=pattern, deepstack=deepstack)[0].argmax())
     if old_id == target_id and not allow_same:
         token = model.tokenizer.convert_ids_to_tokens(target_id)
         raise EditError(
             f"the model already answers {token!r} to {request.probe.question!r}: nothing to edit "
             f"(new answer {request.new_answer!r})"
         )
-    return EncodedRequest(request, encoded, position, target_id, old_id, embeds, position_ids, pattern)
+    return EncodedRequest(request, encoded, position, target_id, old_id, embeds, position_ids, pattern, deepstack)
 
 
 def encode_requests(model: LensModel, requests: Sequence[EditRequest]) -> list[EncodedRequest]:
@@ -140,24 +142,31 @@ def encode_requests(model: LensModel, requests: Sequence[EditRequest]) -> list[E
 
 def batch_inputs(
     items: Sequence[EncodedRequest], rows: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor | None, AttentionPattern | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, AttentionPattern | None, DeepStack | None]:
     """Decoder inputs ``[B, T, d]`` of requests of one :func:`length_groups` group, their M-RoPE ids
     ``[3, B, T]`` (None for a 1-D decoder: requests of one length may still hold images of other
-    grids) and their shared attention pattern (None: causal)."""
+    grids), their shared attention pattern (None: causal) and their DeepStack additions, one per row
+    (None: none)."""
     embeds = torch.cat([items[i].embeds for i in rows])
     ids = [items[i].position_ids for i in rows]
+    stacks = [items[i].deepstack for i in rows]
     return (
         embeds,
         None if ids[0] is None else torch.cat([i for i in ids if i is not None], dim=1),
         items[rows[0]].pattern,
+        None if stacks[0] is None else DeepStack.stack([s for s in stacks if s is not None]),
     )
 
 
 def length_groups(items: Sequence[EncodedRequest]) -> list[list[int]]:
-    """Indices of ``items`` grouped by prompt length and attention pattern (one batch per group, no
-    padding, one mask for all its rows)."""
+    """Indices of ``items`` grouped by prompt length, attention pattern and DeepStack positions (one
+    batch per group, no padding, one mask and one set of added positions for all its rows)."""
     groups: dict[tuple, list[int]] = {}
     for i, item in enumerate(items):
-        key = (item.length, None if item.pattern is None else item.pattern.signature())
+        key = (
+            item.length,
+            None if item.pattern is None else item.pattern.signature(),
+            None if item.deepstack is None else item.deepstack.signature(),
+        )
         groups.setdefault(key, []).append(i)
     return list(groups.values())

@@ -109,8 +109,8 @@ def _flow_rows(model: LensModel, probe: Probe, settings: RunSettings) -> list[di
     last = encoded.length - 1
     layers = list(range(model.num_layers))
     with torch.no_grad():
-        embeds, positions, pattern = model.decoder_call(encoded.model_inputs)
-        inputs = capture_attention_inputs(model, embeds, layers, positions, pattern)
+        call = model.decoder_call(encoded.model_inputs)
+        inputs = capture_attention_inputs(model, call.embeds, layers, call.positions, call.pattern, call.deepstack)
         flow = [
             float(layer_contributions(model, inputs, layer, last)[1][constraint_positions].sum()) for layer in layers
         ]

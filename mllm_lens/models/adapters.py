@@ -20,7 +20,13 @@ from transformers import PretrainedConfig, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from mllm_lens.errors import NotMultimodalError, UnsupportedModelError
-from mllm_lens.models.decoder_call import PATTERN_REPLAYED, POSITION_OFFSETS, decoder_call_refusal, uses_mrope
+from mllm_lens.models.decoder_call import (
+    PATTERN_REPLAYED,
+    POSITION_OFFSETS,
+    decoder_call_refusal,
+    uses_deepstack,
+    uses_mrope,
+)
 from mllm_lens.models.layouts import (
     PatchLayout,
     gemma3_layout,
@@ -67,6 +73,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "qwen2": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen2_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen2_5_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    "qwen3_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "gemma": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "gemma3_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "phi": BackboneSpec(
@@ -85,6 +92,7 @@ WRAPPERS: dict[str, WrapperSpec] = {
     "internvl": WrapperSpec("model.language_model", "lm_head", internvl_layout),
     "qwen2_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
     "qwen2_5_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
+    "qwen3_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
     "gemma3": WrapperSpec("model.language_model", "lm_head", gemma3_layout),
     "paligemma": WrapperSpec("model.language_model", "lm_head", paligemma_layout),
 }
@@ -165,6 +173,7 @@ class Adapter:
     mrope: bool = False  # the decoder takes 3-D M-RoPE position ids (see LensModel.decoder_call)
     pattern: str | None = None  # the wrapper masks its decoder itself (see attention_pattern); None: causal
     position_offset: int = 0  # a 1-D decoder's first position id as the wrapper hands it (PaliGemma: 1)
+    deepstack: bool = False  # the wrapper adds visual features after early layers (see models.deepstack)
 
     @property
     def num_layers(self) -> int:
@@ -312,6 +321,7 @@ def resolve_adapter(model: PreTrainedModel) -> Adapter:
         mrope=uses_mrope(model),
         pattern=PATTERN_REPLAYED.get(architecture),
         position_offset=POSITION_OFFSETS.get(architecture, 0),
+        deepstack=uses_deepstack(model),
     )
 
 

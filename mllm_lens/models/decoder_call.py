@@ -7,13 +7,15 @@ width) ids the wrapper computes from the image grid (1-D ids from :data:`POSITIO
 a wrapper that counts from there); and an attention pattern that is either plainly
 causal or, for the wrappers in :data:`PATTERN_REPLAYED` (Gemma 3's bidirectional image block and
 sliding windows, PaliGemma's prefix-LM), the masks the wrapper builds, captured as an
-:class:`~mllm_lens.models.attention_pattern.AttentionPattern`. :meth:`~mllm_lens.models.lens_model.
-LensModel.decoder_call` captures both and every fast path slices and hands them back. A model whose
-decoder call differs in a way not replayed (an unchecked M-RoPE wrapper or non-causal pattern, a
-text config asking for bidirectional or sliding-window attention the wrapper does not mask itself,
-images through cross-attention or added into later layers) would get numbers that may be silently
-wrong, so it is refused with the reason named, whichever adapter tables might otherwise map its
-modules.
+:class:`~mllm_lens.models.attention_pattern.AttentionPattern`; and, for the wrappers in
+:data:`DEEPSTACK_REPLAYED` (Qwen3-VL), the visual features added into the residual stream after the
+first layers, captured as a :class:`~mllm_lens.models.deepstack.DeepStack`. :meth:`~mllm_lens.models.
+lens_model.LensModel.decoder_call` captures them and every fast path slices and hands them back. A
+model whose decoder call differs in a way not replayed (an unchecked M-RoPE wrapper, non-causal
+pattern or DeepStack wrapper, a text config asking for bidirectional or sliding-window attention the
+wrapper does not mask itself, images through cross-attention) would get numbers that may be
+silently wrong, so it is refused with the reason named, whichever adapter tables might otherwise map
+its modules.
 """
 
 from __future__ import annotations
@@ -33,14 +35,18 @@ KNOWN_REFUSALS["shieldgemma2"] = (
     "attention pattern not checked: ShieldGemma 2 wraps Gemma 3 (bidirectional image block, sliding windows) "
     "as an image classifier; only Gemma3ForConditionalGeneration's masks are replayed and checked against the oracle"
 )
-KNOWN_REFUSALS["qwen3_vl"] = KNOWN_REFUSALS["qwen3_vl_moe"] = (
-    "DeepStack: Qwen3-VL adds visual features from several vision-tower layers into the residual stream of "
-    "its early decoder layers at the image positions, so the image enters the decoder at more than one place; "
-    "the fast paths and the corruptions feed it through the decoder's input embeddings only"
+KNOWN_REFUSALS["qwen3_vl_moe"] = (
+    "mixture-of-experts MLP: Qwen3-VL-MoE's sparse MLP blocks route each token through experts whose weights "
+    "are fused 3-D parameters (experts.down_proj), not an nn.Linear output projection, so MultEdit has no "
+    "key-value weight to edit and the MLP site no projection to map; its DeepStack decoder is replayed as "
+    "Qwen3-VL's, but only the dense qwen3_vl is checked against the oracle"
 )
 
 #: M-RoPE wrappers whose 3-D position ids the fast paths replay (checked against the oracle in tests).
-MROPE_REPLAYED = frozenset({"qwen2_vl", "qwen2_5_vl"})
+MROPE_REPLAYED = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
+#: Wrappers whose DeepStack additions the fast paths replay and the corruptions reach (checked against
+#: the oracle in tests; see :mod:`mllm_lens.models.deepstack`).
+DEEPSTACK_REPLAYED = frozenset({"qwen3_vl"})
 #: Wrappers that build their decoder's masks themselves, and the pattern's name: the fast paths replay
 #: the captured masks and restart where :meth:`AttentionPattern.restart` says (checked against the oracle).
 PATTERN_REPLAYED: dict[str, str] = {
@@ -67,11 +73,22 @@ def uses_mrope(model: PreTrainedModel) -> bool:
     return callable(getattr(model, "get_rope_index", None)) or callable(getattr(inner, "get_rope_index", None))
 
 
+def uses_deepstack(model: PreTrainedModel) -> bool:
+    """Whether the vision tower hands the decoder DeepStack features (``deepstack_visual_indexes``)."""
+    return bool(getattr(getattr(model.config, "vision_config", None), "deepstack_visual_indexes", None))
+
+
 def decoder_call_refusal(model: PreTrainedModel) -> str | None:
     """Why the fast paths cannot be proven exact for ``model``'s decoder call, or None if they can."""
     architecture = getattr(model.config, "model_type", "?")
     if architecture in KNOWN_REFUSALS:
         return KNOWN_REFUSALS[architecture]
+    if uses_deepstack(model) and architecture not in DEEPSTACK_REPLAYED:
+        return (
+            "DeepStack: the vision tower's features are also added into the residual stream of the first decoder "
+            "layers at the image positions; the fast paths replay and corrupt them only for the wrappers checked "
+            f"against the oracle ({', '.join(sorted(DEEPSTACK_REPLAYED))})"
+        )
     text = _text_config(model)
     if uses_mrope(model) and architecture not in MROPE_REPLAYED:
         return (

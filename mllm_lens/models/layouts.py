@@ -170,7 +170,7 @@ def pixtral_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) ->
 
 
 def qwen2_vl_layout(model: PreTrainedModel, model_inputs: dict, n_tokens: int) -> PatchLayout:
-    """Qwen2-VL and Qwen2.5-VL: one token per ``merge x merge`` block of source patches, row-major.
+    """Qwen2-VL, Qwen2.5-VL and Qwen3-VL: one token per ``merge x merge`` block of source patches, row-major.
 
     The grid follows the image: the processor resizes it to a multiple of the merged patch and
     reports the patch grid ``(t, h, w)`` in ``image_grid_thw``; the tokens are the ``h / merge x

@@ -1,9 +1,10 @@
 """LensModel: a transformers model, its processor and its adapter, with the few calls the
-tracer needs (the decoder call's inputs, positions and attention pattern; decoder logits on a
-cached prefix)."""
+tracer needs (the decoder call's inputs, positions, attention pattern and DeepStack additions;
+decoder logits on a cached prefix)."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -13,6 +14,7 @@ from transformers import DynamicCache, PreTrainedModel
 from mllm_lens.errors import UnsupportedModelError
 from mllm_lens.models.adapters import Adapter, model_dtype, resolve_adapter
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 
 
 class _Captured(Exception):
@@ -21,12 +23,14 @@ class _Captured(Exception):
 
 class DecoderCall(NamedTuple):
     """What the wrapper hands its decoder stack for one prompt: ``embeds [1, T, d]``, an M-RoPE
-    decoder's position ids ``[3, 1, T]`` (None: 1-D) and the attention pattern of a wrapper that
-    masks its decoder itself (None: causal)."""
+    decoder's position ids ``[3, 1, T]`` (None: 1-D), the attention pattern of a wrapper that
+    masks its decoder itself (None: causal) and the DeepStack additions of a wrapper that adds
+    visual features after early layers (None: the image enters through ``embeds`` only)."""
 
     embeds: torch.Tensor
     positions: torch.Tensor | None
     pattern: AttentionPattern | None
+    deepstack: DeepStack | None = None
 
 
 @dataclass
@@ -65,8 +69,9 @@ class LensModel:
         """The decoder's ``inputs_embeds`` ``[1, T, d]`` (text embeddings with image features
         scattered in), for an M-RoPE decoder the position ids ``[3, 1, T]`` (temporal, height, width)
         the wrapper computed from the image grid, and for a wrapper that masks its decoder itself the
-        :class:`~mllm_lens.models.attention_pattern.AttentionPattern`, exactly as the model builds
-        them; the vision tower runs, the decoder does not."""
+        :class:`~mllm_lens.models.attention_pattern.AttentionPattern`, for a DeepStack wrapper the
+        :class:`~mllm_lens.models.deepstack.DeepStack` additions, exactly as the model builds them;
+        the vision tower runs, the decoder does not."""
         captured: dict[str, Any] = {}
 
         def grab(_module, _args, kwargs):
@@ -74,6 +79,7 @@ class LensModel:
             positions = kwargs.get("position_ids")
             captured["positions"] = None if positions is None else positions.detach().clone()
             captured["mask"] = kwargs.get("attention_mask")
+            captured["deepstack"] = (kwargs.get("visual_pos_masks"), kwargs.get("deepstack_visual_embeds"))
             raise _Captured
 
         handle = self.adapter.language_model.register_forward_pre_hook(grab, with_kwargs=True)
@@ -88,8 +94,30 @@ class LensModel:
         if embeds is None:
             raise RuntimeError("the model never called its decoder with inputs_embeds")
         return DecoderCall(
-            embeds, self._positions(captured["positions"], embeds), self._pattern(captured["mask"], embeds)
+            embeds,
+            self._positions(captured["positions"], embeds),
+            self._pattern(captured["mask"], embeds),
+            self._deepstack(captured["deepstack"][0], captured["deepstack"][1], embeds),
         )
+
+    def _deepstack(self, mask: torch.Tensor | None, features: list | None, embeds: torch.Tensor) -> DeepStack | None:
+        """The DeepStack additions as the wrapper handed them (none: an image-less prompt); refused for
+        a wrapper whose additions the fast paths do not replay."""
+        if not self.adapter.deepstack:
+            if features:
+                raise UnsupportedModelError(
+                    f"{self.adapter.architecture}: the wrapper hands its decoder DeepStack features, which the "
+                    "fast paths do not replay for this type"
+                )
+            return None
+        if mask is None or not features:
+            return DeepStack(torch.empty(0, dtype=torch.long), ())
+        if mask.shape != (1, embeds.shape[1]) or any(f.shape != (int(mask.sum()), embeds.shape[2]) for f in features):
+            raise UnsupportedModelError(
+                f"{self.adapter.architecture}: DeepStack features of shapes {[tuple(f.shape) for f in features]} at "
+                f"a mask of shape {tuple(mask.shape)} do not match the decoder inputs {tuple(embeds.shape)}"
+            )
+        return DeepStack.from_wrapper(mask, features)
 
     def _positions(self, positions: torch.Tensor | None, embeds: torch.Tensor) -> torch.Tensor | None:
         """M-RoPE ids as the wrapper handed them; None for a 1-D decoder, once the ids the wrapper handed
@@ -135,6 +163,7 @@ class LensModel:
         cache: DynamicCache | None = None,
         positions: torch.Tensor | None = None,
         pattern: AttentionPattern | None = None,
+        deepstack: DeepStack | None = None,
     ) -> Any:
         """The decoder stack's output on ``embeds [B, S, d]`` after ``cache``.
 
@@ -143,7 +172,10 @@ class LensModel:
         all three axes) would silently misplace the image; a 1-D decoder takes none. ``pattern`` (the
         whole run's, from :meth:`decoder_call`) is required by a decoder its wrapper masks itself,
         whose own default mask (causal) would silently drop the image block; ``embeds`` are its
-        positions ``[cache length, cache length + S)``."""
+        positions ``[cache length, cache length + S)``. ``deepstack`` (the whole run's, from
+        :meth:`decoder_call`) is required by a DeepStack decoder, whose image would otherwise enter
+        through ``embeds`` only; its additions at the positions ``embeds`` cover are replayed after
+        their layers (see :mod:`mllm_lens.models.deepstack`)."""
         if self.adapter.mrope:
             if positions is None:
                 raise UnsupportedModelError(
@@ -168,9 +200,30 @@ class LensModel:
             mask = pattern.decoder_mask(start, start + embeds.shape[1], embeds.dtype, embeds.device)
         elif pattern is not None:
             raise ValueError(f"{self.adapter.architecture}'s decoder is causal; pass pattern=None")
-        return self.adapter.language_model(
-            inputs_embeds=embeds, position_ids=positions, attention_mask=mask, cache=cache, use_cache=cache is not None
-        )
+        with self.replaying(deepstack, start):
+            return self.adapter.language_model(
+                inputs_embeds=embeds,
+                position_ids=positions,
+                attention_mask=mask,
+                cache=cache,
+                use_cache=cache is not None,
+            )
+
+    def replaying(self, deepstack: DeepStack | None, start: int) -> AbstractContextManager:
+        """Replay ``deepstack``'s additions on decoder-layer calls whose queries start at ``start``;
+        refuses a missing one for a DeepStack decoder and a stray one for any other."""
+        if not self.adapter.deepstack:
+            if deepstack is not None:
+                raise ValueError(
+                    f"{self.adapter.architecture}'s decoder adds no DeepStack features; pass deepstack=None"
+                )
+            return nullcontext()
+        if deepstack is None:
+            raise UnsupportedModelError(
+                f"{self.adapter.architecture}'s decoder adds DeepStack features after its first layers: pass "
+                "LensModel.decoder_call's deepstack (this analysis does not replay it yet)"
+            )
+        return deepstack.replayed(self.adapter.layers, start)
 
     def _default_positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
         """1-D ids ``[1, length]`` of positions ``[start, start + length)`` as the wrapper numbers them."""
@@ -182,9 +235,10 @@ class LensModel:
         cache: DynamicCache | None = None,
         positions: torch.Tensor | None = None,
         pattern: AttentionPattern | None = None,
+        deepstack: DeepStack | None = None,
     ) -> torch.Tensor:
         """Logits ``[batch, vocab]`` at the last position of ``embeds`` (after ``cache``)."""
-        out = self.decoder(embeds, cache, positions, pattern)
+        out = self.decoder(embeds, cache, positions, pattern, deepstack)
         return self.adapter.lm_head(out.last_hidden_state[:, -1]).float()
 
     def new_cache(self) -> DynamicCache:
@@ -193,9 +247,13 @@ class LensModel:
         return DynamicCache()
 
     def prefix_cache(
-        self, embeds: torch.Tensor, positions: torch.Tensor | None = None, pattern: AttentionPattern | None = None
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        pattern: AttentionPattern | None = None,
+        deepstack: DeepStack | None = None,
     ) -> DynamicCache:
         """The KV cache of ``embeds`` ``[1, p0, d]``, shared by every restoration run."""
         cache = self.new_cache()
-        self.decoder(embeds, cache, positions, pattern)
+        self.decoder(embeds, cache, positions, pattern, deepstack)
         return cache

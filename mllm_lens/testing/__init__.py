@@ -16,6 +16,7 @@ from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
 from mllm_lens.testing.tiny_paligemma import tiny_paligemma
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
+from mllm_lens.testing.tiny_qwen3_vl import tiny_qwen3_vl
 
 __all__ = [
     "WORDS",
@@ -32,6 +33,7 @@ __all__ = [
     "tiny_paligemma",
     "tiny_qwen2_5_vl",
     "tiny_qwen2_vl",
+    "tiny_qwen3_vl",
     "tiny_smolvlm",
     "tiny_vipllava",
 ]

@@ -35,6 +35,7 @@ from torch import nn
 
 from mllm_lens.errors import ProbeError, TraceConfigError
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import ContributionResult
@@ -101,10 +102,11 @@ def capture_attention_inputs(
     layers: Sequence[int],
     positions: torch.Tensor | None = None,
     pattern: AttentionPattern | None = None,
+    deepstack: DeepStack | None = None,
 ) -> AttentionInputs:
-    """One decoder forward on ``embeds [1, T, d]`` (``positions``, ``pattern``: an M-RoPE decoder's ids and
-    a self-masking wrapper's attention pattern, see :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`),
-    keeping the attention inputs of ``layers``."""
+    """One decoder forward on ``embeds [1, T, d]`` (``positions``, ``pattern``, ``deepstack``: an M-RoPE
+    decoder's ids, a self-masking wrapper's attention pattern and a DeepStack wrapper's additions, see
+    :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`), keeping the attention inputs of ``layers``."""
     adapter = model.adapter
     calls: dict[int, tuple[tuple, dict]] = {}
 
@@ -117,7 +119,7 @@ def capture_attention_inputs(
     handles = [adapter.attention(layer).register_forward_pre_hook(keeper(layer), with_kwargs=True) for layer in layers]
     try:
         with torch.no_grad():
-            logits = model.decoder_logits(embeds, positions=positions, pattern=pattern)[0]
+            logits = model.decoder_logits(embeds, positions=positions, pattern=pattern, deepstack=deepstack)[0]
     finally:
         for handle in handles:
             handle.remove()
@@ -213,8 +215,8 @@ def attention_contributions(
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     t = resolve_target(encoded, target)
     chosen = _check_layers(model, layers)
-    embeds, positions, pattern = model.decoder_call(encoded.model_inputs)
-    inputs = capture_attention_inputs(model, embeds, chosen, positions, pattern)
+    call = model.decoder_call(encoded.model_inputs)
+    inputs = capture_attention_inputs(model, call.embeds, chosen, call.positions, call.pattern, call.deepstack)
     per_head, total = zip(*(layer_contributions(model, inputs, layer, t) for layer in chosen), strict=True)
     total_arr = np.stack(total)
     layout = encoded.patch_layout

@@ -14,9 +14,16 @@ corrupted position each clean position is restored onto.
   the embedding layer's ``embed_scale`` where it scales its output (Gemma: sqrt(hidden)), so
   sigma is the spread of the embeddings the decoder reads; ``nu = 3`` by default.
 * :class:`ImageNoise` -- Gaussian noise of scale ``nu * sigma`` on the image's visual-token
-  embeddings (all patches or a given set), ``sigma`` = std of the clean visual tokens.
+  embeddings (all patches or a given set), ``sigma`` = std of the clean visual tokens. Where the
+  wrapper also adds the image into early layers (Qwen3-VL's DeepStack,
+  :mod:`mllm_lens.models.deepstack`), each added feature set is noised too, at the same image
+  positions, with its own ``sigma`` (std of that clean set over the image's tokens) and its own
+  draws; otherwise the clean image would leak in through those layers.
 
-Noise is drawn once from a seeded generator, so a trace is reproducible.
+Noise is drawn once from a seeded generator, so a trace is reproducible: the input embeddings' draw
+first, then (DeepStack) one draw per feature set in layer order, all from the generator seeded with
+``seed``. Text corruptions leave DeepStack additions as they are (a replacement moves them with the
+image when it changes the prompt's length before it).
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from mllm_lens.errors import CorruptionError
+from mllm_lens.models.lens_model import DecoderCall
 from mllm_lens.probe import EncodedProbe, Probe, encode_probe, locate_constraint
 
 if TYPE_CHECKING:
-    from mllm_lens.models.attention_pattern import AttentionPattern
-    from mllm_lens.models.lens_model import DecoderCall, LensModel
+    from mllm_lens.models.deepstack import DeepStack
+    from mllm_lens.models.lens_model import LensModel
 
 
 def _check_noise(kind: str, scale: float, seed: int) -> None:
@@ -47,9 +55,14 @@ def _check_noise(kind: str, scale: float, seed: int) -> None:
         raise CorruptionError(f"{kind} seed must be an int, got {seed!r}")
 
 
-def _gaussian(n: int, d: int, seed: int, like: torch.Tensor) -> torch.Tensor:
+def _gaussians(n: int, d: int, seed: int, count: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """``count`` draws ``[n, d]`` in turn from one generator seeded with ``seed``."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=gen).to(device=like.device, dtype=like.dtype)
+    return [torch.randn(n, d, generator=gen).to(device=like.device, dtype=like.dtype) for _ in range(count)]
+
+
+def _gaussian(n: int, d: int, seed: int, like: torch.Tensor) -> torch.Tensor:
+    return _gaussians(n, d, seed, 1, like)[0]
 
 
 @dataclass(frozen=True)
@@ -123,6 +136,23 @@ class ImageNoise:
         out = clean.clone()
         out[0, pos] += self.scale * sigma * _gaussian(len(pos), clean.shape[-1], self.seed, clean)
         return out
+
+    def apply_deepstack(self, encoded: EncodedProbe, deepstack: DeepStack) -> DeepStack:
+        """The DeepStack additions with each set noised at the noised image positions (see the module
+        docstring: that set's own sigma, the draws after the input embeddings')."""
+        pos = self.positions(encoded)
+        rows, image = deepstack.rows(pos), deepstack.rows(range(*encoded.image_span))
+        if not deepstack.layers:
+            return deepstack
+        like = deepstack.features[0]
+        draws = _gaussians(len(pos), like.shape[-1], self.seed, 1 + deepstack.layers, like)[1:]
+        noised = []
+        for features, draw in zip(deepstack.features, draws, strict=True):
+            sigma = features[0, image].float().std().item()
+            out = features.clone()
+            out[:, rows] += self.scale * sigma * draw
+            noised.append(out)
+        return deepstack.with_features(noised)
 
     def describe(self, encoded: EncodedProbe) -> dict:
         patches = None if self.patches is None else [list(p) if isinstance(p, tuple) else p for p in self.patches]
@@ -213,17 +243,22 @@ def position_map(corruption: Corruption, model: LensModel, encoded: EncodedProbe
     return None if mapped == list(range(encoded.length)) else mapped
 
 
-def corrupted_call(
-    corruption: Corruption, model: LensModel, encoded: EncodedProbe, clean: DecoderCall
-) -> tuple[torch.Tensor | None, AttentionPattern | None]:
-    """The corrupted run's M-RoPE position ids ``[3, 1, T']`` and attention pattern (None each for a
-    1-D, causal decoder): the clean run's, since noise changes no token and no image grid, unless a
-    replacement changed the prompt; then the replaced prompt's own, as the model computes them (a
-    phrase of another length shifts every later position and the image block after it)."""
-    if (clean.positions is None and clean.pattern is None) or not isinstance(corruption, Replace):
-        return clean.positions, clean.pattern
-    replaced = model.decoder_call(corruption.replaced(model, encoded).model_inputs)
-    return replaced.positions, replaced.pattern
+def corrupted_call(corruption: Corruption, model: LensModel, encoded: EncodedProbe, clean: DecoderCall) -> DecoderCall:
+    """The corrupted run's decoder call: its inputs ``[1, T', d]``; its M-RoPE position ids, attention
+    pattern and DeepStack additions the clean run's, since noise changes no token and no image grid,
+    unless a replacement changed the prompt (then the replaced prompt's own, as the model computes
+    them: a phrase of another length shifts every later position and the image after it); image noise
+    also noises the DeepStack additions (:meth:`ImageNoise.apply_deepstack`)."""
+    embeds = corruption.apply(model, encoded, clean.embeds)
+    if isinstance(corruption, Replace) and any(
+        x is not None for x in (clean.positions, clean.pattern, clean.deepstack)
+    ):
+        replaced = model.decoder_call(corruption.replaced(model, encoded).model_inputs)
+        return DecoderCall(embeds, replaced.positions, replaced.pattern, replaced.deepstack)
+    deepstack = clean.deepstack
+    if isinstance(corruption, ImageNoise) and deepstack is not None:
+        deepstack = corruption.apply_deepstack(encoded, deepstack)
+    return DecoderCall(embeds, clean.positions, clean.pattern, deepstack)
 
 
 def noise(constraint: str | None = None, scale: float = 3.0, seed: int = 0) -> ConstraintNoise:

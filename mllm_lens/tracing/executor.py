@@ -27,6 +27,13 @@ inside an image block changes the block's earlier positions too, so the recomput
 the block's start; positions before it are still the shared clean/corrupted prefix. ``p0`` is that
 start, ``first_changed`` the first position whose inputs differ.
 
+A wrapper that adds visual features after its first layers (Qwen3-VL's DeepStack) gives
+``deepstacks`` (clean, corrupted; image noise noises the corrupted run's): every decoder call replays
+the additions at the positions it covers, registered before every other hook on a layer, so a
+recorded or restored ``hidden`` state is the residual stream the next layer reads
+(:mod:`mllm_lens.models.deepstack`). ``first_changed`` counts a position whose addition differs as
+changed, like one whose input does.
+
 When the corruption starts early (image noise corrupts from the first image token), the shared
 prefix saves little. The *partial* plan then restarts each batch of cells where it can first
 differ from the corrupted run: at the lowest restored layer and the first restored position,
@@ -50,6 +57,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing import budget
 from mllm_lens.tracing.prefix_cache import SharedPrefixCache
@@ -140,6 +148,7 @@ class RestorationExecutor:
         plan: str = "auto",
         positions: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
         patterns: tuple[AttentionPattern | None, AttentionPattern | None] = (None, None),
+        deepstacks: tuple[DeepStack | None, DeepStack | None] = (None, None),
     ) -> None:
         if plan not in PLANS:
             raise ValueError(f"plan must be one of {PLANS}, got {plan!r}")
@@ -149,11 +158,15 @@ class RestorationExecutor:
         self.corrupted = corrupted
         self._partial: PartialDecoder | None = None
         self.length = clean.shape[1]
+        self.clean_deepstack, self.corrupted_deepstack = deepstacks
         shared = min(self.length, corrupted.shape[1])
         changed = (clean[:, :shared] != corrupted[:, :shared]).any(dim=-1)[0].nonzero().flatten()
-        if changed.numel() == 0 and corrupted.shape[1] == self.length:
+        added = (
+            None if self.clean_deepstack is None else self.clean_deepstack.first_difference(self.corrupted_deepstack)
+        )
+        if changed.numel() == 0 and corrupted.shape[1] == self.length and added is None:
             raise ValueError("the corrupted inputs equal the clean inputs")
-        self.first_changed = int(changed[0]) if changed.numel() else shared
+        self.first_changed = min(int(changed[0]) if changed.numel() else shared, shared if added is None else added)
         self.clean_pattern, self.corrupted_pattern = patterns
         self.p0 = self._shared_prefix(self.first_changed)
         if position_map is None and corrupted.shape[1] != self.length:
@@ -171,7 +184,12 @@ class RestorationExecutor:
         )
         with torch.no_grad():
             prefix = (
-                model.prefix_cache(clean[:, : self.p0], _cut(self.clean_positions, 0, self.p0), self.clean_pattern)
+                model.prefix_cache(
+                    clean[:, : self.p0],
+                    _cut(self.clean_positions, 0, self.p0),
+                    self.clean_pattern,
+                    self.clean_deepstack,
+                )
                 if self.p0
                 else None
             )
@@ -180,7 +198,7 @@ class RestorationExecutor:
             self.corrupted_suffix = corrupted[:, self.p0 :]
             self.clean_logits, self.activations = self._record_clean()
             self.corrupted_logits = self._suffix_logits(
-                self.corrupted_suffix, self.corrupted_positions, self.corrupted_pattern
+                self.corrupted_suffix, self.corrupted_positions, self.corrupted_pattern, self.corrupted_deepstack
             )
 
     def _shared_prefix(self, first_changed: int) -> int:
@@ -204,11 +222,16 @@ class RestorationExecutor:
         return None if self.shared is None else self.shared.for_batch(batch)
 
     def _suffix_logits(
-        self, suffix: torch.Tensor, positions: torch.Tensor | None, pattern: AttentionPattern | None
+        self,
+        suffix: torch.Tensor,
+        positions: torch.Tensor | None,
+        pattern: AttentionPattern | None,
+        deepstack: DeepStack | None,
     ) -> torch.Tensor:
-        """Logits of suffix rows ``[B, S, d]`` on the shared prefix; ``positions``, ``pattern``: the whole run's."""
+        """Logits of suffix rows ``[B, S, d]`` on the shared prefix; ``positions``, ``pattern``, ``deepstack``:
+        the whole run's."""
         cache = self._cache(suffix.shape[0])
-        return self.model.decoder_logits(suffix, cache, _cut(positions, self.p0, None), pattern)
+        return self.model.decoder_logits(suffix, cache, _cut(positions, self.p0, None), pattern, deepstack)
 
     def _record_clean(self) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
         store: dict[tuple[str, int], torch.Tensor] = {}
@@ -226,7 +249,9 @@ class RestorationExecutor:
             for layer in range(adapter.num_layers)
         ]
         with forward_hooks(hooks):
-            logits = self._suffix_logits(self.clean_suffix, self.clean_positions, self.clean_pattern)
+            logits = self._suffix_logits(
+                self.clean_suffix, self.clean_positions, self.clean_pattern, self.clean_deepstack
+            )
         return logits, store
 
     def _plan(self, cells: Sequence[Cell]) -> dict[tuple[str, int], PlanEntry]:
@@ -345,7 +370,9 @@ class RestorationExecutor:
                 plan.clear()
                 plan.update(self._plan(batch))
                 suffix = self.corrupted_suffix.expand(len(batch), -1, -1)
-                logits = self._suffix_logits(suffix, self.corrupted_positions, self.corrupted_pattern)
+                logits = self._suffix_logits(
+                    suffix, self.corrupted_positions, self.corrupted_pattern, self.corrupted_deepstack
+                )
                 consume(start, torch.softmax(logits, dim=-1))
 
     def _execute_partial(
@@ -360,6 +387,7 @@ class RestorationExecutor:
                 max_batch=self.batch_size,
                 positions=self.corrupted_positions,
                 pattern=self.corrupted_pattern,
+                deepstack=self.corrupted_deepstack,
             )
         decoder = self._partial
         batches = self._partial_batches(cells)

@@ -95,8 +95,8 @@ def record_flow(model: LensModel, record: VQARecord, layers: Sequence[int]) -> t
     encoded = record.probe().encode(model)
     constraint_positions = sorted({p for a, b in encoded.spans.values() for p in range(a, b)})
     last = encoded.length - 1
-    embeds, positions, pattern = model.decoder_call(encoded.model_inputs)
-    inputs = capture_attention_inputs(model, embeds, layers, positions, pattern)
+    call = model.decoder_call(encoded.model_inputs)
+    inputs = capture_attention_inputs(model, call.embeds, layers, call.positions, call.pattern, call.deepstack)
     flow = np.array(
         [layer_contributions(model, inputs, layer, last)[1][constraint_positions].sum() for layer in layers]
     )

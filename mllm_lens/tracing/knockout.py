@@ -32,6 +32,7 @@ import torch
 
 from mllm_lens.errors import TraceConfigError, UnsupportedModelError
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.tracing.attention import attention_contributions
@@ -121,10 +122,13 @@ def knocked_probs(
     batch_size: int = 16,
     positions: torch.Tensor | None = None,
     pattern: AttentionPattern | None = None,
+    deepstack: DeepStack | None = None,
 ) -> torch.Tensor:
     """Next-token distributions ``[N, vocab]`` with the edges ``cuts[i] [T, T]`` (bool, see
-    :func:`cut_edges`) cut at ``layers`` for row i (``positions``, ``pattern``: an M-RoPE decoder's ids
-    and a self-masking wrapper's pattern, from :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`)."""
+    :func:`cut_edges`) cut at ``layers`` for row i (``positions``, ``pattern``, ``deepstack``: an M-RoPE
+    decoder's ids, a self-masking wrapper's pattern and a DeepStack wrapper's additions, from
+    :meth:`~mllm_lens.models.lens_model.LensModel.decoder_call`; a knock-out cuts attention edges only,
+    so a DeepStack addition still reaches its own image position)."""
     adapter = model.adapter
     current: dict[str, torch.Tensor] = {}
     causal = torch.ones(cuts.shape[-2:], dtype=torch.bool, device=cuts.device).triu(1)
@@ -147,7 +151,9 @@ def knocked_probs(
         for start in range(0, len(cuts), batch_size):
             chunk = cuts[start : start + batch_size]
             current["cut"] = chunk[:, None]
-            logits = model.decoder_logits(embeds.expand(len(chunk), -1, -1), positions=positions, pattern=pattern)
+            logits = model.decoder_logits(
+                embeds.expand(len(chunk), -1, -1), positions=positions, pattern=pattern, deepstack=deepstack
+            )
             parts.append(torch.softmax(logits, -1))
     return torch.cat(parts) if parts else torch.empty(0)
 
@@ -156,7 +162,10 @@ def _prepare(model: LensModel, probe: Probe | EncodedProbe, target_id: int | Non
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     call = model.decoder_call(encoded.model_inputs)
     with torch.no_grad():
-        clean = torch.softmax(model.decoder_logits(call.embeds, positions=call.positions, pattern=call.pattern)[0], -1)
+        logits = model.decoder_logits(
+            call.embeds, positions=call.positions, pattern=call.pattern, deepstack=call.deepstack
+        )
+        clean = torch.softmax(logits[0], -1)
     target = encoded.target_id if target_id is None else target_id
     target = int(clean.argmax()) if target is None else int(target)
     return encoded, call, clean, target
@@ -179,7 +188,9 @@ def knockout(
     if targets is not None and any(not 0 <= int(t) < encoded.length for t in targets):
         raise TraceConfigError(f"targets must lie in [0, {encoded.length})")
     cut = cut_edges(encoded.length, positions, targets, call.embeds.device)
-    probs = knocked_probs(model, call.embeds, cut[None], chosen, positions=call.positions, pattern=call.pattern)[0]
+    probs = knocked_probs(
+        model, call.embeds, cut[None], chosen, positions=call.positions, pattern=call.pattern, deepstack=call.deepstack
+    )[0]
     return KnockoutResult(float(clean[target]), float(probs[target]), target, positions, chosen)
 
 
@@ -222,7 +233,9 @@ def knockout_test(
             for patches in [top, *draws]
         ]
     )
-    knocked = knocked_probs(model, call.embeds, cuts, chosen, positions=call.positions, pattern=call.pattern)
+    knocked = knocked_probs(
+        model, call.embeds, cuts, chosen, positions=call.positions, pattern=call.pattern, deepstack=call.deepstack
+    )
     probs = knocked[:, target].cpu().numpy()
     clean_prob = float(clean[target])
     return KnockoutTest(

@@ -27,6 +27,11 @@ hidden-state restoration at layer ``l`` the run starts at ``s = l + 1``: layer `
 the restored value. Forward hooks on the site modules write further clean values (layer windows)
 into the batch rows.
 
+Where the wrapper adds visual features after its first layers (Qwen3-VL's DeepStack), a run replays
+the additions of its layers at its positions ``[p, T)`` (:meth:`~mllm_lens.models.deepstack.DeepStack.
+replayed`, before any other hook), so the recorded layer outputs and the restored hidden states are the
+residual stream the next layer reads; a run may carry its own additions (per-row image noise).
+
 The per-batch cache is one buffer ``[rows, kv_heads, T, head_dim]`` per layer (rows: the largest
 run so far, grown by doubling up to ``max_batch``), filled with the base keys/values when it is
 made; a run writes its rows' new keys/values into ``[p, T)`` and slots made stale by an earlier
@@ -50,6 +55,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from mllm_lens.errors import UnsupportedModelError
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing.executor import PlanEntry, _site_tensor, _with_site_tensor
 from mllm_lens.tracing.prefix_cache import cache_of, layer_kv
@@ -104,11 +110,14 @@ class PartialDecoder:
         max_batch: int = 32,
         positions: torch.Tensor | None = None,
         pattern: AttentionPattern | None = None,
+        deepstack: DeepStack | None = None,
     ) -> None:
         """``positions``: an M-RoPE decoder's ids ``[3, 1, T]`` of ``embeds`` (None: 1-D ``0..T-1``);
-        ``pattern``: the attention pattern of a decoder its wrapper masks (None: causal)."""
+        ``pattern``: the attention pattern of a decoder its wrapper masks (None: causal); ``deepstack``:
+        the additions of a DeepStack decoder (None: none)."""
         self.model = model
         self.pattern = pattern
+        self.deepstack = deepstack
         adapter = model.adapter
         self.num_layers = adapter.num_layers
         self.length = embeds.shape[1]
@@ -126,7 +135,7 @@ class PartialDecoder:
                     hook = self._keep_site((site, layer))
                     stack.callback(adapter.site_module(site, layer).register_forward_hook(hook).remove)
             cache = model.new_cache()
-            self.logits = model.decoder_logits(embeds, cache, positions, pattern)[0]
+            self.logits = model.decoder_logits(embeds, cache, positions, pattern, deepstack)[0]
         if any(rope is None for rope in self.rope):
             raise UnsupportedModelError(
                 f"{adapter.backbone!r} decoder layers are not handed their rotary cos/sin as 'position_embeddings'; "
@@ -206,14 +215,21 @@ class PartialDecoder:
             return adapter.lm_head(adapter.final_norm()(hidden_last)).float()
 
     def run(
-        self, start_layer: int, start: int, hidden: torch.Tensor, plan: dict[tuple[str, int], PlanEntry] | None = None
+        self,
+        start_layer: int,
+        start: int,
+        hidden: torch.Tensor,
+        plan: dict[tuple[str, int], PlanEntry] | None = None,
+        deepstack: DeepStack | None = None,
     ) -> torch.Tensor:
         """Logits ``[B, vocab]`` at the last position.
 
         ``hidden [B, T - start, d]`` enters layer ``start_layer`` (``== num_layers``: it is the
         final residual stream). ``plan[(site, layer)] = (rows, positions - start, values)``
-        overwrites site outputs of layers ``>= start_layer``.
+        overwrites site outputs of layers ``>= start_layer``. ``deepstack`` replaces the base run's
+        DeepStack additions (e.g. one noised set per row).
         """
+        deepstack = self.deepstack if deepstack is None else deepstack
         rows, span = hidden.shape[0], hidden.shape[1]
         if span != self.length - start:
             raise ValueError(f"hidden covers {span} positions, expected {self.length - start} (from {start})")
@@ -222,8 +238,11 @@ class PartialDecoder:
         adapter = self.model.adapter
         plan = plan or {}
         last = self.num_layers - 1
-        split_last = start_layer <= last and span > 1 and self._keys_only_calls_work()  # see _last_layer
+        # see _last_layer; a last layer with a DeepStack addition runs whole (the addition's span is [start, T))
+        split_last = start_layer <= last and span > 1 and (deepstack is None or deepstack.layers <= last)
+        split_last = split_last and self._keys_only_calls_work()
         with ExitStack() as stack, torch.no_grad():
+            stack.enter_context(self.model.replaying(deepstack, start))
             for key, entry in plan.items():
                 if key[1] < start_layer:
                     raise ValueError(f"plan entry {key} lies below the start layer {start_layer}")

@@ -18,7 +18,10 @@ hidden-state restorations start one layer above the restored one). Cells are gro
 ``p`` recompute a few unchanged positions, which is exact). Where the wrapper masks its decoder
 itself (Gemma 3's image tokens read each other both ways), ``p`` is where the first restored or
 noised token can reach (:meth:`~mllm_lens.tracing.partial.PartialDecoder.restart`: the image
-block's start), and every layer is masked with the model's own pattern. Every score equals the plain
+block's start), and every layer is masked with the model's own pattern. Where the wrapper adds the
+image into early layers too (Qwen3-VL's DeepStack), noise reaches those additions at the noised
+tokens (:meth:`~mllm_lens.tracing.corruption.ImageNoise.apply_deepstack`) and every run replays them,
+each corrupt-mode row its own. Every score equals the plain
 per-cell loop :func:`~mllm_lens.tracing.reference.reference_patch_sweep` (one full forward per
 cell) to float32 rounding.
 
@@ -37,11 +40,12 @@ from tqdm.auto import tqdm
 
 from mllm_lens.errors import CorruptionError, TraceConfigError, UnsupportedModelError
 from mllm_lens.models.adapters import SITES
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import PatchResult
 from mllm_lens.tracing import budget
-from mllm_lens.tracing.corruption import ImageNoise
+from mllm_lens.tracing.corruption import ImageNoise, corrupted_call
 from mllm_lens.tracing.partial import PartialDecoder
 from mllm_lens.tracing.session import check_batch_size
 from mllm_lens.tracing.windows import window_layers
@@ -152,12 +156,15 @@ def patch_sweep(
     n_layers = model.num_layers
     chosen = list(range(n_layers)) if layers is None else sorted({int(x) for x in layers})
     windows = [window_layers(layer, window, window_mode, n_layers) for layer in chosen]
-    # noise leaves M-RoPE positions and the attention pattern as they are
-    clean, positions, pattern = model.decoder_call(encoded.model_inputs)
+    # noise leaves M-RoPE positions and the attention pattern as they are (and noises DeepStack additions)
+    call = model.decoder_call(encoded.model_inputs)
+    clean, positions, pattern = call.embeds, call.positions, call.pattern
     # a run may start at the first image token, so a row computes up to the whole prompt
     size = batch_size or budget.batch_size(model, encoded.length, encoded.length, budget=memory_budget, max_batch=32)
     kept = [site] if mode == "restore" and site != "hidden" else []  # hidden = layer outputs, always kept
-    base_clean = PartialDecoder(model, clean, kept, max_batch=size, positions=positions, pattern=pattern)
+    base_clean = PartialDecoder(
+        model, clean, kept, max_batch=size, positions=positions, pattern=pattern, deepstack=call.deepstack
+    )
     restart = base_clean.restart  # a cell starts where its first restored or noised token can reach
     clean_probs = torch.softmax(base_clean.logits, -1)
     target = encoded.target_id if target_id is None else target_id
@@ -165,8 +172,10 @@ def patch_sweep(
     # work items: (first position, start layer, result index, token positions, restored layers)
     items: list[tuple[int, int, tuple[int, ...], list[int], tuple[int, ...]]]
     if mode == "restore":
-        corrupted = noise.apply(model, encoded, clean)
-        base = PartialDecoder(model, corrupted, max_batch=size, positions=positions, pattern=pattern)
+        corrupted = corrupted_call(noise, model, encoded, call)
+        base = PartialDecoder(
+            model, corrupted.embeds, max_batch=size, positions=positions, pattern=pattern, deepstack=corrupted.deepstack
+        )
         corrupted_prob = float(torch.softmax(base.logits, -1)[target])
         scores = np.full((len(chosen), rows, cols), np.nan)
         items = [
@@ -190,18 +199,20 @@ def patch_sweep(
     bar = tqdm(total=len(items), desc=f"patch {mode}", disable=not progress, unit="cell")
     for start_layer, group in sorted(groups.items()):
         for batch in _chunks(group, lambda it: it[0], size, encoded.length, tokens_per_run):
-            p = batch[0][0]
+            p, deepstack = batch[0][0], None
             if mode == "restore":
                 hidden, plan = _restore_batch(base, base_clean, site, start_layer, p, batch)
             else:
-                hidden = torch.cat(
-                    [ImageNoise(it[3], noise.scale, noise.seed).apply(model, encoded, clean)[:, p:] for it in batch]
-                )
-                plan = {}
+                calls = [
+                    corrupted_call(ImageNoise(it[3], noise.scale, noise.seed), model, encoded, call) for it in batch
+                ]
+                hidden, plan = torch.cat([c.embeds[:, p:] for c in calls]), {}
+                if call.deepstack is not None:
+                    deepstack = DeepStack.stack([c.deepstack for c in calls if c.deepstack is not None])
             if start_layer >= n_layers:
                 logits = base.head(hidden[:, -1])
             else:
-                logits = base.run(start_layer, p, hidden, plan)
+                logits = base.run(start_layer, p, hidden, plan, deepstack)
             probs = torch.softmax(logits, -1)[:, target].cpu().numpy()
             for it, prob in zip(batch, probs, strict=True):
                 scores[it[2]] = prob
@@ -226,6 +237,7 @@ def patch_sweep(
             "noise": {"scale": noise.scale, "seed": noise.seed, "patches": noise.describe(encoded)["patches"]},
             "batch_size": size,
             **({} if pattern is None else {"attention": pattern.describe()}),
+            **({} if call.deepstack is None else {"deepstack": call.deepstack.describe(noised=True)}),
             "prompt": encoded.prompt,
             "model": model.name,
         },

@@ -5,9 +5,14 @@ no KV cache, no batching, no skipped positions. The oracle shares no code with w
 beyond the model and the probe's encoding: it applies every corruption by its own code from
 the documented rules (a replaced phrase as new ``input_ids``; noise of ``scale`` x sigma drawn
 from ``torch.randn`` with a generator seeded by ``seed``, added to the decoder's
-``inputs_embeds``), and it computes windows and the alignment of a replacement of another
-length itself. Slow on purpose and short enough to check by eye; every fast path in
-:mod:`mllm_lens.tracing` must match it (float32, max abs difference <= 1e-5).
+``inputs_embeds``, and for image noise on a DeepStack wrapper also to each ``deepstack_visual_embeds``
+set the wrapper hands its decoder, at the noised image tokens, with that set's own sigma and the
+next draws of the same generator), and it computes windows and the alignment of a replacement of
+another length itself. The ``hidden`` state after layer ``l`` is what the next layer (after the last
+layer: the final norm) reads, recorded and restored at that module's input, so whatever the decoder
+stack adds between layers (Qwen3-VL's DeepStack features) is part of it. Slow on purpose and short
+enough to check by eye; every fast path in :mod:`mllm_lens.tracing` must match it (float32, max abs
+difference <= 1e-5).
 """
 
 from __future__ import annotations
@@ -78,10 +83,53 @@ def _noise_positions_and_sigma(model: LensModel, encoded: EncodedProbe, corrupti
     return positions, embeds[0, start:end].float().std().item()
 
 
+def _site_hook(model: LensModel, site: str, layer: int, edit):
+    """``(module, hook, pre)``: a hook that hands ``site``'s value ``[1, T, d]`` at ``layer`` to ``edit``
+    and uses what it returns instead (None: unchanged). ``hidden``: the input of the next layer, or
+    of the final norm after the last layer (a forward pre-hook); ``mlp``/``attn``: the module's output."""
+    adapter = model.adapter
+    if site != "hidden":
+
+        def post(_module, _args, output):
+            new = edit(_site_output(output))
+            if new is None:
+                return None
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        return adapter.site_module(site, layer), post, False
+    reader = adapter.layers[layer + 1] if layer + 1 < adapter.num_layers else adapter.final_norm()
+
+    def pre(_module, args, kwargs):
+        new = edit(args[0] if args else kwargs["hidden_states"])
+        if new is None:
+            return None
+        return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+
+    return reader, pre, True
+
+
+def _noise_deepstack(kwargs: dict, encoded: EncodedProbe, noise: ImageNoise, positions, gen) -> list:
+    """Each ``deepstack_visual_embeds`` set noised at ``positions`` (its rows: the image positions in
+    order), scale x the set's std over the image's tokens, with the generator's next draws."""
+    order = kwargs["visual_pos_masks"][0].long().cumsum(0) - 1  # position -> row of the sets
+    start, end = encoded.image_span
+    noised = []
+    for features in kwargs["deepstack_visual_embeds"]:
+        sigma = features[order[start:end]].float().std().item()
+        draw = torch.randn(len(positions), features.shape[-1], generator=gen)
+        features = features.clone()
+        features[order[positions]] += (noise.scale * sigma * draw).to(features.device, features.dtype)
+        noised.append(features)
+    return noised
+
+
 def _full_forward(model: LensModel, encoded: EncodedProbe, corruption: Corruption | None, hooks) -> torch.Tensor:
-    """Next-token probabilities ``[vocab]`` of one full forward with ``hooks`` installed."""
+    """Next-token probabilities ``[vocab]`` of one full forward with ``hooks`` (:func:`_site_hook`) installed."""
     inputs = dict(encoded.model_inputs)
-    handles = [module.register_forward_hook(fn) for module, fn in hooks]
+    handles = [
+        module.register_forward_pre_hook(fn, with_kwargs=True) if pre else module.register_forward_hook(fn)
+        for module, fn, pre in hooks
+    ]
     if isinstance(corruption, Replace):
         inputs = dict(_replaced(model, encoded, corruption)[0])
     elif corruption is not None:
@@ -93,6 +141,8 @@ def _full_forward(model: LensModel, encoded: EncodedProbe, corruption: Corruptio
             draw = torch.randn(len(positions), embeds.shape[-1], generator=gen)
             embeds[0, positions] += (corruption.scale * sigma * draw).to(embeds.device, embeds.dtype)
             kwargs["inputs_embeds"] = embeds
+            if isinstance(corruption, ImageNoise) and kwargs.get("deepstack_visual_embeds"):
+                kwargs["deepstack_visual_embeds"] = _noise_deepstack(kwargs, encoded, corruption, positions, gen)
             return args, kwargs
 
         handles.append(model.adapter.language_model.register_forward_pre_hook(add_noise, with_kwargs=True))
@@ -152,12 +202,12 @@ def reference_cell(
     hooks = []
     for restored in layers:
 
-        def restore(_module, _args, output, restored=restored):
-            tensor = _site_output(output).clone()
+        def restore(tensor, restored=restored):
+            tensor = tensor.clone()
             tensor[0, into] = clean_outputs[restored][0, position]
-            return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+            return tensor
 
-        hooks.append((model.adapter.site_module(site, restored), restore))
+        hooks.append(_site_hook(model, site, restored, restore))
     return _full_forward(model, encoded, corruption, hooks)
 
 
@@ -166,13 +216,12 @@ def reference_clean_outputs(model: LensModel, encoded: EncodedProbe, site: str) 
     outputs: dict[int, torch.Tensor] = {}
 
     def record(layer):
-        def hook(_module, _args, output):
-            outputs[layer] = _site_output(output).detach().clone()
+        def keep(tensor):
+            outputs[layer] = tensor.detach().clone()
 
-        return hook
+        return keep
 
-    adapter = model.adapter
-    hooks = [(adapter.site_module(site, i), record(i)) for i in range(adapter.num_layers)]
+    hooks = [_site_hook(model, site, i, record(i)) for i in range(model.adapter.num_layers)]
     return _full_forward(model, encoded, None, hooks), outputs
 
 
@@ -190,12 +239,12 @@ def reference_patch_cell(
     hooks = []
     for restored in layers:
 
-        def restore(_module, _args, output, restored=restored):
-            tensor = _site_output(output).clone()
+        def restore(tensor, restored=restored):
+            tensor = tensor.clone()
             tensor[0, positions] = clean_outputs[restored][0, positions]
-            return (tensor, *output[1:]) if isinstance(output, tuple) else tensor
+            return tensor
 
-        hooks.append((model.adapter.site_module(site, restored), restore))
+        hooks.append(_site_hook(model, site, restored, restore))
     return _full_forward(model, encoded, noise, hooks)
 
 

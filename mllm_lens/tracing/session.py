@@ -19,10 +19,18 @@ import torch
 from mllm_lens.errors import CorruptionError, TraceConfigError
 from mllm_lens.models.adapters import SITES
 from mllm_lens.models.attention_pattern import AttentionPattern
+from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.probe import EncodedProbe, Probe
 from mllm_lens.results import TraceResult
-from mllm_lens.tracing.corruption import Corruption, Replace, as_corruption, corrupted_call, position_map
+from mllm_lens.tracing.corruption import (
+    Corruption,
+    ImageNoise,
+    Replace,
+    as_corruption,
+    corrupted_call,
+    position_map,
+)
 from mllm_lens.tracing.executor import PLANS, Cell, RestorationExecutor
 from mllm_lens.tracing.windows import window_layers
 
@@ -33,29 +41,31 @@ class CorruptionIneffectiveWarning(UserWarning):
 
 Positions = tuple[torch.Tensor | None, torch.Tensor | None]
 Patterns = tuple[AttentionPattern | None, AttentionPattern | None]
+DeepStacks = tuple[DeepStack | None, DeepStack | None]
 
 
 def prepare(
     model: LensModel, probe: Probe | EncodedProbe, corrupt
-) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor, Positions, Patterns]:
+) -> tuple[EncodedProbe, Corruption, torch.Tensor, torch.Tensor, Positions, Patterns, DeepStacks]:
     """Encode the probe and build clean and corrupted decoder inputs ``[1, T, d]``, with their
-    M-RoPE position ids ``[3, 1, T]`` (``(None, None)`` for a 1-D decoder) and attention patterns
-    (``(None, None)`` for a causal decoder)."""
+    M-RoPE position ids ``[3, 1, T]`` (``(None, None)`` for a 1-D decoder), attention patterns
+    (``(None, None)`` for a causal decoder) and DeepStack additions (``(None, None)`` where the image
+    enters through the inputs only; image noise noises them too, see :mod:`mllm_lens.tracing.corruption`)."""
     encoded = probe if isinstance(probe, EncodedProbe) else probe.encode(model)
     corruption = as_corruption(corrupt)
     call = model.decoder_call(encoded.model_inputs)
     clean = call.embeds
-    corrupted = corruption.apply(model, encoded, clean)
-    if clean.shape == corrupted.shape and torch.equal(clean, corrupted):
+    corrupted = corrupted_call(corruption, model, encoded, call)
+    if clean.shape == corrupted.embeds.shape and torch.equal(clean, corrupted.embeds):
         raise CorruptionError(f"the corruption {corruption} leaves the decoder inputs unchanged")
-    corrupted_positions, corrupted_pattern = corrupted_call(corruption, model, encoded, call)
     return (
         encoded,
         corruption,
         clean,
-        corrupted,
-        (call.positions, corrupted_positions),
-        (call.pattern, corrupted_pattern),
+        corrupted.embeds,
+        (call.positions, corrupted.positions),
+        (call.pattern, corrupted.pattern),
+        (call.deepstack, corrupted.deepstack),
     )
 
 
@@ -112,7 +122,9 @@ class TraceSession:
         _check_sites(sites)
         check_batch_size(batch_size, memory_budget)
         self.model = model
-        self.encoded, self.corruption, clean, corrupted, positions, patterns = prepare(model, probe, corrupt)
+        self.encoded, self.corruption, clean, corrupted, positions, patterns, deepstacks = prepare(
+            model, probe, corrupt
+        )
         self.position_map = position_map(self.corruption, model, self.encoded)
         self.executor = RestorationExecutor(
             model,
@@ -121,6 +133,7 @@ class TraceSession:
             sites,
             positions=positions,
             patterns=patterns,
+            deepstacks=deepstacks,
             batch_size=batch_size,
             memory_budget=memory_budget,
             position_map=self.position_map,
@@ -265,9 +278,13 @@ class TraceSession:
         return labels
 
     def _attention(self) -> dict:
-        """The attention pattern the fast paths replayed, for a decoder its wrapper masks itself."""
-        pattern = self.executor.clean_pattern
-        return {} if pattern is None else {"attention": pattern.describe()}
+        """The attention pattern the fast paths replayed, for a decoder its wrapper masks itself, and the
+        DeepStack additions they replayed (and what the corruption did to them)."""
+        pattern, deepstack = self.executor.clean_pattern, self.executor.clean_deepstack
+        out = {} if pattern is None else {"attention": pattern.describe()}
+        if deepstack is not None:
+            out["deepstack"] = deepstack.describe(noised=isinstance(self.corruption, ImageNoise))
+        return out
 
     def _result(self, site: str, scores: np.ndarray, window: int, window_mode: str) -> TraceResult:
         encoded, probe = self.encoded, self.encoded.probe
