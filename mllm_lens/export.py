@@ -12,7 +12,9 @@ default p(target) is painted from the corrupted to the clean probability, at lea
 figure then says so in words (:func:`small_effect_note`). The colour bar carries its end values
 and marks the clean and corrupted probabilities. ``value`` picks what is painted (:func:`painted`):
 p itself, the indirect effect, or ROME's normalised effect (anchored 0–1); the figure's title
-then defines it in a third line.
+then defines it in a third line. When clean and corrupted p differ by less than :data:`MIN_GAP`
+the normalised effect means nothing: no cell is painted and the colour bar gives way to words
+(:func:`gap_note`).
 
 Only numpy and PIL are used here: the engine may import this module without any widget stack.
 """
@@ -51,6 +53,7 @@ COLORMAPS = {
 }  # fmt: skip
 NAN_RGB = (220, 220, 220)
 MIN_SPAN = 0.05  # the narrowest span an anchored scale paints, as in js/src/policy.js
+MIN_GAP = 1e-3  # the smallest |clean - corrupted| the normalised effect divides by, as in js/src/policy.js
 SCALES = ("anchored", "fixed", "auto")
 VALUES = ("score", "indirect_effect", "normalized")  # what the colours show, as js/src/policy.js
 NOTE_CHAR_WIDTH = 5.6  # px per character of the note's 11 px sans-serif line (room kept for it)
@@ -169,16 +172,24 @@ def check_options(value: str, scale: str) -> None:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
 
 
+def gap_too_small(value: str, clean: float, corrupted: float) -> bool:
+    """Whether ``value`` is the normalised effect with clean and corrupted p closer than
+    :data:`MIN_GAP` (dividing by that gap turns noise into any "effect"), as ``gapTooSmall`` in JS."""
+    return value == "normalized" and abs(clean - corrupted) < MIN_GAP
+
+
 def painted(scores: np.ndarray, value: str, clean: float, corrupted: float) -> np.ndarray:
     """Restored probabilities in the units ``value`` paints: p (``"score"``), p − corrupted
     (``"indirect_effect"``) or (p − corrupted) / (clean − corrupted) (``"normalized"``: 0 at the
-    corrupted, 1 at the clean probability; NaN when they are equal), as ``js/src/policy.js``."""
+    corrupted, 1 at the clean probability; all NaN when they differ by less than :data:`MIN_GAP`,
+    where :attr:`TraceResult.normalized_effect` still divides), as ``js/src/policy.js``."""
     scores = np.asarray(scores, dtype=np.float64)
     if value == "indirect_effect":
         return scores - corrupted
+    if gap_too_small(value, clean, corrupted):
+        return np.full_like(scores, np.nan)
     if value == "normalized":
-        gap = clean - corrupted
-        return (scores - corrupted) / gap if gap else np.full_like(scores, np.nan)
+        return (scores - corrupted) / (clean - corrupted)
     return scores
 
 
@@ -216,10 +227,15 @@ def color_range(
 
 def gap_note(clean: float, corrupted: float) -> str | None:
     """The normalised effect's caveat when clean and corrupted p differ by less than
-    :data:`MIN_SPAN` (it stretches that small change over the whole scale), as ``gapNote`` in JS."""
+    :data:`MIN_SPAN` (it stretches that small change over the whole scale), and under
+    :data:`MIN_GAP` the words that stand in for the colour bar, as ``gapNote`` in JS."""
     gap = abs(clean - corrupted)
+    instead = "no normalised effect is shown; choose probability or indirect effect"
     if gap == 0:
-        return f"clean and corrupted p are equal ({clean:.3f}): the normalised effect is undefined"
+        return f"clean and corrupted p are equal ({clean:.3f}): {instead}"
+    if gap < MIN_GAP:
+        shown = f"{gap:.1g}".replace("e-0", "e-")  # as JS's toPrecision(1): 0.0004, 1e-7
+        return f"clean and corrupted p differ by only {shown} (under {MIN_GAP}), too little to divide by: {instead}"
     if gap < MIN_SPAN:
         return f"clean and corrupted p differ by only {gap:.3f}: normalising stretches that small change over the scale"
     return None
@@ -265,6 +281,7 @@ class Grid:
     marks: list[tuple[str, float, float]]  # (name, p, painted p): the corrupted and clean probabilities
     unit: str  # what the colours are, over the colour bar: "p(target)"
     note: str | None = None  # small_effect_note (gap_note when normalised), written under the figure
+    colour_bar: bool = True  # False: nothing painted to scale (gap_too_small), the note says why
     heading: tuple[str, ...] = ()  # the title lines: question → target, corruption and anchors, what is painted
     header: int = 26  # room for the panel titles
     bottom: int = 34
@@ -363,7 +380,8 @@ def grid(
     note = gap_note(clean, corrupted) if value == "normalized" else small_effect_note(scores, corrupted)
     unit, definition = value_words(value, first.target_token)
     lines = heading(first, context) + ((definition,) if value != "score" else ())
-    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, unit, note, lines)
+    bar = not gap_too_small(value, clean, corrupted)
+    return Grid(titles, labels, rows, values, vmin, vmax, cell, left, marks, unit, note, bar, lines)
 
 
 def heading(result: TraceResult, context: dict) -> tuple[str, str]:
@@ -412,13 +430,8 @@ def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **opt
     for r, label in enumerate(g.row_labels):
         out.append(f'<text x="{g.left - 6}" y="{g.top + r * ch + ch - 3}" text-anchor="end">{esc(label)}</text>')
     out.append(f'<text class="axis" x="{g.left}" y="{g.axis_y + 28}">layer</text>')
-    lx = g.legend_x
-    out.append(f'<text class="unit" x="{lx}" y="{g.top - 8}" font-size="9">{esc(g.unit)}</text>')
-    out.append(f'<rect class="legend" x="{lx}" y="{g.top}" width="12" height="{rows * ch}" fill="url(#scale)"/>')
-    for t, text in g.legend_labels():
-        mark_y = g.top + (1 - t) * rows * ch
-        out.append(f'<line x1="{lx}" x2="{lx + 15}" y1="{mark_y:.1f}" y2="{mark_y:.1f}" stroke="black"/>')
-        out.append(f'<text class="legend-label" x="{lx + 17}" y="{mark_y + 3:.1f}" font-size="9">{esc(text)}</text>')
+    if g.colour_bar:
+        out.extend(_svg_colour_bar(g))
     if g.note:
         out.append(f'<text class="note" x="10" y="{height - 4}">{esc(g.note)}</text>')
     out.append("</svg>")
@@ -426,6 +439,22 @@ def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **opt
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(out), encoding="utf-8")
     return path
+
+
+def _svg_colour_bar(g: Grid) -> list[str]:
+    """The SVG elements of the colour bar: its unit, the ramp, the end values and the marks."""
+    lx, height = g.legend_x, g.shape[2] * g.cell[1]
+    out = [
+        f'<text class="unit" x="{lx}" y="{g.top - 8}" font-size="9">{html.escape(g.unit)}</text>',
+        f'<rect class="legend" x="{lx}" y="{g.top}" width="12" height="{height}" fill="url(#scale)"/>',
+    ]
+    for t, text in g.legend_labels():
+        mark_y = g.top + (1 - t) * height
+        out.append(f'<line x1="{lx}" x2="{lx + 15}" y1="{mark_y:.1f}" y2="{mark_y:.1f}" stroke="black"/>')
+        out.append(
+            f'<text class="legend-label" x="{lx + 17}" y="{mark_y + 3:.1f}" font-size="9">{html.escape(text)}</text>'
+        )
+    return out
 
 
 def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, scale: int = 2, **options) -> Path:
@@ -456,23 +485,31 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
             ((g.left - 6) * scale, (g.top + r * ch + ch / 2) * scale), label, fill="black", font=font, anchor="rm"
         )
     draw.text((g.left * scale, (g.axis_y + 18) * scale), "layer", fill="black", font=font)
-    lx = g.legend_x
-    draw.text((lx * scale, (g.top - 18) * scale), g.unit, fill="black", font=ImageFont.load_default(size=9 * scale))
-    ramp = rgb(np.linspace(g.vmax, g.vmin, rows * ch * scale), g.vmin, g.vmax)
-    for i, colour in enumerate(ramp):
-        y = g.top * scale + i
-        draw.line((lx * scale, y, (lx + 12) * scale, y), fill=tuple(int(c) for c in colour))
-    small = ImageFont.load_default(size=9 * scale)
-    for t, text in g.legend_labels():
-        mark_y = (g.top + (1 - t) * rows * ch) * scale
-        draw.line((lx * scale, mark_y, (lx + 15) * scale, mark_y), fill="black", width=scale)
-        draw.text(((lx + 17) * scale, mark_y), text, fill="black", font=small, anchor="lm")
+    if g.colour_bar:
+        _png_colour_bar(draw, g, scale)
     if g.note:
         draw.text((10 * scale, (height - 6) * scale), g.note, fill="black", font=font, anchor="ls")
     path = Path(path)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
     return path
+
+
+def _png_colour_bar(draw: Any, g: Grid, scale: int) -> None:
+    """Draw the colour bar (unit, ramp, end values, marks) of :func:`to_png` at ``scale``."""
+    from PIL import ImageFont
+
+    lx, height = g.legend_x, g.shape[2] * g.cell[1]
+    small = ImageFont.load_default(size=9 * scale)
+    draw.text((lx * scale, (g.top - 18) * scale), g.unit, fill="black", font=small)
+    ramp = rgb(np.linspace(g.vmax, g.vmin, height * scale), g.vmin, g.vmax)
+    for i, colour in enumerate(ramp):
+        y = g.top * scale + i
+        draw.line((lx * scale, y, (lx + 12) * scale, y), fill=tuple(int(c) for c in colour))
+    for t, text in g.legend_labels():
+        mark_y = (g.top + (1 - t) * height) * scale
+        draw.line((lx * scale, mark_y, (lx + 15) * scale, mark_y), fill="black", width=scale)
+        draw.text(((lx + 17) * scale, mark_y), text, fill="black", font=small, anchor="lm")
 
 
 def _script_safe(text: str) -> str:

@@ -7,8 +7,13 @@ network), and redraws the lines that would vanish on it (:data:`ON_DARK`). ``"au
 default of the figures in :mod:`mllm_lens.plots` and of ``LiveAggregate``) reads the theme saved
 by JupyterLab / Notebook 7 (Settings > Theme, in the user settings folder): dark when its name
 says so. Elsewhere (VS Code, an adaptive "follow the system" setting, a kernel on another
-machine) it cannot see the page and draws light: pass ``theme="dark"`` there. A figure is
-themed when it is made: after a theme switch, run its cell again.
+machine) it cannot see the page and draws light: pass ``theme="dark"`` there. In VS Code the
+kernel can tell where it runs (``VSCODE_PID`` in its environment) but nothing it can read says
+which colour theme the editor shows: only the notebook's outputs see that, as ``--vscode-*`` CSS
+variables, which the widgets (:mod:`mllm_lens.widgets`, drawn in the page) follow, while a bokeh
+figure is coloured in the kernel. (A JupyterLab theme saved on the same machine is still read
+there, so a dark JupyterLab setting makes ``"auto"`` dark in VS Code too.) A figure is themed
+when it is made: after a theme switch, run its cell again.
 """
 
 from __future__ import annotations

@@ -160,6 +160,7 @@ def test_color_range_follows_the_widgets_policy(clean, corrupted, options, expec
 def test_the_policy_constants_match_the_front_end():
     js = (Path(__file__).parent.parent / "js" / "src" / "policy.js").read_text()
     assert float(re.search(r"export const MIN_SPAN = ([\d.]+);", js)[1]) == export.MIN_SPAN
+    assert float(re.search(r"export const MIN_GAP = ([\de.-]+);", js)[1]) == export.MIN_GAP
     for name, python in (("POLICIES", export.SCALES), ("VALUES", export.VALUES)):
         block = re.search(rf"export const {name} = {{(.*?)}};", js, re.S)[1]
         assert re.findall(r"^  (\w+): \"", block, re.M) == list(python)
@@ -187,6 +188,30 @@ def test_a_normalised_figure_is_anchored_0_to_1_and_says_what_it_paints(tmp_path
     assert '"value": "normalized"' in page
     with pytest.raises(ValueError, match="value must be one of"):
         export.grid(result, value="normalised_typo")
+
+
+@pytest.mark.parametrize(
+    ("clean", "words"),
+    [
+        (0.5004, "clean and corrupted p differ by only 0.0004 (under 0.001), too little to divide by"),
+        (0.5, "clean and corrupted p are equal (0.500)"),
+    ],
+)
+def test_a_normalised_figure_without_a_gap_to_divide_by_says_so_instead_of_a_colour_bar(tmp_path, clean, words):
+    """Clean and corrupted p closer than MIN_GAP: (p − corrupted) / gap would paint noise as
+    effect, so no cell is painted, the SVG / PNG draw no colour bar and the note says why."""
+    result = synthetic()
+    result.clean_prob, result.corrupted_prob = clean, 0.5
+    g = export.grid(result, value="normalized")
+    assert np.isnan(g.values).all() and not g.colour_bar
+    assert g.note == f"{words}: no normalised effect is shown; choose probability or indirect effect"
+    svg = result.to_svg(tmp_path / "n.svg", value="normalized")
+    assert svg_texts(svg, "note") == [g.note] and not svg_texts(svg, "unit") and not svg_texts(svg, "legend-label")
+    assert export.grid(result).colour_bar and not np.isnan(export.grid(result).values).all()  # p is still painted
+    png = result.to_png(tmp_path / "n.png", value="normalized", scale=1)
+    with Image.open(png) as image:  # the colour bar's column is blank: no viridis ramp beside the cells
+        bar = np.asarray(image.convert("RGB"))[g.top : g.axis_y, g.legend_x + 2 : g.legend_x + 10]
+    assert (bar == 255).all()
 
 
 def test_the_static_page_promises_no_clicks_and_follows_the_readers_theme(tmp_path):

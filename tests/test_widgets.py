@@ -107,8 +107,8 @@ def test_a_window_that_does_not_fit_is_refused_next_to_its_input(session, result
     hm = TraceHeatmap(results, session=session)
     cases = [
         (9, "Window 9 restores 19 layers, more than this model's 5: choose 1 to 2."),
-        (1.5, "The window must be a whole number from 1 to 2."),
-        (None, "The window must be a whole number from 1 to 2."),
+        (1.5, "The window must be a whole number from 1 to 2 (the model has 5 layers)."),
+        (None, "The window must be a whole number from 1 to 2 (the model has 5 layers)."),
     ]
     for window, words in cases:
         hm._on_message(hm, {"type": "trace", "window": window}, [])
@@ -123,7 +123,8 @@ def test_a_window_that_does_not_fit_is_refused_next_to_its_input(session, result
     [
         (6, "rome", 5, "Window 6 restores 6 layers, more than this model's 5: choose 1 to 5."),
         (2, "paper", 2, "Window 2 restores 5 layers, more than this model's 2: choose 1."),
-        (0, "paper", 2, "The window must be 1 for this model."),
+        (0, "paper", 2, "The window must be 1 (the model has 2 layers)."),
+        (0, "rome", 4, "The window must be a whole number from 1 to 4 (the model has 4 layers)."),
     ],
 )
 def test_window_refusals_name_the_windows_that_fit(window, mode, layers, words):

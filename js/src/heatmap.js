@@ -6,8 +6,8 @@ import { siteChoices } from "./controls.js";
 import { curveChart } from "./curve.js";
 import { fmt } from "./format.js";
 import { buildRows, cellOrigin, hitTest, labelledRows, moveFocus, rowMarks, rowValue } from "./layout.js";
-import { axisKey, clickedText, heatmapHint, traceTitle, unreadable } from "./messages.js";
-import { POLICIES, VALUES, colorRange, gapNote, legendMarks, legendSummary, painter, policyOf, smallEffectNote, valueWords } from "./policy.js";
+import { axisKey, clickedText, figureLines, heatmapHint, traceTitle, unreadable } from "./messages.js";
+import { POLICIES, VALUES, colorRange, gapNote, gapTooSmall, legendMarks, legendSummary, painter, policyOf, smallEffectNote, valueWords } from "./policy.js";
 import { composeFigure, download, drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const LABEL_FONT = "11px sans-serif";
@@ -126,6 +126,7 @@ export function renderHeatmap({ model, el }) {
     const text = value === "normalized" ? gapNote(value, clean, corrupted) : smallEffectNote(scores.data, corrupted, { partial });
     note.hidden = !text;
     note.textContent = text ?? "";
+    legend.hidden = gapTooSmall(value, clean, corrupted); // the note's words instead of a scale of nothing
   }
 
   function draw() {
@@ -307,8 +308,9 @@ export function renderHeatmap({ model, el }) {
       model.send({ type: "export", format });
       return;
     }
-    const lines = [title.textContent, key.textContent].filter(Boolean);
-    composeFigure(lines, canvas, legend, themeColors(root)).toBlob((blob) => download(blob, "trace.png"));
+    const words = { value: model.get("value"), definition: definition.textContent, note: note.hidden ? "" : note.textContent };
+    const lines = figureLines({ title: title.textContent, key: key.textContent, ...words });
+    composeFigure(lines, canvas, legend.hidden ? null : legend, themeColors(root)).toBlob((blob) => download(blob, "trace.png"));
   }
 
   function onMessage(msg, buffers) {

@@ -42,6 +42,14 @@ export function traceTitle({ question = "", target = "", corruption = "", clean,
 }
 
 /**
+ * The text above a downloaded PNG, in the SVG export's order: the title, the axis key, what the
+ * colours show (unless plain p) and the legend's note (e.g. why no colour scale is drawn).
+ */
+export function figureLines({ title = "", key = "", value = "score", definition = "", note = "" }) {
+  return [title, key, value === "score" ? "" : definition, note].filter(Boolean);
+}
+
+/**
  * The key to the token axis's marks, as parts [{kind, text}]: "*" rows were corrupted (kind
  * "corrupted"), a bar marks each constraint kind's phrases (kind "visual" / "textual").
  */

@@ -17,18 +17,24 @@ export const VALUES = {
 };
 // The narrowest span an anchored scale paints (in probability): a smaller effect stays dark.
 export const MIN_SPAN = 0.05;
+// The smallest |clean − corrupted| the normalised effect divides by: under it the ratio is noise
+// blown up to any size, so no normalised value is painted and the legend says why in words.
+export const MIN_GAP = 1e-3;
+
+/** Whether `value` is the normalised effect with clean and corrupted p too close to divide by. */
+export function gapTooSmall(value, clean, corrupted) {
+  return value === "normalized" && clean != null && corrupted != null && Math.abs(clean - corrupted) < MIN_GAP;
+}
 
 /**
  * Restored probability → the painted value of `value`: p ("score"), p − corrupted
  * ("indirect_effect"), or (p − corrupted) / (clean − corrupted) ("normalized": 0 at the corrupted,
- * 1 at the clean probability; NaN when the two are equal, as TraceResult.normalized_effect).
+ * 1 at the clean probability; NaN when the two differ by less than MIN_GAP).
  */
 export function painter({ value = "score", clean = null, corrupted = null } = {}) {
   if (value === "indirect_effect" && corrupted != null) return (p) => p - corrupted;
-  if (value === "normalized" && clean != null && corrupted != null) {
-    const gap = clean - corrupted;
-    return gap === 0 ? () => Number.NaN : (p) => (p - corrupted) / gap;
-  }
+  if (gapTooSmall(value, clean, corrupted)) return () => Number.NaN;
+  if (value === "normalized" && clean != null && corrupted != null) return (p) => (p - corrupted) / (clean - corrupted);
   return (p) => p;
 }
 
@@ -103,12 +109,15 @@ export function smallEffectNote(scores, corrupted, { partial = false } = {}) {
 
 /**
  * The normalised effect's caveat (null for other values or a clear gap): it divides by clean −
- * corrupted, so a gap under MIN_SPAN magnifies small changes to the whole scale, and none is defined.
+ * corrupted, so a gap under MIN_SPAN magnifies small changes to the whole scale, and under MIN_GAP
+ * the ratio means nothing: then these words stand in for the colour scale (gapTooSmall).
  */
 export function gapNote(value, clean, corrupted) {
   if (value !== "normalized" || clean == null || corrupted == null) return null;
   const gap = Math.abs(clean - corrupted);
-  if (gap === 0) return `clean and corrupted p are equal (${fmt(clean)}): the normalised effect is undefined`;
+  const instead = "no normalised effect is shown; choose probability or indirect effect";
+  if (gap === 0) return `clean and corrupted p are equal (${fmt(clean)}): ${instead}`;
+  if (gap < MIN_GAP) return `clean and corrupted p differ by only ${gap.toPrecision(1)} (under ${MIN_GAP}), too little to divide by: ${instead}`;
   return gap < MIN_SPAN ? `clean and corrupted p differ by only ${fmt(gap)}: normalising stretches that small change over the scale` : null;
 }
 

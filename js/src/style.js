@@ -1,12 +1,34 @@
-// Styles and DOM helpers shared by the widgets. Every colour comes from the notebook's theme:
-// JupyterLab / Notebook 7 CSS variables (--jp-*), else VS Code's (--vscode-*), else light
-// defaults (the exported page sets --jp-* itself, light or dark by the reader's preference).
+// Styles and DOM helpers shared by the widgets. Every colour comes from the notebook's theme
+// (THEME): VS Code's CSS variables (--vscode-*, set only in its notebook outputs), else JupyterLab
+// / Notebook 7's (--jp-*), else light defaults (the exported page sets --jp-* itself, light or
+// dark by the reader's preference). VS Code comes first because ipywidgets' own stylesheet, which
+// VS Code loads for widgets, sets light --jp-* values on :root whatever VS Code's theme is.
 // Canvases read the same colours (themeColors) and redraw when the theme changes (watchTheme).
 import { fmt } from "./format.js";
 import { labelSpots } from "./layout.js";
 
+/** Each widget colour (--mll-<name>): [VS Code's variable, JupyterLab's variable, light default]. */
+export const THEME = {
+  fg: ["--vscode-editor-foreground", "--jp-ui-font-color1", "#1f1f1f"],
+  fg2: ["--vscode-descriptionForeground", "--jp-ui-font-color2", "#595959"],
+  bg: ["--vscode-editor-background", "--jp-layout-color1", "#ffffff"],
+  bg2: ["--vscode-editorWidget-background", "--jp-layout-color2", "#eeeeee"],
+  border: ["--vscode-editorWidget-border", "--jp-border-color1", "#9e9e9e"],
+  accent: ["--vscode-focusBorder", "--jp-brand-color1", "#1565c0"],
+  error: ["--vscode-errorForeground", "--jp-error-color1", "#c62828"],
+  warn: ["--vscode-editorWarning-foreground", "--jp-warn-color1", "#a15c00"],
+};
+const VISUAL = "#e65100"; // the visual constraint's orange, the same on light and dark pages
+
+/** The CSS rule defining --mll-* on the widget root: each colour through its THEME fall-back chain. */
+export function themeRule(theme = THEME) {
+  const chain = ([first, ...rest]) => (rest.length ? `var(${first},${chain(rest)})` : first);
+  const colours = Object.entries(theme).map(([name, sources]) => `--mll-${name}:${chain(sources)}`);
+  return `.mll-root{${[...colours, `--mll-visual:${VISUAL}`].join(";")}}`;
+}
+
 const CSS = `
-.mll-root{--mll-fg:var(--jp-ui-font-color1,var(--vscode-editor-foreground,#1f1f1f));--mll-fg2:var(--jp-ui-font-color2,var(--vscode-descriptionForeground,#595959));--mll-bg:var(--jp-layout-color1,var(--vscode-editor-background,#fff));--mll-bg2:var(--jp-layout-color2,var(--vscode-editorWidget-background,#eee));--mll-border:var(--jp-border-color1,var(--vscode-editorWidget-border,#9e9e9e));--mll-accent:var(--jp-brand-color1,var(--vscode-focusBorder,#1565c0));--mll-error:var(--jp-error-color1,var(--vscode-errorForeground,#c62828));--mll-warn:var(--jp-warn-color1,var(--vscode-editorWarning-foreground,#a15c00));--mll-visual:#e65100}
+${themeRule()}
 .mll-root{font:12px/1.4 var(--jp-ui-font-family,system-ui,-apple-system,"Segoe UI",sans-serif);color:var(--mll-fg);display:flex;flex-direction:column;gap:6px;max-width:100%}
 .mll-root [hidden]{display:none !important}
 .mll-head{display:flex;flex-wrap:wrap;align-items:center;gap:8px}
@@ -56,7 +78,7 @@ const CSS = `
 .mll-oneline{white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .mll-panel{border:1px solid var(--mll-border);border-radius:3px;padding:6px;display:flex;flex-direction:column;gap:6px}
 `;
-const LIGHT = { fg: "#1f1f1f", fg2: "#595959", bg: "#ffffff", border: "#9e9e9e", accent: "#1565c0", visual: "#e65100" };
+const LIGHT = { ...Object.fromEntries(Object.entries(THEME).map(([name, sources]) => [name, sources.at(-1)])), visual: VISUAL };
 const THEME_ATTRIBUTES = ["class", "style", "data-jp-theme-light", "data-jp-theme-name", "data-vscode-theme-kind"];
 
 export function injectStyle(el) {
@@ -183,8 +205,9 @@ export function drawLegend(canvas, colorOf, range, { unit = "", marks = [], colo
 }
 
 /**
- * One canvas for a downloaded PNG: `lines` of text (title, key) above the figure canvas and its
- * legend, on the theme's background, at the canvases' own pixel ratio.
+ * One canvas for a downloaded PNG: `lines` of text (figureLines) above the figure canvas and its
+ * legend (none: a `null` legend, e.g. no scale when the normalised effect is undefined), on the
+ * theme's background, at the canvases' own pixel ratio.
  */
 export function composeFigure(lines, figure, legend, colors = LIGHT) {
   const ratio = figure.width / (parseFloat(figure.style.width) || figure.width);
@@ -195,8 +218,9 @@ export function composeFigure(lines, figure, legend, colors = LIGHT) {
   ctx.font = font(true);
   const textW = Math.max(0, ...lines.map((line) => ctx.measureText(line).width));
   const top = pad + lines.length * lineH + pad;
-  out.width = Math.ceil(Math.max(figure.width + pad + legend.width, textW) + 2 * pad);
-  out.height = Math.ceil(top + Math.max(figure.height, legend.height) + pad);
+  const [legendW, legendH] = legend ? [pad + legend.width, legend.height] : [0, 0];
+  out.width = Math.ceil(Math.max(figure.width + legendW, textW) + 2 * pad);
+  out.height = Math.ceil(top + Math.max(figure.height, legendH) + pad);
   ctx.fillStyle = colors.bg;
   ctx.fillRect(0, 0, out.width, out.height);
   ctx.fillStyle = colors.fg;
@@ -206,7 +230,7 @@ export function composeFigure(lines, figure, legend, colors = LIGHT) {
     ctx.fillText(line, pad, pad + i * lineH);
   }
   ctx.drawImage(figure, pad, top);
-  ctx.drawImage(legend, pad + figure.width + pad, top);
+  if (legend) ctx.drawImage(legend, pad + figure.width + pad, top);
   return out;
 }
 

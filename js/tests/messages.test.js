@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { fmt, sizeText } from "../src/format.js";
-import { axisKey, clickedText, heatmapHint, overlayHint, traceTitle, unreadable, uploadTooLarge } from "../src/messages.js";
+import { axisKey, clickedText, figureLines, heatmapHint, overlayHint, traceTitle, unreadable, uploadTooLarge } from "../src/messages.js";
 
 describe("wording", () => {
   it("names an oversized upload and the limit in units people read", () => {
@@ -50,5 +50,12 @@ describe("what a trace figure names", () => {
       { kind: "textual", text: "textual constraint “capital”" },
     ]);
     expect(axisKey([], "")).toEqual([]);
+  });
+
+  it("puts the chosen score's definition and the legend's note above a downloaded PNG", () => {
+    const base = { title: "“Where?” → \"Paris\"", key: "* corrupted", definition: "normalised = …", note: "no normalised effect is shown" };
+    expect(figureLines({ ...base, value: "normalized" })).toEqual([base.title, base.key, base.definition, base.note]);
+    expect(figureLines({ ...base, value: "score", note: "" })).toEqual([base.title, base.key]);
+    expect(figureLines({ title: "t", value: "indirect_effect", definition: "indirect effect = …" })).toEqual(["t", "indirect effect = …"]);
   });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { scale } from "../src/colormap.js";
-import { MIN_SPAN, colorRange, gapNote, legendMarks, legendSummary, painter, policyOf, smallEffectNote, valueWords } from "../src/policy.js";
+import { MIN_GAP, MIN_SPAN, colorRange, gapNote, gapTooSmall, legendMarks, legendSummary, painter, policyOf, smallEffectNote, valueWords } from "../src/policy.js";
 
 const brightness = (css) => {
   const [r, g, b] = css.match(/\d+/g).map(Number);
@@ -114,9 +114,25 @@ describe("normalised score (ROME)", () => {
     expect(gapNote("normalized", tiny.clean, tiny.corrupted)).toBe(
       "clean and corrupted p differ by only 0.006: normalising stretches that small change over the scale",
     );
-    expect(gapNote("normalized", 0.4, 0.4)).toBe("clean and corrupted p are equal (0.400): the normalised effect is undefined");
     expect(gapNote("normalized", 0.9, 0.1)).toBeNull();
     expect(gapNote("score", tiny.clean, tiny.corrupted)).toBeNull();
+  });
+
+  it("paints nothing and says why in words when clean and corrupted p differ by under MIN_GAP", () => {
+    const near = { clean: 0.5004, corrupted: 0.5 }; // a 4e-4 gap: (p − corrupted) / gap would read noise as effect
+    expect(MIN_GAP).toBe(1e-3);
+    expect(gapTooSmall("normalized", near.clean, near.corrupted)).toBe(true);
+    expect(gapTooSmall("score", near.clean, near.corrupted)).toBe(false);
+    expect(gapTooSmall("normalized", 0.5 + MIN_GAP, 0.5)).toBe(false);
+    expect(painter({ value: "normalized", ...near })(0.6)).toBeNaN();
+    expect(painter({ value: "normalized", clean: 0.4, corrupted: 0.4 })(0.5)).toBeNaN();
+    expect(painter({ value: "normalized", clean: 0.502, corrupted: 0.5 })(0.501)).toBeCloseTo(0.5, 9);
+    expect(painter({ value: "score", ...near })(0.6)).toBe(0.6);
+    expect(legendMarks({ value: "normalized", ...near, lo: 0, hi: 1 })).toEqual([]);
+    expect(gapNote("normalized", near.clean, near.corrupted)).toBe(
+      "clean and corrupted p differ by only 0.0004 (under 0.001), too little to divide by: no normalised effect is shown; choose probability or indirect effect",
+    );
+    expect(gapNote("normalized", 0.4, 0.4)).toBe("clean and corrupted p are equal (0.400): no normalised effect is shown; choose probability or indirect effect");
   });
 });
 

@@ -50,13 +50,15 @@ def panel(site: str) -> dict[str, str]:
 
 def window_refusal(window: Any, mode: str, layers: int) -> str:
     """Why ``window`` cannot trace a model of ``layers`` layers under ``mode``, in words, with the
-    windows that can (the page's window input offers the same range)."""
+    windows that can and the model's layer count they follow from (the page's window input offers
+    the same range)."""
     most = layers if mode == "rome" else max(1, (layers - 1) // 2)
     fits = f"1 to {most}" if most > 1 else "1"
     if isinstance(window, int) and not isinstance(window, bool) and window > most:
         span = window if mode == "rome" else 2 * window + 1
         return f"Window {window} restores {span} layers, more than this model's {layers}: choose {fits}."
-    return f"The window must be a whole number from {fits}." if most > 1 else "The window must be 1 for this model."
+    allowed = f"a whole number from {fits}" if most > 1 else "1"
+    return f"The window must be {allowed} (the model has {layers} layers)."
 
 
 class TraceHeatmap(anywidget.AnyWidget):
@@ -85,9 +87,10 @@ class TraceHeatmap(anywidget.AnyWidget):
     (:meth:`export`, sent by the kernel, in the chosen ``value`` and ``scale``).
 
     Colours follow ``scale`` (``js/src/policy.js``): ``"anchored"`` (default) spans p from the
-    corrupted to the clean probability (indirect effect from 0, normalised effect 0–1), fixed
-    before a live fill starts; ``"fixed"`` spans 0–1 and ``"auto"`` the data's min–max.
-    ``vmin`` / ``vmax`` override an end.
+    corrupted to the clean probability (indirect effect from 0, normalised effect 0–1; where clean
+    and corrupted differ by under ``mllm_lens.export.MIN_GAP`` no normalised effect is painted and
+    the legend says why in words), fixed before a live fill starts; ``"fixed"`` spans 0–1 and
+    ``"auto"`` the data's min–max. ``vmin`` / ``vmax`` override an end.
     """
 
     _esm = bundle()

@@ -521,6 +521,32 @@ def test_exported_html_renders_without_a_kernel(page, tmp_path):
     print(f"\n[export] 32x620 render_ms collapsed={collapsed_ms:.1f} expanded={expanded_ms:.1f} (target < 200)")
 
 
+def test_exported_html_says_why_it_paints_no_normalised_effect(page, tmp_path):
+    """Clean and corrupted p 0.0004 apart: the normalised score paints no cell, words stand in for
+    the colour bar, and the downloaded PNG carries those words and the score's definition."""
+    labels = ["<s>", "a", "b", "c"]
+    scores = np.random.default_rng(0).random((6, 4)) * 0.01 + 0.5
+    near = ml.TraceResult(scores, 0.5004, 0.5, 0, "x", labels, labels, {}, {}, (0, 0), (0, 0), "mlp")
+    page.goto(near.to_html(tmp_path / "near.html", value="normalized").as_uri())
+    root = page.locator("[data-testid=trace-heatmap]")
+    root.get_by_test_id("heatmap-canvas").wait_for()
+    note = root.get_by_test_id("scale-note")
+    assert "too little to divide by: no normalised effect is shown" in note.inner_text()
+    assert root.get_by_test_id("legend").is_hidden() and note.is_visible()
+    with page.expect_download() as info:
+        root.get_by_test_id("download-png").click()
+    canvas = root.get_by_test_id("heatmap-canvas").bounding_box()
+    ratio = page.evaluate("devicePixelRatio")
+    with Image.open(info.value.path()) as image:  # three text lines (title, definition, note), no colour ramp
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+        assert image.height > (canvas["height"] + 3 * 16) * ratio
+    assert not (np.abs(pixels - [253, 231, 37]).sum(1) < 40).any()  # viridis' top: only a ramp would show it
+    root.get_by_test_id("value-select").select_option("score")
+    root.get_by_test_id("legend").wait_for()
+    assert note.is_hidden() or "divide" not in note.inner_text()
+    assert not page.errors, page.errors
+
+
 def check_png_download(page, root) -> None:
     """The page offers PNG only (no kernel writes SVG or HTML): the figure with its title above."""
     assert root.get_by_test_id("download-svg").is_hidden() and root.get_by_test_id("download-html").is_hidden()
