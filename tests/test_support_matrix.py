@@ -21,10 +21,11 @@ PASSING = (
     "mistral3",
     "paligemma",
     "qwen2_vl",
+    "qwen3_vl",
     "smolvlm",
     "vipllava",
 )
-SUBSET = (*PASSING, "shieldgemma2", "idefics2", "qwen3_vl")
+SUBSET = (*PASSING, "shieldgemma2", "idefics2", "qwen3_vl_moe")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_checked_in_rows_are_current(rows):
 def test_supported_types_pass_every_column_and_refused_ones_are_not_tried(rows):
     for model_type in PASSING:
         assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
-    for model_type in ("shieldgemma2", "idefics2", "qwen3_vl"):
+    for model_type in ("shieldgemma2", "idefics2", "qwen3_vl_moe"):
         assert rows[model_type]["loads"] != OK
         assert {rows[model_type][c] for c in COLUMNS[1:]} == {"–"}
 
@@ -64,7 +65,8 @@ def test_check_flags_a_stale_row(tmp_path):
     [
         ("shieldgemma2", "only Gemma3ForConditionalGeneration's masks are replayed"),
         ("glm4v", "M-RoPE position ids: .* only for the wrappers checked against the oracle"),
-        ("qwen3_vl", "DeepStack: Qwen3-VL adds visual features .* early decoder layers"),
+        ("qwen3_vl_moe", "mixture-of-experts MLP: .* not an nn.Linear output projection"),
+        ("granite_docling", "DeepStack: .* only for the wrappers checked against the oracle \\(qwen3_vl\\)"),
         ("mllama", "through cross-attention layers"),
         ("idefics2", "no patch layout: Idefics2's image tokens are a perceiver resampler's latents"),
         ("deepseek_vl", "missing the wrapper layout .*image-token layout"),

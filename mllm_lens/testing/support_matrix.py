@@ -42,6 +42,7 @@ from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
 from mllm_lens.testing.tiny_paligemma import tiny_paligemma
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
+from mllm_lens.testing.tiny_qwen3_vl import tiny_qwen3_vl
 from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.reference import reference_trace
 
@@ -65,6 +66,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "paligemma": tiny_paligemma,
     "qwen2_5_vl": tiny_qwen2_5_vl,
     "qwen2_vl": tiny_qwen2_vl,
+    "qwen3_vl": tiny_qwen3_vl,
     "smolvlm": tiny_smolvlm,
     "vipllava": tiny_vipllava,
 }
