@@ -50,6 +50,11 @@ Presets (random weights except ``demo``; each prints its shape and parameter sha
   weights' per token (7B: ~2.5%), and the projector is 1.3% of the decoder (7B: 0.32%).
 * ``demo``: the shipped demo model (4 x 128 Llama, 64 image tokens, 81-token prompt) on a flag
   question; its phrase rows replace the continent (late) and "this country" (early).
+* ``gemma3-shaped`` and ``qwen2.5-vl-shaped``: Gemma 3 4B's and Qwen2.5-VL-7B's decoder proportions
+  at the width of ``llava-7b-proportions`` (8 x 512; see :data:`GEMMA3_SHAPED` and
+  :data:`QWEN2_5_VL_SHAPED`), 256 image tokens from a 448 px image, the families' own wrappers and
+  processors: Gemma 3's bidirectional image block and sliding windows, Qwen2.5-VL's M-RoPE. Which
+  fast paths each gets is in ``result.settings`` (printed per row).
 * ``llava-7b``: LLaVA-1.5-7B's exact shape (Vicuna-7B decoder, CLIP ViT-L/14-336 tower,
   32,064-token vocabulary), random weights built on the device (no download), for a GPU.
   Expected there, phrase late: 1,536 computed cells x 24 suffix tokens x 2 x 6.5 G parameters
@@ -119,7 +124,57 @@ PRESETS = {
         dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, **VISION_336),
     ),
 }
-CHOICES = sorted([*PRESETS, "demo"])
+#: Gemma 3 4B's decoder proportions at the width of ``llava-7b-proportions``: heads of 256 over one
+#: key/value head, MLP 4 x, five sliding-window layers to one global (window 512, longer than the
+#: prompt, as 4B's 1024 is for a one-image question), LM head ~20% of the decoder (4B: 262k x 2560,
+#: ~23%), 256 pooled image tokens (SigLIP 448 px / 14 px patches pooled 2 x 2; 4B: 896 px, 4 x 4).
+GEMMA3_SHAPED: dict = dict(
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=8,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    head_dim=256,
+    query_pre_attn_scalar=256,
+    sliding_window=512,
+    layer_types=["sliding_attention"] * 5 + ["full_attention"] + ["sliding_attention"] * 2,
+    rope_parameters={
+        "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+    },
+    vocab_size=14000,
+    initializer_range=0.05,
+)
+#: Qwen2.5-VL-7B's decoder proportions at the same width: 4 heads of 128 over one key/value head
+#: (7B: 28 over 4), MLP 5.3 x, M-RoPE sections 16/24/24 of the 64 frequencies (as 7B), LM head ~8%
+#: of the decoder (7B: 152k x 3584, 8.4%); a 448 px image is 32 x 32 patches of 14 px, merged 2 x 2
+#: into 256 tokens.
+QWEN2_5_VL_SHAPED: dict = dict(
+    hidden_size=512,
+    intermediate_size=2708,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=1,
+    rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]},
+    vocab_size=6300,
+    initializer_range=0.05,
+)
+FAMILY_IMAGE = 448  # px: 256 image tokens in both family presets
+
+
+def build_family(preset: str) -> tuple:
+    """The random model and processor of a family preset (``gemma3-shaped``, ``qwen2.5-vl-shaped``)."""
+    if preset == "gemma3-shaped":
+        from mllm_lens.testing.tiny_gemma3 import tiny_gemma3
+
+        return tiny_gemma3(text_overrides=GEMMA3_SHAPED, image_size=FAMILY_IMAGE, patch_size=14, tokens_per_image=256)
+    from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl
+
+    return tiny_qwen2_5_vl(patch_size=14, max_pixels=FAMILY_IMAGE**2, text_overrides=QWEN2_5_VL_SHAPED)
+
+
+FAMILIES = ("gemma3-shaped", "qwen2.5-vl-shaped")
+CHOICES = sorted([*PRESETS, *FAMILIES, "demo"])
 
 
 @contextmanager
@@ -133,9 +188,14 @@ def default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def build_model(preset: str, device: str, dtype: torch.dtype) -> ml.LensModel:
-    """A random LLaVA-1.5-style model of ``preset`` built on ``device`` in ``dtype`` (or the demo model)."""
+    """A random LLaVA-1.5-style model of ``preset`` built on ``device`` in ``dtype`` (a random Gemma 3 or
+    Qwen2.5-VL for the family presets, the demo model for ``demo``)."""
     if preset == "demo":
         return ml.load("demo", device=device, dtype=str(dtype).replace("torch.", ""))
+    if preset in FAMILIES:
+        with torch.device(device), default_dtype(dtype):
+            model, processor = build_family(preset)
+        return ml.LensModel.wrap(model.eval(), processor, name=f"random-{preset}")
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
     spec = PRESETS[preset]
@@ -174,7 +234,8 @@ def rows_for(preset: str) -> list[Row]:
             Row("phrase, early", probe, ml.replace(record.main_entity, "this flag")),
             Row("image noise", probe, ml.image_noise()),
         ]
-    image = Image.fromarray((np.random.default_rng(0).random((336, 336, 3)) * 255).astype("uint8"))
+    side = FAMILY_IMAGE if preset in FAMILIES else 336
+    image = Image.fromarray((np.random.default_rng(0).random((side, side, 3)) * 255).astype("uint8"))
     late = ml.Probe(image, QUESTION, [ml.visual("this movie"), ml.textual("Golden Globe")])
     early = ml.Probe(image, QUESTION_EARLY, [ml.visual("this movie"), ml.textual("Golden Globe")])
     return [
@@ -291,7 +352,7 @@ class Shape:
             layer_params=count(adapter.layers[-1]),
             kv_params=count(attention.k_proj) + count(attention.v_proj),
             head_params=count(adapter.lm_head),
-            tower_params=count(getattr(inner, "vision_tower", None)),
+            tower_params=count(getattr(inner, "vision_tower", None) or getattr(inner, "visual", None)),
             projector_params=count(getattr(inner, "multi_modal_projector", None)),
         )
 

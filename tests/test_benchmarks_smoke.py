@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TRACE_SPEED_KEYS = {
     "speedup_vs_paper_loop",
@@ -43,3 +46,26 @@ def test_trace_speed_quick_on_the_demo_model():
     assert [row["row"] for row in figures["rows"]] == ["phrase, late", "phrase, early", "image noise"]
     assert all(row["cells_timed"] > 0 and row["time_over_flop_floor"] > 0 for row in figures["rows"])
     assert figures["rows"][2]["plan"] == "partial"  # image noise restarts where each cell changes the run
+
+
+@pytest.mark.parametrize(
+    ("preset", "model_type", "head_share"),
+    [("gemma3-shaped", "gemma3", (0.20, 0.25)), ("qwen2.5-vl-shaped", "qwen2_5_vl", (0.07, 0.10))],
+)
+def test_family_presets_build_their_wrapper_at_the_documented_proportions(preset, model_type, head_share):
+    """The family presets are the family's own wrapper (not a LLaVA stand-in), with the LM head's
+    share of the decoder their docstrings state (Gemma 3 4B ~23%, Qwen2.5-VL-7B ~8.4%) and 256
+    image tokens in the benchmark's prompt."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import trace_speed
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    model = trace_speed.build_model(preset, "cpu", torch.float32)
+    assert model.hf_model.config.model_type == model_type
+    shape = trace_speed.Shape.of(model)
+    assert head_share[0] <= shape.head_params / shape.decoder_params <= head_share[1]
+    assert shape.layers == 8 and model.adapter.hidden_size == 512
+    encoded = trace_speed.rows_for(preset)[0].probe.encode(model)
+    start, end = encoded.image_span
+    assert 256 <= end - start <= 258  # 256 image tokens, and Gemma 3's start/end-of-image markers

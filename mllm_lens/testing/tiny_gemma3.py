@@ -55,33 +55,45 @@ TEXT: dict[str, Any] = dict(
 IMAGE_SIZE, PATCH_SIZE, TOKENS_PER_IMAGE = 32, 4, 16
 
 
-def tiny_gemma3(path: str | Path | None = None, *, seed: int = 0) -> tuple[Any, Any]:
-    """A random Gemma 3 and its processor; ``path`` saves both (they reload with ``ml.load``)."""
+def tiny_gemma3(
+    path: str | Path | None = None,
+    *,
+    seed: int = 0,
+    text_overrides: dict[str, Any] | None = None,
+    image_size: int = IMAGE_SIZE,
+    patch_size: int = PATCH_SIZE,
+    tokens_per_image: int = TOKENS_PER_IMAGE,
+) -> tuple[Any, Any]:
+    """A random Gemma 3 and its processor; ``path`` saves both (they reload with ``ml.load``).
+
+    ``text_overrides`` replace entries of :data:`TEXT` (the benchmark's Gemma-3-shaped preset
+    widens the decoder); ``tokens_per_image`` must be a square that divides the patch grid."""
     torch.manual_seed(seed)
     tokenizer = build_tokenizer(("user", "model"), named={"boi_token": BOI, "eoi_token": EOI})
     tokenizer.add_tokens(MARKERS, special_tokens=True)
-    vision = tiny_siglip(IMAGE_SIZE, PATCH_SIZE)
+    vision = tiny_siglip(image_size, patch_size)
+    text: dict[str, Any] = {"vocab_size": len(tokenizer), **TEXT, **(text_overrides or {})}
     ids: dict[str, Any] = {token: tokenizer.convert_tokens_to_ids(token) for token in (BOI, EOI, "<image>")}
     config = Gemma3Config(
-        text_config=Gemma3TextConfig(vocab_size=len(tokenizer), **TEXT),
+        text_config=Gemma3TextConfig(**text),
         vision_config=vision,
-        mm_tokens_per_image=TOKENS_PER_IMAGE,
+        mm_tokens_per_image=tokens_per_image,
         boi_token_index=ids[BOI],
         eoi_token_index=ids[EOI],
         image_token_index=ids["<image>"],
         tie_word_embeddings=False,  # tied, a random model's answer is its last input token (p = 1)
-        initializer_range=TEXT["initializer_range"],  # the wrapper's, not the text config's, initialises the decoder
+        initializer_range=text["initializer_range"],  # the wrapper's, not the text config's, initialises the decoder
     )
     model = Gemma3ForConditionalGeneration(config).eval()
     with torch.no_grad():  # the checkpoints' projector is trained; zeros (its init) would blank the image
         projector = model.model.multi_modal_projector.mm_input_projection_weight
         projector.normal_(0.0, 0.5)
-    image_processor = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    image_processor = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size})
     processor = Gemma3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         chat_template=GEMMA3_CHAT_TEMPLATE,
-        image_seq_length=TOKENS_PER_IMAGE,
+        image_seq_length=tokens_per_image,
     )
     if path is not None:
         model.save_pretrained(path)

@@ -79,11 +79,13 @@ def tiny_qwen2_vl(
     model_type: str = "qwen2_vl",
     patch_size: int = 4,
     max_pixels: int = 32 * 32,
+    text_overrides: dict[str, Any] | None = None,
 ):
     """A random Qwen2-VL (or, with ``model_type="qwen2_5_vl"``, Qwen2.5-VL) and its processor.
 
     Images are resized to multiples of ``2 * patch_size`` px holding at most ``max_pixels``; each
-    merged token covers ``2 x 2`` patches. ``path`` saves the model only (see
+    merged token covers ``2 x 2`` patches. ``text_overrides`` replace entries of :data:`TEXT` (the
+    benchmark's Qwen2.5-VL-shaped preset widens the decoder). ``path`` saves the model only (see
     :class:`ImageOnlyQwen2VLProcessor`).
     """
     torch.manual_seed(seed)
@@ -96,13 +98,13 @@ def tiny_qwen2_vl(
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    text = dict(TEXT, vocab_size=len(tokenizer))
+    text = {"vocab_size": len(tokenizer), **TEXT, **(text_overrides or {})}
     vision: dict[str, Any] = dict(depth=1, num_heads=4, patch_size=patch_size, spatial_merge_size=2)
     model: Any
     processor_class: Any
     if model_type == "qwen2_vl":
         config: Any = Qwen2VLConfig(
-            vision_config=Qwen2VLVisionConfig(embed_dim=32, hidden_size=64, mlp_ratio=2, **vision),
+            vision_config=Qwen2VLVisionConfig(embed_dim=32, hidden_size=text["hidden_size"], mlp_ratio=2, **vision),
             text_config=text,
             **tokens,
         )
@@ -112,7 +114,7 @@ def tiny_qwen2_vl(
         vision_config = Qwen2_5_VLVisionConfig(
             hidden_size=32,
             intermediate_size=64,
-            out_hidden_size=64,
+            out_hidden_size=text["hidden_size"],  # the merger projects into the decoder's width
             window_size=4 * patch_size,
             fullatt_block_indexes=[],
             **vision,
