@@ -245,3 +245,24 @@ def test_cls_name_contrast_picks_the_own_name_and_pushes_away_from_the_others():
         steps=2, log_every=1, cls_token=True, cls_name_loss=1.0, cls_name_temperature=0.1
     )
     assert all(point["cls_name"] > 0 for point in curve)
+
+
+def test_words_after_the_phrase_are_those_between_it_and_the_answer_position():
+    """``--after-phrase-target`` trains exactly the words between the visual phrase and the answer
+    position (the ":" of "ASSISTANT:"): the question's rest and the prompt's instruction."""
+    from mllm_lens.demo.train import make_batch, words_after_phrase
+
+    _, processor = build_demo_model(0)
+    forms = {f[0].name: f for f in question_forms() if f[1] == 0}
+    words = {}
+    for name in ("capital", "continent", "in_continent"):
+        ids, _, entity, _ = make_batch(processor.tokenizer, 64, ["Peru"], forms[name], random.Random(0), True)
+        inputs = ids[0, :-1].tolist()  # teacher forcing: the inputs end with the answer position and the answer
+        after = words_after_phrase(entity, len(inputs))
+        words[name] = processor.tokenizer.convert_ids_to_tokens([inputs[i] for i in after])
+        assert processor.tokenizer.convert_ids_to_tokens(inputs[-2]) == ":"
+    instruction = ["?", "Answer", "in", "a", "few", "words", ".", "ASSISTANT"]
+    assert words["capital"] == instruction and words["continent"] == ["in", *instruction]
+    assert words["in_continent"][0] == "in" and words["in_continent"][2:] == instruction
+    _, _, curve = tiny_routed_training(steps=12, log_every=1, after_phrase_target=1.0, phrase_target="attribute")
+    assert all(point.get("after_phrase", 0) > 0 for point in curve if "name_loss" in point)

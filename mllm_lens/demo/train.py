@@ -199,6 +199,15 @@ def image_attention_mass(
     return torch.stack([m.mean() for m in masses]).mean()
 
 
+def words_after_phrase(entity: tuple[int, int], length: int) -> range:
+    """Input positions strictly between the visual phrase and the answer position (the ":" of
+    "ASSISTANT:") in a teacher-forced row of ``length`` inputs that ends with that position and the
+    answer: the rest of the question ("in ?" of "Which continent is this country in?") and the
+    prompt's instruction. Trained with ``--after-phrase-target``, each carries the phrase's target
+    on to the answer position."""
+    return range(entity[1], length - 2)
+
+
 def phrase_targets(form, countries: list[str], answers: list[str], phrase_target: str) -> list[str]:
     """What the visual phrase's last token learns to predict for each question of a batch.
 
@@ -311,6 +320,7 @@ def train(
     init: Path | None = None,
     route_penalty: float = 0.0,
     name_at_phrase: float = 0.0,
+    after_phrase_target: float = 0.0,
     noised_share: float = 0.0,
     phrase_target: str = "name",
     noised_answer: bool = False,
@@ -464,6 +474,15 @@ def train(
                 phrase_logits = forward.logits[:, entity[1] - 1]
             extras["name_loss"] = torch.nn.functional.cross_entropy(phrase_logits, targets)
             loss = loss + name_at_phrase * extras["name_loss"]
+            after = words_after_phrase(entity, length)
+            if after_phrase_target and len(after):
+                # each carries the phrase's target on, so the answer position finds it one token back
+                # whatever the template puts after the phrase
+                carried = forward.logits[:, after.start : after.stop].reshape(-1, forward.logits.shape[-1])
+                extras["after_phrase"] = torch.nn.functional.cross_entropy(
+                    carried, targets.repeat_interleave(len(after))
+                )
+                loss = loss + after_phrase_target * extras["after_phrase"]
         if cls_name_loss and with_image:
             shown_names = [countries[i] for i in shown]
             embeddings = model.get_input_embeddings().weight
@@ -492,6 +511,7 @@ def train(
     recipe = {
         "route_penalty": route_penalty,
         "name_at_phrase": name_at_phrase,
+        "after_phrase_target": after_phrase_target,
         "noised_share": noised_share,
         "phrase_target": phrase_target,
         "noised_answer": noised_answer,
@@ -551,6 +571,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--name-at-phrase", type=float, default=0.0, help="weight of predicting the country at the phrase's last token"
+    )
+    parser.add_argument(
+        "--after-phrase-target",
+        type=float,
+        default=0.0,
+        help="with --name-at-phrase: weight of the words after the phrase predicting the phrase's target too",
     )
     parser.add_argument(
         "--noised-share", type=float, default=0.0, help="share of image batches with the visual phrase noised"
@@ -639,6 +665,7 @@ def main(argv: list[str] | None = None) -> None:
         init=args.init,
         route_penalty=args.route_penalty,
         name_at_phrase=args.name_at_phrase,
+        after_phrase_target=args.after_phrase_target,
         noised_share=args.noised_share,
         phrase_target=args.phrase_target,
         noised_answer=args.noised_answer,
