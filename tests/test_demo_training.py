@@ -198,6 +198,23 @@ def test_unmasked_penalty_charges_the_attention_the_route_mask_hides():
     assert all(p["image_mass"] > 0.01 for p in shadowed)
 
 
+def test_unmasked_penalty_keeps_the_cls_name_loss_on_the_whole_batch():
+    """The shadow forward of ``unmasked_penalty`` runs the projector on fewer rows; the CLS name
+    loss must still use the main forward's features (it crashed on the shadow's)."""
+    _, _, curve = tiny_routed_training(
+        steps=3,
+        identity_steps=1,
+        log_every=1,
+        route_mask_share=1.0,
+        unmasked_penalty=True,
+        shadow_rows=2,
+        cls_token=True,
+        cls_name_loss=1.0,
+        cls_name_temperature=0.1,
+    )
+    assert all(point["cls_name"] > 0 and point["image_mass"] > 0 for point in curve)
+
+
 def test_cls_token_is_the_first_image_token_and_the_name_loss_pulls_it_to_the_name():
     """With ``cls_token`` the processor and the model agree on 65 image tokens (CLS first); the
     CLS-to-name distance is 0 for the name's own embedding (at any scale), moves only the image

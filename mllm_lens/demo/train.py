@@ -438,6 +438,7 @@ def train(
         read_early = phrase_layer is not None and name_at_phrase and not noised
         shadowed = penalised and masked and unmasked_penalty and kind == "image" and not noised
         forward = model(**inputs, output_attentions=penalised and not shadowed, output_hidden_states=read_early)
+        captured = dict(projected)  # this batch's projected image (a shadow forward replaces it)
         logits = forward.logits[:, -2:]
         answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
         loss, extras = answer_loss, {}
@@ -489,11 +490,11 @@ def train(
             if cls_name_temperature:
                 candidates = torch.tensor(tokenizer.convert_tokens_to_ids(countries))
                 extras["cls_name"] = cls_name_contrast(
-                    projected["features"], embeddings, candidates, torch.tensor(shown), cls_name_temperature
+                    captured["features"], embeddings, candidates, torch.tensor(shown), cls_name_temperature
                 )
             else:
                 targets = torch.tensor(tokenizer.convert_tokens_to_ids(shown_names))
-                extras["cls_name"] = cls_name_distance(projected["features"], embeddings, targets)
+                extras["cls_name"] = cls_name_distance(captured["features"], embeddings, targets)
             loss = loss + cls_name_loss * extras["cls_name"]
         optimizer.zero_grad()
         loss.backward()
