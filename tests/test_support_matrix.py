@@ -44,9 +44,16 @@ def test_checked_in_rows_are_current(rows):
 def test_supported_types_pass_every_column_and_refused_ones_are_not_tried(rows):
     for model_type in PASSING:
         assert all(rows[model_type][c] == OK for c in COLUMNS), rows[model_type]
-    for model_type in ("shieldgemma2", "idefics2", "qwen3_vl_moe"):
+    for model_type in ("shieldgemma2", "idefics2"):
         assert rows[model_type]["loads"] != OK
         assert {rows[model_type][c] for c in COLUMNS[1:]} == {"–"}
+
+
+def test_a_mixture_of_experts_type_traces_and_refuses_multedit(rows):
+    """Qwen3-VL-MoE passes every tracing column; MultEdit is refused with the routed MLP named."""
+    row = rows["qwen3_vl_moe"]
+    assert all(row[c] == OK for c in COLUMNS[:-1]), row
+    assert row["MultEdit"].startswith("mixture-of-experts MLP in layer 1 (Qwen3VLMoeTextSparseMoeBlock): fused")
 
 
 def test_check_flags_a_stale_row(tmp_path):
@@ -65,8 +72,10 @@ def test_check_flags_a_stale_row(tmp_path):
     [
         ("shieldgemma2", "only Gemma3ForConditionalGeneration's masks are replayed"),
         ("glm4v", "M-RoPE position ids: .* only for the wrappers checked against the oracle"),
-        ("qwen3_vl_moe", "mixture-of-experts MLP: .* not an nn.Linear output projection"),
-        ("granite_docling", "DeepStack: .* only for the wrappers checked against the oracle \\(qwen3_vl\\)"),
+        (
+            "granite_docling",
+            "DeepStack: .* only for the wrappers checked against the oracle \\(qwen3_vl, qwen3_vl_moe\\)",
+        ),
         ("mllama", "through cross-attention layers"),
         ("idefics2", "no patch layout: Idefics2's image tokens are a perceiver resampler's latents"),
         ("deepseek_vl", "missing the wrapper layout .*image-token layout"),

@@ -89,6 +89,7 @@ def key_second_moment(
     use_cache: bool = True,
 ) -> torch.Tensor:
     """C for ``layer``'s ``site`` projection, from the disk cache when it holds this model's."""
+    projection(model, layer, site)  # refuse a layer without one before building the corpus
     corpus = list(probes) if probes is not None else default_corpus()
     name = f"{weights_fingerprint(model)}_{site}{layer}_{_corpus_fingerprint(corpus)}.safetensors"
     path = cache_dir() / "key_stats" / name

@@ -44,19 +44,19 @@ def check_layers(model: LensModel, layers: int | Sequence[int]) -> list[int]:
 
 
 def projection(model: LensModel, layer: int, site: str) -> nn.Linear:
-    """The edited weight's module: the MLP (``site="mlp"``) or attention output projection."""
+    """The edited weight's module: the MLP (``site="mlp"``) or attention output projection. A layer
+    without one (a mixture-of-experts MLP, see :mod:`mllm_lens.models.moe`) is refused with the reason."""
     if site not in EDIT_SITES:
         raise EditError(f"cannot edit site {site!r}; expected one of {EDIT_SITES}")
     check_layers(model, layer)
+    if site == "mlp":
+        return model.adapter.mlp_out(layer)
     spec = model.adapter.spec
-    try:
-        module = model.adapter.mlp_out(layer) if site == "mlp" else model.adapter.attn_out(layer)
-    except AttributeError:
-        module = None
+    module = getattr(model.adapter.attention(layer), spec.attn_out, None)
     if not isinstance(module, nn.Linear):
-        part = f"{spec.mlp}.{spec.mlp_out}" if site == "mlp" else f"{spec.attention}.{spec.attn_out}"
         raise UnsupportedModelError(
-            f"decoder layer {layer} has no {site.upper()} output projection '{part}' (an nn.Linear) to edit"
+            f"decoder layer {layer} has no ATTN output projection '{spec.attention}.{spec.attn_out}' (an nn.Linear) "
+            "to edit"
         )
     return module
 

@@ -6,7 +6,9 @@ weight W* = argmin ‖W k − v*‖² + λ‖W − W0‖², i.e. the rank-one
 
     W* = W0 + (v* − W0 k) kᵀ / (λ + kᵀk)          (λ = 0.01)
 
-which equals the paper's (λW0 + v* kᵀ)(λI + k kᵀ)⁻¹ without any d_in × d_in inverse.
+which equals the paper's (λW0 + v* kᵀ)(λI + k kᵀ)⁻¹ without any d_in × d_in inverse. A layer whose
+MLP is a mixture-of-experts block has no such W (:mod:`mllm_lens.models.moe`): its MLP edits are
+refused, before any forward pass, with the reason.
 
 Several edits (after MEMIT, Meng et al. 2023): keys K ``[d_in, n]``, residuals R = V* − W0 K,
 ΔW = R Kᵀ(λI + K Kᵀ)⁻¹ = R (λI_n + KᵀK)⁻¹ Kᵀ (Woodbury), solved as an n × n system (or the
@@ -224,7 +226,9 @@ def edit_many(
     reqs = as_requests(requests)
     if key_token is not None:
         reqs = [dataclasses.replace(r, key_token=key_token) for r in reqs]
-    if layers is None:
+    if layers is None:  # a model with a layer it cannot edit is refused before the trace that picks one
+        for layer in range(model.num_layers):
+            projection(model, layer, site)
         layers = causal_layer(model, reqs[0].probe, site, constraint=reqs[0].constraint, key_token=reqs[0].key_token)
     layer_list = check_layers(model, layers)
     for layer in layer_list:

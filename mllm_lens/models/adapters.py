@@ -39,6 +39,7 @@ from mllm_lens.models.layouts import (
     qwen2_vl_layout,
     square_grid_layout,
 )
+from mllm_lens.models.moe import experts_of, moe_refusal
 
 SITES = ("hidden", "mlp", "attn")
 
@@ -49,12 +50,13 @@ class BackboneSpec:
 
     attention: str
     mlp: str
-    mlp_out: str
+    mlp_out: str | None  # the MLP's dense output projection (MultEdit's weight); None: an introspected MoE block
     attn_out: str
     embed: str = "embed_tokens"
     layers: str = "layers"
     value: str = "v_proj"  # value projection inside the attention module (attention contributions)
     final_norm: str = "norm"  # the decoder stack's last norm, before the LM head (partial decoder)
+    experts: str = "experts"  # a mixture-of-experts MLP block's experts (traced, never edited; see models.moe)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     "qwen2_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen2_5_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "qwen3_vl_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
+    # routed-expert layers have no down_proj (see models.moe); dense ones (mlp_only_layers) do
+    "qwen3_vl_moe_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "gemma": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "gemma3_text": BackboneSpec(attention="self_attn", mlp="mlp", mlp_out="down_proj", attn_out="o_proj"),
     "phi": BackboneSpec(
@@ -93,6 +97,7 @@ WRAPPERS: dict[str, WrapperSpec] = {
     "qwen2_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
     "qwen2_5_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
     "qwen3_vl": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
+    "qwen3_vl_moe": WrapperSpec("model.language_model", "lm_head", qwen2_vl_layout),
     "gemma3": WrapperSpec("model.language_model", "lm_head", gemma3_layout),
     "paligemma": WrapperSpec("model.language_model", "lm_head", paligemma_layout),
 }
@@ -146,11 +151,12 @@ def _introspect_backbone(layer: nn.Module, hidden: int) -> tuple[BackboneSpec | 
         missing.append(f"MLP module (looked for {', '.join(_MLP_NAMES)})")
     attn_out = _find_out_projection(getattr(layer, attention), hidden) if attention else None
     mlp_out = _find_out_projection(getattr(layer, mlp), hidden) if mlp else None
+    moe = mlp is not None and experts_of(getattr(layer, mlp), BackboneSpec.experts) is not None
     if attention and attn_out is None:
         missing.append(f"attention output projection (a Linear to width {hidden} inside '{attention}')")
-    if mlp and mlp_out is None:
-        missing.append(f"MLP output projection (a Linear to width {hidden} inside '{mlp}')")
-    if missing or attention is None or mlp is None or attn_out is None or mlp_out is None:
+    if mlp and mlp_out is None and not moe:
+        missing.append(f"MLP output projection (a Linear to width {hidden} inside '{mlp}', or its experts)")
+    if missing or attention is None or mlp is None or attn_out is None:
         return None, missing
     return BackboneSpec(attention=attention, mlp=mlp, mlp_out=mlp_out, attn_out=attn_out), []
 
@@ -191,8 +197,23 @@ class Adapter:
         return getattr(self.layers[layer], self.spec.mlp)
 
     def mlp_out(self, layer: int) -> nn.Linear:
-        """The MLP output projection (``down_proj`` / ``fc2``): MultEdit's edited weight."""
-        return getattr(self.mlp(layer), self.spec.mlp_out)
+        """The MLP output projection (``down_proj`` / ``fc2``): MultEdit's edited weight. Raises
+        :class:`UnsupportedModelError` with :meth:`mlp_out_refusal`'s reason for a layer without one."""
+        refusal = self.mlp_out_refusal(layer)
+        if refusal is not None:
+            raise UnsupportedModelError(refusal)
+        return getattr(self.mlp(layer), cast(str, self.spec.mlp_out))
+
+    def mlp_out_refusal(self, layer: int) -> str | None:
+        """Why ``layer``'s MLP has no dense output projection to edit (a mixture-of-experts block, see
+        :mod:`mllm_lens.models.moe`), None if it has one. The ``mlp`` site is traced either way."""
+        mlp = self.mlp(layer)
+        if self.spec.mlp_out is not None and isinstance(getattr(mlp, self.spec.mlp_out, None), nn.Linear):
+            return None
+        return moe_refusal(mlp, layer, self.spec.experts) or (
+            f"decoder layer {layer} has no MLP output projection '{self.spec.mlp}.{self.spec.mlp_out}' "
+            "(an nn.Linear) to edit"
+        )
 
     def attn_out(self, layer: int) -> nn.Linear:
         return getattr(self.attention(layer), self.spec.attn_out)
@@ -296,8 +317,13 @@ def resolve_adapter(model: PreTrainedModel) -> Adapter:
     for part in (spec.attention, spec.mlp):
         if not isinstance(getattr(layers[0], part, None), nn.Module):
             raise UnsupportedModelError(f"{backbone!r} decoder layer has no '{part}' module")
-    if not isinstance(getattr(getattr(layers[0], spec.mlp), spec.mlp_out, None), nn.Linear):
-        raise UnsupportedModelError(f"{backbone!r} MLP has no output projection '{spec.mlp_out}'")
+    for index, layer in enumerate(layers):  # each MLP is dense (its projection is found) or a routed block
+        mlp = getattr(layer, spec.mlp)
+        if not isinstance(getattr(mlp, spec.mlp_out or "", None), nn.Linear) and experts_of(mlp, spec.experts) is None:
+            raise UnsupportedModelError(
+                f"{backbone!r} MLP of decoder layer {index} has no output projection '{spec.mlp_out}' "
+                "(an nn.Linear) and is not a mixture-of-experts block"
+            )
     embed = _get(language_model, spec.embed)
     if not isinstance(embed, nn.Embedding):
         raise UnsupportedModelError(f"{backbone!r} decoder has no token embeddings '{spec.embed}'")

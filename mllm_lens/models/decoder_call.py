@@ -8,12 +8,12 @@ a wrapper that counts from there); and an attention pattern that is either plain
 causal or, for the wrappers in :data:`PATTERN_REPLAYED` (Gemma 3's bidirectional image block and
 sliding windows, PaliGemma's prefix-LM), the masks the wrapper builds, captured as an
 :class:`~mllm_lens.models.attention_pattern.AttentionPattern`; and, for the wrappers in
-:data:`DEEPSTACK_REPLAYED` (Qwen3-VL), the visual features added into the residual stream after the
-first layers, captured as a :class:`~mllm_lens.models.deepstack.DeepStack`. :meth:`~mllm_lens.models.
-lens_model.LensModel.decoder_call` captures them and every fast path slices and hands them back. A
-model whose decoder call differs in a way not replayed (an unchecked M-RoPE wrapper, non-causal
-pattern or DeepStack wrapper, a text config asking for bidirectional or sliding-window attention the
-wrapper does not mask itself, images through cross-attention) would get numbers that may be
+:data:`DEEPSTACK_REPLAYED` (Qwen3-VL, Qwen3-VL-MoE), the visual features added into the residual
+stream after the first layers, captured as a :class:`~mllm_lens.models.deepstack.DeepStack`.
+:meth:`~mllm_lens.models.lens_model.LensModel.decoder_call` captures them and every fast path slices
+and hands them back. A model whose decoder call differs in a way not replayed (an unchecked M-RoPE
+wrapper, non-causal pattern or DeepStack wrapper, a text config asking for bidirectional or
+sliding-window attention the wrapper does not mask itself, images through cross-attention) would get numbers that may be
 silently wrong, so it is refused with the reason named, whichever adapter tables might otherwise map
 its modules.
 """
@@ -35,18 +35,12 @@ KNOWN_REFUSALS["shieldgemma2"] = (
     "attention pattern not checked: ShieldGemma 2 wraps Gemma 3 (bidirectional image block, sliding windows) "
     "as an image classifier; only Gemma3ForConditionalGeneration's masks are replayed and checked against the oracle"
 )
-KNOWN_REFUSALS["qwen3_vl_moe"] = (
-    "mixture-of-experts MLP: Qwen3-VL-MoE's sparse MLP blocks route each token through experts whose weights "
-    "are fused 3-D parameters (experts.down_proj), not an nn.Linear output projection, so MultEdit has no "
-    "key-value weight to edit and the MLP site no projection to map; its DeepStack decoder is replayed as "
-    "Qwen3-VL's, but only the dense qwen3_vl is checked against the oracle"
-)
 
 #: M-RoPE wrappers whose 3-D position ids the fast paths replay (checked against the oracle in tests).
-MROPE_REPLAYED = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl"})
+MROPE_REPLAYED = frozenset({"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"})
 #: Wrappers whose DeepStack additions the fast paths replay and the corruptions reach (checked against
 #: the oracle in tests; see :mod:`mllm_lens.models.deepstack`).
-DEEPSTACK_REPLAYED = frozenset({"qwen3_vl"})
+DEEPSTACK_REPLAYED = frozenset({"qwen3_vl", "qwen3_vl_moe"})
 #: Wrappers that build their decoder's masks themselves, and the pattern's name: the fast paths replay
 #: the captured masks and restart where :meth:`AttentionPattern.restart` says (checked against the oracle).
 PATTERN_REPLAYED: dict[str, str] = {

@@ -16,7 +16,7 @@ from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
 from mllm_lens.testing.tiny_paligemma import tiny_paligemma
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
-from mllm_lens.testing.tiny_qwen3_vl import tiny_qwen3_vl
+from mllm_lens.testing.tiny_qwen3_vl import tiny_qwen3_vl, tiny_qwen3_vl_moe
 
 __all__ = [
     "WORDS",
@@ -34,6 +34,7 @@ __all__ = [
     "tiny_qwen2_5_vl",
     "tiny_qwen2_vl",
     "tiny_qwen3_vl",
+    "tiny_qwen3_vl_moe",
     "tiny_smolvlm",
     "tiny_vipllava",
 ]

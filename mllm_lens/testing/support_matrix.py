@@ -42,7 +42,7 @@ from mllm_lens.testing.tiny_idefics3 import tiny_idefics3, tiny_smolvlm
 from mllm_lens.testing.tiny_internvl import tiny_internvl
 from mllm_lens.testing.tiny_paligemma import tiny_paligemma
 from mllm_lens.testing.tiny_qwen2_vl import tiny_qwen2_5_vl, tiny_qwen2_vl
-from mllm_lens.testing.tiny_qwen3_vl import tiny_qwen3_vl
+from mllm_lens.testing.tiny_qwen3_vl import tiny_qwen3_vl, tiny_qwen3_vl_moe
 from mllm_lens.tracing.corruption import as_corruption
 from mllm_lens.tracing.reference import reference_trace
 
@@ -67,6 +67,7 @@ BUILDERS: dict[str, Callable[[], tuple[Any, Any]]] = {
     "qwen2_5_vl": tiny_qwen2_5_vl,
     "qwen2_vl": tiny_qwen2_vl,
     "qwen3_vl": tiny_qwen3_vl,
+    "qwen3_vl_moe": tiny_qwen3_vl_moe,
     "smolvlm": tiny_smolvlm,
     "vipllava": tiny_vipllava,
 }
