@@ -39,9 +39,11 @@ prefix saves little. The *partial* plan then restarts each batch of cells where 
 differ from the corrupted run: at the lowest restored layer and the first restored position,
 from the corrupted run's recorded hidden states, keys and values
 (:class:`~mllm_lens.tracing.partial.PartialDecoder`). Layer-major cell order makes the batches
-of one layer share their start. ``plan="auto"`` picks the plan with the fewer estimated
-position-layer computations for the cells at hand; :attr:`RestorationExecutor.last_plan` says
-which ran.
+of one layer share their start layer; each cell's row recomputes only the positions from its own
+restart, the batch's rows packed into one sequence (:mod:`mllm_lens.tracing.packed`; a DeepStack
+decoder's rows all start at the batch's first position instead). ``plan="auto"`` picks the plan
+with the fewer estimated position-layer computations for the cells at hand;
+:attr:`RestorationExecutor.last_plan` says which ran.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ PLANS = ("auto", "prefix", "partial")
 #: The partial plan must promise at most this share of the prefix plan's work to be picked
 #: (its per-batch bookkeeping and its one recorded base run are not free).
 PARTIAL_ADVANTAGE = 0.7
+#: A packed partial batch holds at most this many prompt lengths of tokens: its attention reads
+#: ``T + N`` keys per token and its mask is ``N x (T + N)``, so ``N`` stays of the order of ``T``.
+PACK_TOKENS = 2
 
 
 @dataclass(frozen=True)
@@ -304,23 +309,40 @@ class RestorationExecutor:
         self._execute(cells, lambda _start, probs: parts.append(probs.cpu()), progress=False, desc="")
         return torch.cat(parts) if parts else torch.empty(0)
 
-    def _batch_start(self, batch: Sequence[Cell]) -> tuple[int, int]:
-        """``(layer, corrupted position)`` where a batch's restorations can first change the run
-        (a restoration inside an image block changes the block's earlier positions too)."""
-        mapped = [self.position_map[p] for cell in batch for p in cell.positions]
-        first = min(p for p in mapped if p is not None)
+    def _row_start(self, cell: Cell) -> int:
+        """The corrupted position where a cell's restoration can first change the run (a restoration
+        inside an image block changes the block's earlier positions too)."""
+        first = min(p for p in (self.position_map[p] for p in cell.positions) if p is not None)
         pattern = self.corrupted_pattern
-        return min(min(cell.layers) for cell in batch), first if pattern is None else pattern.restart(first)
+        return first if pattern is None else pattern.restart(first)
+
+    def _batch_start(self, batch: Sequence[Cell]) -> tuple[int, int]:
+        """``(layer, corrupted position)`` where a batch's restorations can first change the run."""
+        return min(min(cell.layers) for cell in batch), min(self._row_start(cell) for cell in batch)
+
+    @property
+    def _packs(self) -> bool:
+        """Whether partial batches run packed (:meth:`PartialDecoder.run_packed`; not with DeepStack)."""
+        return self.corrupted_deepstack is None
 
     def _partial_batches(self, cells: Sequence[Cell]) -> list[tuple[int, int]]:
         """Contiguous ``(start, stop)`` runs of cells for the partial plan: at most ``batch_size``
-        cells, split where the lowest restored layer changes (so a batch shares its start layer)."""
-        batches, start = [], 0
-        for i in range(1, len(cells) + 1):
-            if i == len(cells) or i - start == self.batch_size or min(cells[i].layers) != min(cells[start].layers):
+        cells, split where the lowest restored layer changes (so a batch shares its start layer) and,
+        packed, before the rows' tokens pass :data:`PACK_TOKENS` prompt lengths (a packed run's attention
+        reads ``T + N`` keys per token)."""
+        length = self.corrupted.shape[1]
+        batches, start, tokens = [], 0, 0
+        for i in range(len(cells)):
+            span = length - self._row_start(cells[i]) if self._packs else 0
+            if i > start and (
+                i - start == self.batch_size
+                or min(cells[i].layers) != min(cells[start].layers)
+                or tokens + span > PACK_TOKENS * length
+            ):
                 batches.append((start, i))
-                start = i
-        return batches
+                start, tokens = i, 0
+            tokens += span
+        return [*batches, (start, len(cells))] if cells else []
 
     def choose_plan(self, cells: Sequence[Cell]) -> str:
         """ "prefix" or "partial" for these cells (``plan`` unless it is "auto"): estimated
@@ -331,8 +353,10 @@ class RestorationExecutor:
         prefix = len(cells) * layers * (length - self.p0)
         partial = layers * length
         for start, stop in self._partial_batches(cells):
-            layer, first = self._batch_start(cells[start:stop])
-            partial += (stop - start) * (layers - layer) * (length - first)
+            batch = cells[start:stop]
+            layer, first = self._batch_start(batch)
+            tokens = sum(length - self._row_start(c) for c in batch) if self._packs else len(batch) * (length - first)
+            partial += (layers - layer) * tokens
         return "partial" if partial < PARTIAL_ADVANTAGE * prefix else "prefix"
 
     def _execute(
@@ -396,9 +420,12 @@ class RestorationExecutor:
             for start, stop in bar:
                 batch = cells[start:stop]
                 layer, first = self._batch_start(batch)
-                shift = self.p0 - first  # plan positions count from p0; the run's from `first`
-                plan = {
-                    key: (rows, written + shift, values) for key, (rows, written, values) in self._plan(batch).items()
-                }
-                hidden = decoder.inputs[layer][first:].expand(len(batch), -1, -1).clone()
-                consume(start, torch.softmax(decoder.run(layer, first, hidden, plan), dim=-1))
+                # plan positions count from p0; a packed run's are absolute, a rectangular run's from `first`
+                shift = self.p0 if self._packs else self.p0 - first
+                plan = {key: (rows, pos + shift, values) for key, (rows, pos, values) in self._plan(batch).items()}
+                if self._packs:
+                    logits = decoder.run_packed(layer, [self._row_start(cell) for cell in batch], plan)
+                else:
+                    hidden = decoder.inputs[layer][first:].expand(len(batch), -1, -1).clone()
+                    logits = decoder.run(layer, first, hidden, plan)
+                consume(start, torch.softmax(logits, dim=-1))

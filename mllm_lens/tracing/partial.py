@@ -38,6 +38,10 @@ made; a run writes its rows' new keys/values into ``[p, T)`` and slots made stal
 run with a smaller ``p`` are copied back before use (per buffer row, so a short run does not pay
 for the rows it does not use).
 
+Rows restarting at different positions run packed end to end in one sequence (:meth:`PartialDecoder.
+run_packed`, :mod:`mllm_lens.tracing.packed`), so each computes only its own positions; the batch
+form (:meth:`PartialDecoder.run`: one start for every row) serves DeepStack decoders and patch sweeps.
+
 The head reads only the last position, so the last layer computes only what that needs: the
 keys/values of positions ``[p, T-1)`` (a layer call whose cache update stops it before the
 attention, output projection and MLP) and then the whole layer at ``T-1`` alone. A layer that
@@ -58,6 +62,7 @@ from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing.executor import PlanEntry, _site_tensor, _with_site_tensor
+from mllm_lens.tracing.packed import PackedLayer, Packing
 from mllm_lens.tracing.prefix_cache import cache_of, layer_kv
 
 
@@ -262,6 +267,82 @@ class PartialDecoder:
                     kwargs = self._layer_kwargs(last, start, cache, masks[last])
                     hidden = self._last_layer(hidden, kwargs, cast(_BufferLayer, cache.layers[last]))
             return self.head(hidden[:, -1])
+
+    def run_packed(
+        self, start_layer: int, starts: Sequence[int], plan: dict[tuple[str, int], PlanEntry] | None = None
+    ) -> torch.Tensor:
+        """Logits ``[R, vocab]`` at the last position of rows ``r`` restarted at ``(start_layer, starts[r])``
+        from the base run, packed into one sequence (:mod:`mllm_lens.tracing.packed`): each row computes
+        only its own ``[starts[r], T)``. ``plan[(site, layer)] = (rows, positions, values)`` (absolute
+        positions) overwrites site outputs of layers ``>= start_layer``. Not for DeepStack decoders."""
+        if self.deepstack is not None:
+            raise ValueError("packed runs do not replay DeepStack additions; use run()")
+        if not 0 <= start_layer < self.num_layers:
+            raise ValueError(f"start layer {start_layer} outside the decoder's {self.num_layers} layers")
+        if len(starts) > self.max_batch:
+            raise ValueError(f"batch of {len(starts)} rows exceeds max_batch={self.max_batch}")
+        adapter, last = self.model.adapter, self.num_layers - 1
+        packing = Packing.of(starts, self.length, self.inputs[0].device)
+        split_last = self._keys_only_calls_work()
+        with ExitStack() as stack, torch.no_grad():
+            for key, (rows, positions, values) in (plan or {}).items():
+                if key[1] < start_layer:
+                    raise ValueError(f"plan entry {key} lies below the start layer {start_layer}")
+                entry: PlanEntry | None = (torch.zeros_like(rows), packing.index(rows, positions), values)
+                if split_last and key[1] == last:  # the last layer's call on each row's last token alone
+                    keep = positions == self.length - 1
+                    entry = (torch.zeros_like(rows[keep]), rows[keep], values[keep]) if bool(keep.any()) else None
+                if entry is not None:
+                    stack.callback(adapter.site_module(*key).register_forward_hook(_restorer(entry)).remove)
+            layers = [PackedLayer(k, v, _KeysWritten) for k, v in self.base_kv]
+            cache, masks = cache_of(layers), self._packed_masks(packing)
+            hidden = self.inputs[start_layer][packing.positions][None]
+            for layer in range(start_layer, last if split_last else last + 1):
+                kwargs = self._packed_kwargs(layer, packing.positions, cache, masks[layer])
+                hidden = _site_tensor(adapter.layers[layer](hidden, **kwargs))
+            if split_last:
+                return self.head(self._packed_last_layer(hidden, packing, cache, masks[last], layers[last]))
+            return self.head(hidden[0, packing.lasts])
+
+    def _packed_last_layer(
+        self, hidden: torch.Tensor, packing: Packing, cache: Cache, mask: torch.Tensor, cache_layer: PackedLayer
+    ) -> torch.Tensor:
+        """Last-position outputs ``[R, d]`` of the last layer on packed ``hidden [1, N, d]``: every packed
+        token's keys/values (a call that stops once they are cached), then the whole layer at each row's
+        last token alone, reading the stored keys/values."""
+        layer, lasts = self.model.adapter.layers[-1], packing.lasts
+        cache_layer.keys_only = True
+        try:
+            layer(hidden, **self._packed_kwargs(self.num_layers - 1, packing.positions, cache, mask))
+        except _KeysWritten:
+            pass
+        else:
+            raise RuntimeError("the last decoder layer did not write its keys/values through the cache")
+        finally:
+            cache_layer.keys_only = False
+        cache_layer.frozen = True
+        kwargs = self._packed_kwargs(self.num_layers - 1, packing.positions[lasts], cache, mask[..., lasts, :])
+        return _site_tensor(layer(hidden[:, lasts], **kwargs))[0]
+
+    def _packed_masks(self, packing: Packing) -> list[torch.Tensor]:
+        """Each layer's packed mask (:meth:`Packing.mask`; layers of one kind share one tensor)."""
+        dtype = self.inputs[0].dtype
+        if self.pattern is None:
+            causal = torch.ones(self.length, self.length, dtype=torch.bool).tril_()
+            return [packing.mask(causal, dtype)] * self.num_layers
+        made = {key: packing.mask(self.pattern.allowed[key], dtype) for key in set(self.pattern.layer_keys)}
+        return [made[key] for key in self.pattern.layer_keys]
+
+    def _packed_kwargs(self, layer: int, positions: torch.Tensor, cache: Cache, mask: torch.Tensor) -> dict:
+        """Keyword arguments of ``layer``'s call on packed tokens at ``positions [N]``."""
+        cos, sin = cast(tuple[torch.Tensor, torch.Tensor], self.rope[layer])
+        return dict(
+            attention_mask=mask,
+            position_ids=positions[None],
+            cache=cache,
+            use_cache=True,
+            position_embeddings=(cos[:, positions], sin[:, positions]),
+        )
 
     def _layer_kwargs(self, layer: int, start: int, cache: Cache, mask: torch.Tensor) -> dict:
         """Keyword arguments of ``layer``'s call on queries ``[start, T)``."""
