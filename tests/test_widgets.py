@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -392,6 +393,43 @@ def test_link_outlines_picked_patches_and_selects_clicked_image_cells(session, r
     assert hm.highlight == [1, 6] and not hm.expanded  # outlined in the band: a pick never moves the layout
     click(hm, panel=0, layer=3, position=2)  # <img 0,1>
     assert hm.wait(30) and ov.selected == [[0, 1]] and ov.layer == 3
+
+
+class RecordingComm:
+    """Stands in for a widget's comm to the page: records the traits each message carries."""
+
+    kernel = True
+
+    def __init__(self) -> None:
+        self.comm_id, self.sent = uuid.uuid4().hex, []
+
+    def on_msg(self, callback) -> None:
+        pass
+
+    def send(self, data=None, buffers=None) -> None:
+        self.sent.append(sorted(data["state"]))
+
+    def close(self, *args, **kwargs) -> None:
+        pass
+
+
+def test_a_click_is_answered_in_one_message_and_its_result_in_one_more(session, results):
+    """Each message is a trip through the Jupyter server and the page (benchmarks/RESULTS.md)."""
+    hm = TraceHeatmap(results, session=session)
+    ov = PatchOverlay.from_trace(results[0], session.encoded.probe.image, lambda patches: np.zeros(5))
+    hm.link(ov)
+    hm.comm, ov.comm = RecordingComm(), RecordingComm()
+    click(hm, panel=0, layer=3, position=2)  # <img 0,1>: the linked overlay shows its patch and layer
+    assert hm.wait(30)
+    ov.request([(1, 2)])
+    assert ov.wait(30) and not hm.error and not ov.error
+    result = ["cell_result", "clicks_done", "status"]
+    assert hm.comm.sent == [["status"], ["highlight"], result, ["highlight"]]  # highlight: the overlay's pick
+    assert ov.comm.sent == [
+        ["layer", "selected"],
+        ["selected", "status"],
+        ["clicks_done", "curve", "curve_label", "status"],
+    ]
 
 
 def test_trace_result_show_returns_a_heatmap(results):

@@ -84,6 +84,7 @@ export function renderOverlay({ model, el }) {
   let hover = null;
   let dragStart = null;
   let dragNow = null;
+  let frame = 0;
 
   layer.addEventListener("input", () => {
     model.set("layer", Number(layer.value));
@@ -147,8 +148,16 @@ export function renderOverlay({ model, el }) {
     if (hover) outline([hover], colors.fg, [4, 3]);
   }
 
+  /** Model changes redraw once, at the next frame: one message often changes several traits
+   * (the result's status with its curve), and the curve is shown first. */
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(draw);
+  }
+
   function draw() {
     const t0 = performance.now();
+    if (frame) cancelAnimationFrame(frame); // drawn now (an event): the scheduled frame is done
+    frame = 0;
     try {
       values = decodeArray(model.get("values"));
     } catch (err) {
@@ -290,7 +299,7 @@ export function renderOverlay({ model, el }) {
   }
 
   const redrawOn = ["values", "layer", "colormap", "scale", "vmin", "vmax", "selected", "status", "error", "error_details", "title", "value_label", "corruption", "clean_prob", "corrupted_prob"];
-  for (const name of redrawOn) model.on(`change:${name}`, draw);
+  for (const name of redrawOn) model.on(`change:${name}`, schedule);
   model.on("change:image", loadImage);
   model.on("change:curve", renderCurve);
   loadImage();
@@ -298,8 +307,9 @@ export function renderOverlay({ model, el }) {
   const unwatch = watchTheme(root, draw);
   return () => {
     unwatch();
-    for (const name of redrawOn) model.off(`change:${name}`, draw);
+    for (const name of redrawOn) model.off(`change:${name}`, schedule);
     model.off("change:image", loadImage);
     model.off("change:curve", renderCurve);
+    if (frame) cancelAnimationFrame(frame);
   };
 }

@@ -10,7 +10,8 @@ restoration patches the model through forward hooks and an edit rewrites its wei
 jobs on one model must never overlap. Errors from the browser's messages or from the work
 itself never escape into the kernel: they are shown in the widget, worded for people
 (``error``, with the Python text in ``error_details``; see ``mllm_lens.widgets._errors``), and
-kept in ``errors``.
+kept in ``errors``. Trait changes that answer one request go out as one comm message
+(:func:`batched`): each message is a trip through the Jupyter server and the page.
 """
 
 from __future__ import annotations
@@ -20,23 +21,38 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mllm_lens.errors import MllmLensError
 from mllm_lens.export import BUNDLE, bundle_text
+
+if TYPE_CHECKING:
+    import ipywidgets
 
 MAX_MESSAGE_BYTES = 16_384  # browser -> kernel requests are indices, never arrays
 MAX_PENDING = 8
 PATCH_LABEL = re.compile(r"<img (\d+),(\d+)>")  # how the engine labels base-grid image tokens
 MODEL_LOCK = threading.Lock()  # held by every widget job (see the module docstring)
+_SYNC_LOCK = threading.RLock()  # held around every batch of trait changes (see batched)
 
 
 def bundle() -> Path:
     """Path of the built front end; raises with the build command when it is missing."""
     bundle_text()
     return BUNDLE
+
+
+@contextmanager
+def batched(widget: ipywidgets.Widget) -> Iterator[None]:
+    """``widget.hold_sync()`` (the changes made inside go out as one message), never entered by two
+    threads at once: ipywidgets' hold_sync is not thread-safe, and a request handler and the worker
+    thread both batch changes of the same widget (a change made by one while the other's batch is
+    being sent could be lost)."""
+    with _SYNC_LOCK, widget.hold_sync():
+        yield
 
 
 class MessageError(MllmLensError, ValueError):

@@ -28,7 +28,7 @@ from mllm_lens.export import (
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import CellOutcome, TraceSession
 from mllm_lens.tracing.windows import window_layers
-from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
+from mllm_lens.widgets._base import MessageError, Worker, batched, bundle, index, parse_message, patch_positions
 from mllm_lens.widgets._codec import ARRAY
 from mllm_lens.widgets._errors import shown
 
@@ -199,7 +199,7 @@ class TraceHeatmap(anywidget.AnyWidget):
         window = self.window if window is None else window
         window_mode = self.window_mode if window_mode is None else window_mode
         window_layers(0, window, window_mode, self.session.num_layers)
-        with self.hold_sync():
+        with batched(self):
             self.window, self.window_mode = window, window_mode
             self.window_error = self.window_error_details = ""
         self._cancel.clear()
@@ -263,9 +263,10 @@ class TraceHeatmap(anywidget.AnyWidget):
                 position = index(request, "position", positions)
                 if self.session is None:
                     raise MessageError("this heatmap has no TraceSession: pass session=... to re-run cells")
-                self.error = self.error_details = ""
-                if self.status != "tracing":
-                    self.status = "running"
+                with batched(self):
+                    self.error = self.error_details = ""
+                    if self.status != "tracing":
+                        self.status = "running"
                 self._worker.submit(lambda: self._cell_job(*cell, position), "cell")
         except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
             self._fail(err, kind)
@@ -276,7 +277,7 @@ class TraceHeatmap(anywidget.AnyWidget):
         try:
             window_layers(0, window, self.window_mode, layers)  # None (an empty input) too
         except TraceConfigError as err:
-            with self.hold_sync():
+            with batched(self):
                 self.window_error = window_refusal(window, self.window_mode, layers)
                 self.window_error_details = f"{type(err).__name__}: {err}"
             return
@@ -303,10 +304,10 @@ class TraceHeatmap(anywidget.AnyWidget):
         self.errors.append(err)
         action = {"trace": "The trace", "export": "The download"}.get(kind or "", "Re-running the restoration")
         message = shown(err, action)
-        with self.hold_sync():
+        with batched(self):
             self.error, self.error_details = message.message, message.details
-        if self._worker.pending <= int(in_worker):  # nothing else queued: the widget is idle again
-            self.status = "idle"
+            if self._worker.pending <= int(in_worker):  # nothing else queued: the widget is idle again
+                self.status = "idle"
 
     def _cell_job(self, panel: int, layer: int, position: int) -> None:
         site = self.panels[panel]["site"]
@@ -315,9 +316,10 @@ class TraceHeatmap(anywidget.AnyWidget):
         for overlay in self._overlays:
             patch = next((rc for rc, pos in self.patch_positions().items() if pos == position), None)
             if patch is not None:
-                overlay.layer = min(layer, overlay.num_layers - 1)
-                overlay.selected = [list(patch)]
-        with self.hold_sync():
+                with batched(overlay):
+                    overlay.layer = min(layer, overlay.num_layers - 1)
+                    overlay.selected = [list(patch)]
+        with batched(self):
             self.clicks_done += 1
             result = asdict(out)
             result["layers"] = list(out.layers)
@@ -330,7 +332,7 @@ class TraceHeatmap(anywidget.AnyWidget):
     def _show_sites(self, sites: list[str]) -> None:
         found = [self.results.get(site) for site in sites]
         finished = [r for r in found if r is not None and self._traced_now(r)]
-        with self.hold_sync():
+        with batched(self):
             self.cell_result = {}  # it answered a click on the old panels
             self.panels = [panel(site) for site in sites]
             if len(finished) == len(sites):
@@ -366,15 +368,15 @@ class TraceHeatmap(anywidget.AnyWidget):
                     done += len(cells)
                     if time.monotonic() - last > 0.1:  # at most ~10 updates a second cross the wire
                         last = time.monotonic()
-                        with self.hold_sync():
+                        with batched(self):
                             self.scores, self.progress = live.copy(), done / max(total, 1)
 
                 result = session.trace(panel["site"], self.window, self.window_mode, progress=False, on_cells=on_cells)
                 self.results[panel["site"]] = result
                 live[k] = result.scores
                 done = (k + 1) * todo
-            with self.hold_sync():
+            with batched(self):
                 self.scores, self.progress, self.status = live.copy(), 1.0, "idle"
         except _Cancelled:
-            with self.hold_sync():
+            with batched(self):
                 self.scores, self.status = live.copy(), "cancelled"

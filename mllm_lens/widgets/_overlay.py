@@ -14,7 +14,7 @@ from PIL import Image
 from mllm_lens.export import SITE_TITLES, describe_corruption
 from mllm_lens.results import TraceResult
 from mllm_lens.tracing.session import TraceSession
-from mllm_lens.widgets._base import MessageError, Worker, bundle, index, parse_message, patch_positions
+from mllm_lens.widgets._base import MessageError, Worker, batched, bundle, index, parse_message, patch_positions
 from mllm_lens.widgets._codec import ARRAY
 from mllm_lens.widgets._errors import shown
 
@@ -150,10 +150,13 @@ class PatchOverlay(anywidget.AnyWidget):
                     raise MessageError(f"a patch must be [row, col], got {item!r}")
                 pair = {"row": item[0], "col": item[1]}
                 patches.append((index(pair, "row", rows), index(pair, "col", cols)))
-            self.error = self.error_details = ""
-            self.selected = [list(p) for p in patches]
-            if self.on_patch is not None:  # without a callback a click only selects
-                self.status = "running"
+            clickable = self.on_patch is not None  # without a callback a click only selects
+            with batched(self):
+                self.error = self.error_details = ""
+                self.selected = [list(p) for p in patches]
+                if clickable:
+                    self.status = "running"
+            if clickable:
                 self._worker.submit(lambda: self._patch_job(patches))
         except Exception as err:  # noqa: BLE001 - nothing from the browser may crash the kernel
             self._fail(err)
@@ -161,10 +164,10 @@ class PatchOverlay(anywidget.AnyWidget):
     def _fail(self, err: BaseException, in_worker: bool = False) -> None:
         self.errors.append(err)
         message = shown(err, "Computing the patch curve")
-        with self.hold_sync():
+        with batched(self):
             self.error, self.error_details = message.message, message.details
-        if self._worker.pending <= int(in_worker):
-            self.status = "idle"
+            if self._worker.pending <= int(in_worker):
+                self.status = "idle"
 
     def _patch_job(self, patches: list[tuple[int, int]]) -> None:
         if self.on_patch is None:
@@ -174,7 +177,7 @@ class PatchOverlay(anywidget.AnyWidget):
             raise ValueError("on_patch returned an empty curve")
         self.curves.append((patches, curve))
         where = " ".join(f"({r},{c})" for r, c in patches[:6]) + (" …" if len(patches) > 6 else "")
-        with self.hold_sync():
+        with batched(self):
             self.clicks_done += 1
             self.curve_label = f"{len(patches)} patch{'es' if len(patches) > 1 else ''} {where}"
             self.curve = curve
