@@ -50,7 +50,7 @@ does not store its keys/values through the cache is detected once and run whole.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import cast
 
@@ -311,15 +311,10 @@ class PartialDecoder:
         token's keys/values (a call that stops once they are cached), then the whole layer at each row's
         last token alone, reading the stored keys/values."""
         layer, lasts = self.model.adapter.layers[-1], packing.lasts
-        cache_layer.keys_only = True
-        try:
-            layer(hidden, **self._packed_kwargs(self.num_layers - 1, packing.positions, cache, mask))
-        except _KeysWritten:
-            pass
-        else:
-            raise RuntimeError("the last decoder layer did not write its keys/values through the cache")
-        finally:
-            cache_layer.keys_only = False
+        _write_keys(
+            cache_layer,
+            lambda: layer(hidden, **self._packed_kwargs(self.num_layers - 1, packing.positions, cache, mask)),
+        )
         cache_layer.frozen = True
         kwargs = self._packed_kwargs(self.num_layers - 1, packing.positions[lasts], cache, mask[..., lasts, :])
         return _site_tensor(layer(hidden[:, lasts], **kwargs))[0]
@@ -385,23 +380,13 @@ class PartialDecoder:
         layer = self.model.adapter.layers[-1]
         cos, sin = kwargs["position_embeddings"]
         mask, position_ids = kwargs["attention_mask"], kwargs["position_ids"]
-        cache_layer.keys_only = True
-        try:
-            layer(
-                hidden[:, :-1],
-                **{
-                    **kwargs,
-                    "attention_mask": mask[..., :-1, :],
-                    "position_ids": position_ids[:, :-1],
-                    "position_embeddings": (cos[:, :-1], sin[:, :-1]),
-                },
-            )
-        except _KeysWritten:
-            pass
-        else:
-            raise RuntimeError("the last decoder layer did not write its keys/values through the cache")
-        finally:
-            cache_layer.keys_only = False
+        before_last = {
+            **kwargs,
+            "attention_mask": mask[..., :-1, :],
+            "position_ids": position_ids[:, :-1],
+            "position_embeddings": (cos[:, :-1], sin[:, :-1]),
+        }
+        _write_keys(cache_layer, lambda: layer(hidden[:, :-1], **before_last))
         cache_layer.start = self.length - 1
         last_kwargs = {
             **kwargs,
@@ -410,6 +395,20 @@ class PartialDecoder:
             "position_embeddings": (cos[:, -1:], sin[:, -1:]),
         }
         return _site_tensor(layer(hidden[:, -1:], **last_kwargs))
+
+
+def _write_keys(cache_layer: _BufferLayer | PackedLayer, call: Callable[[], object]) -> None:
+    """Run ``call`` (the last decoder layer) with ``cache_layer`` in keys-only mode: it stores the
+    keys/values and stops the layer there, as the last layer's other outputs feed nothing the head reads."""
+    cache_layer.keys_only = True
+    try:
+        call()
+    except _KeysWritten:
+        pass
+    else:
+        raise RuntimeError("the last decoder layer did not write its keys/values through the cache")
+    finally:
+        cache_layer.keys_only = False
 
 
 def _at_last_position(entry: PlanEntry, span: int) -> PlanEntry | None:
