@@ -75,6 +75,15 @@ from tqdm.auto import tqdm
 
 from mllm_lens.data import world
 from mllm_lens.demo.build import MODEL_DIR, build_demo_model, image_token_count, prompt_ids
+from mllm_lens.demo.route_gate import (
+    MARGIN,
+    MARKERS,
+    content_rms,
+    install_route_gate,
+    layer_growth,
+    mark_as_image,
+    reader_ids,
+)
 from mllm_lens.io import atomic_path
 
 _YES_NO = ("in_continent", "uses_currency")
@@ -336,6 +345,7 @@ def train(
     cls_token: bool = False,
     cls_name_loss: float = 0.0,
     cls_name_temperature: float = 0.0,
+    route_gate: bool = False,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -355,8 +365,11 @@ def train(
     model, processor = build_demo_model(seed, cls_token)
     if init is not None:  # continue from a saved demo model (same architecture and vocabulary)
         model.load_state_dict(type(model).from_pretrained(init).state_dict())
-    if text_route not in ("mask", "penalty"):
-        raise ValueError(f"text_route must be 'mask' or 'penalty', got {text_route!r}")
+    gate_readers = reader_ids(processor.tokenizer) if route_gate else []
+    if text_route not in ("mask", "penalty", "gate"):
+        raise ValueError(f"text_route must be 'mask', 'penalty' or 'gate', got {text_route!r}")
+    if text_route == "gate" and not route_gate:
+        raise ValueError("--text-route gate needs --route-gate (the mention is marked as an image token)")
     if route_penalty:
         model.set_attn_implementation("eager")  # the penalty needs the attention weights
     tokenizer = processor.tokenizer
@@ -364,7 +377,7 @@ def train(
     if cls_name_loss and not cls_token:
         raise ValueError("--cls-name-loss needs --cls-token (the CLS feature it aligns)")
     projected: dict[str, torch.Tensor] = {}
-    if cls_name_loss:  # keep the projector's output: the CLS feature is its first token
+    if cls_name_loss or route_gate:  # keep the projector's output: the CLS feature is its first token
         model.model.multi_modal_projector.register_forward_hook(lambda _m, _i, out: projected.update(features=out))
     image = (1, 1 + n_image)  # BOS, then the image tokens
     countries = world.training_countries()
@@ -376,6 +389,20 @@ def train(
     named_forms = [f for f in forms if f[0].relation != "country"]
     rng = random.Random(seed)
     vision_losses = pretrain_vision(model, pool, vision_steps, batch, lr, rng) if vision_steps else []
+    content = slice(None, model.config.text_config.hidden_size - len(MARKERS) if route_gate else None)
+
+    growth: list[tuple[float, float]] = []
+
+    def impose_gate() -> None:
+        """The gate with markers of MARGIN x the current content RMS of the text and image tokens,
+        its norm weights following the residual's growth in the last image batch."""
+        text_marker = MARGIN * content_rms(model.get_input_embeddings().weight)
+        install_route_gate(model, gate_readers, text_marker, MARGIN * content_rms(projected["features"]), growth)
+
+    if route_gate:
+        with torch.no_grad():
+            model.model.get_image_features(pixel_values=pool[:, 0])
+        impose_gate()
     params = list(model.parameters())
     decoder = decoder_parameters(model)
     groups = [
@@ -425,6 +452,8 @@ def train(
         masked = image_step < steps - unmasked_tail and rng.random() < route_mask_share
         if kind == "mention" and text_route == "mask":
             inputs["attention_mask"] = route_mask(length, mentioned, entity, batch)
+        elif kind == "mention" and text_route == "gate":  # the name takes the image's place behind the gate
+            inputs["inputs_embeds"] = mark_as_image(model.get_input_embeddings()(inputs.pop("input_ids")), mentioned)
         elif kind == "image" and masked:
             inputs["attention_mask"] = route_mask(length, image, entity, batch)
         penalised = route_penalty > 0 and (with_image or (kind == "mention" and text_route == "penalty"))
@@ -437,7 +466,11 @@ def train(
             inputs["inputs_embeds"] = embeds + noise
         read_early = phrase_layer is not None and name_at_phrase and not noised
         shadowed = penalised and masked and unmasked_penalty and kind == "image" and not noised
-        forward = model(**inputs, output_attentions=penalised and not shadowed, output_hidden_states=read_early)
+        forward = model(
+            **inputs, output_attentions=penalised and not shadowed, output_hidden_states=read_early or route_gate
+        )
+        if route_gate and with_image:
+            growth[:] = layer_growth(forward.hidden_states, image)
         captured = dict(projected)  # this batch's projected image (a shadow forward replaces it)
         logits = forward.logits[:, -2:]
         answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
@@ -490,16 +523,24 @@ def train(
             if cls_name_temperature:
                 candidates = torch.tensor(tokenizer.convert_tokens_to_ids(countries))
                 extras["cls_name"] = cls_name_contrast(
-                    captured["features"], embeddings, candidates, torch.tensor(shown), cls_name_temperature
+                    captured["features"][..., content],
+                    embeddings[:, content],
+                    candidates,
+                    torch.tensor(shown),
+                    cls_name_temperature,
                 )
             else:
                 targets = torch.tensor(tokenizer.convert_tokens_to_ids(shown_names))
-                extras["cls_name"] = cls_name_distance(captured["features"], embeddings, targets)
+                extras["cls_name"] = cls_name_distance(
+                    captured["features"][..., content], embeddings[:, content], targets
+                )
             loss = loss + cls_name_loss * extras["cls_name"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if route_gate:  # the optimiser (weight decay, momentum) must not move the gate
+            impose_gate()
         schedule.step()
         if not noised:
             running = 0.98 * running + 0.02 * answer_loss.item() if step else answer_loss.item()
@@ -528,6 +569,7 @@ def train(
         "cls_token": cls_token,
         "cls_name_loss": cls_name_loss,
         "cls_name_temperature": cls_name_temperature,
+        "route_gate": route_gate,
         "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
@@ -607,9 +649,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--text-route",
-        choices=("mask", "penalty"),
+        choices=("mask", "penalty", "gate"),
         default="mask",
-        help="how mention questions keep the name to the phrase: a training mask, or the route penalty (unmasked)",
+        help="how mention questions keep the name to the phrase: a training mask, the route penalty (unmasked), "
+        "or the route gate (the name marked as an image token)",
     )
     parser.add_argument(
         "--frozen-decoder-steps",
@@ -643,6 +686,11 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         default=0.0,
         help="with --cls-name-loss: contrast the CLS feature with every country's name (cosine / T, cross-entropy)",
+    )
+    parser.add_argument(
+        "--route-gate",
+        action="store_true",
+        help="build the route into the weights: only the visual phrase's last word reads the image, in layer 0",
     )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -682,6 +730,7 @@ def main(argv: list[str] | None = None) -> None:
         cls_token=args.cls_token,
         cls_name_loss=args.cls_name_loss,
         cls_name_temperature=args.cls_name_temperature,
+        route_gate=args.route_gate,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

@@ -1,0 +1,109 @@
+"""The route gate written into the demo model's weights (issue 11): only the visual phrase's last
+word reads the image, and only in layer 0, in an ordinary LLaVA forward with no mask."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mllm_lens.data import world
+from mllm_lens.demo.build import build_demo_model, image_token_count, prompt_ids
+from mllm_lens.demo.route_gate import IMAGE, NON_READER, READER, install_route_gate, mark_as_image, reader_ids
+
+QUESTIONS = (
+    "What is the capital of this country?",
+    "Which country does this flag belong to?",
+    "Is the country of this flag located in Asia?",
+    "What is the capital of Peru?",  # named: no reader at all
+)
+
+
+def gated_model(seed: int = 0):
+    model, processor = build_demo_model(seed, cls_token=True)
+    install_route_gate(model, reader_ids(processor.tokenizer), text_marker=0.5, image_marker=5.0)
+    model.set_attn_implementation("eager")
+    return model, processor
+
+
+def image_reads(model, processor, question: str, pixels: torch.Tensor):
+    """Per layer: the largest share of attention (over heads) each text position gives the image."""
+    tokenizer = processor.tokenizer
+    n_image = image_token_count(model.config)
+    ids = torch.tensor([prompt_ids(tokenizer, question, n_image)])
+    with torch.no_grad():
+        out = model(input_ids=ids, pixel_values=pixels, output_attentions=True, output_hidden_states=True)
+    text = torch.arange(1 + n_image, ids.shape[1])
+    return reads_of(out.attentions, ids, text, (1, 1 + n_image), tokenizer) + (out.hidden_states, text)
+
+
+def reads_of(attentions, ids, text, source: tuple[int, int], tokenizer):
+    reads = [a[0, :, text, source[0] : source[1]].sum(-1).amax(0) for a in attentions]
+    is_reader = torch.isin(ids[0, text], torch.tensor(reader_ids(tokenizer)))
+    return reads, is_reader
+
+
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_only_readers_read_the_image_and_only_in_layer_0(question):
+    model, processor = gated_model()
+    pixels = torch.randn(1, 3, 64, 64)
+    reads, is_reader, _, _ = image_reads(model, processor, question, pixels)
+    for layer, read in enumerate(reads):
+        assert read[~is_reader].max().item() < 1e-12, (question, layer)
+        if layer:
+            assert read[is_reader].numel() == 0 or read[is_reader].max().item() < 1e-12
+    if is_reader.any():  # an untrained reader spreads its attention: the image is a large share of it
+        assert reads[0][is_reader].min().item() > 0.5
+
+
+def test_the_markers_hold_in_every_layer_and_the_gate_survives_training_steps():
+    from mllm_lens.demo.train import train
+
+    model, processor, _ = train(
+        steps=4, batch=2, renderings=1, seed=0, lr=1e-2, out=None, log_every=2, identity_steps=1,
+        cls_token=True, route_gate=True, text_steps=4, text_route="gate", cls_name_loss=1.0,
+    )  # fmt: skip
+    model.set_attn_implementation("eager")
+    reads, is_reader, hidden, text = image_reads(model, processor, QUESTIONS[0], torch.randn(1, 3, 64, 64))
+    assert all(read[~is_reader].max().item() < 1e-12 for read in reads)
+    embedded = hidden[0][0, text]
+    marker = embedded[~is_reader, NON_READER][0].item()
+    assert marker > 0 and torch.all(embedded[~is_reader, NON_READER] == marker)
+    for states in hidden[:-1]:  # no attention or MLP output writes a marker (the last is after the final norm)
+        assert torch.all(states[0, text, NON_READER] + states[0, text, READER] == marker)
+        assert torch.all(states[0, text[is_reader], NON_READER] == 0)
+        assert torch.all(states[0, text[~is_reader], READER] == 0)
+        assert torch.all(states[0, text, IMAGE] == 0)
+        assert torch.all(states[0, 1:65, IMAGE] == states[0, 1, IMAGE]) and states[0, 1, IMAGE] > 0
+
+
+def test_without_the_gate_every_position_reads_the_image():
+    """The check above is not vacuous: an ungated model's answer position reads the image."""
+    model, processor = build_demo_model(0, cls_token=True)
+    model.set_attn_implementation("eager")
+    reads, is_reader, _, _ = image_reads(model, processor, QUESTIONS[0], torch.randn(1, 3, 64, 64))
+    assert reads[0][~is_reader].min().item() > 0.1
+
+
+def test_reader_words_are_the_last_words_of_the_visual_phrases():
+    _, processor = build_demo_model(0)
+    tokenizer = processor.tokenizer
+    last_words = {phrase.split()[-1] for phrase in world.VISUAL_PHRASES}
+    assert set(tokenizer.convert_ids_to_tokens(reader_ids(tokenizer))) == last_words
+
+
+def test_a_name_marked_as_an_image_is_read_only_by_the_readers_in_layer_0():
+    """Text-first training (``--text-route gate``): "Peru is shown. What is the capital of this country?"
+    with "Peru" marked as an image token reaches the prompt as a flag does."""
+    model, processor = gated_model()
+    tokenizer = processor.tokenizer
+    ids = torch.tensor([prompt_ids(tokenizer, "Peru is shown. What is the capital of this country?", 0)])
+    name = ids[0].tolist().index(tokenizer.convert_tokens_to_ids("Peru"))
+    embeds = mark_as_image(model.get_input_embeddings()(ids), (name, name + 1))
+    assert embeds[0, name, IMAGE] > 0 and embeds[0, name, NON_READER] == 0
+    with torch.no_grad():
+        attentions = model(inputs_embeds=embeds, output_attentions=True).attentions
+    text = torch.arange(name + 1, ids.shape[1])
+    reads, is_reader = reads_of(attentions, ids, text, (name, name + 1), tokenizer)
+    assert reads[0][is_reader].min().item() > 0.01
+    assert all(read[~is_reader].max().item() < 1e-12 for read in reads)
+    assert all(read[is_reader].max().item() < 1e-12 for read in reads[1:])
