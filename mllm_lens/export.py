@@ -58,6 +58,7 @@ SCALES = ("anchored", "fixed", "auto")
 VALUES = ("score", "indirect_effect", "normalized")  # what the colours show, as js/src/policy.js
 NOTE_CHAR_WIDTH = 5.6  # px per character of the note's 11 px sans-serif line (room kept for it)
 HEADING_LINE = 16  # px per title line above a static figure
+PNG_TEXT = str.maketrans({"→": "->", "−": "-", "–": "-"})  # PIL's default font has no glyph for these
 # The exported page's colours: JupyterLab's variable names, light or dark by the reader's preference.
 PAGE_THEME = """
 :root{--jp-ui-font-color1:#1f1f1f;--jp-ui-font-color2:#595959;--jp-layout-color0:#fff;--jp-layout-color1:#fff;
@@ -373,7 +374,7 @@ def grid(
     labels = [
         f"{label} *" if starred & set(positions) else label for label, positions in zip(labels, rows, strict=True)
     ]
-    left = min(160, 7 * max(len(s) for s in labels)) + 10
+    left = max(40, min(160, 7 * max(len(s) for s in labels)) + 10)  # room for the "token" axis title
     titles = [SITE_TITLES.get(r.site, r.site) for r in items]
     anchors = (("corrupted", corrupted), ("clean", clean))
     marks = [(name, p, float(painted(np.array(p), value, clean, corrupted))) for name, p in anchors]
@@ -430,6 +431,7 @@ def to_svg(results: TraceResult | Sequence[TraceResult], path: str | Path, **opt
     for r, label in enumerate(g.row_labels):
         out.append(f'<text x="{g.left - 6}" y="{g.top + r * ch + ch - 3}" text-anchor="end">{esc(label)}</text>')
     out.append(f'<text class="axis" x="{g.left}" y="{g.axis_y + 28}">layer</text>')
+    out.append(f'<text class="axis" x="{g.left - 6}" y="{g.top - 8}" text-anchor="end">token</text>')
     if g.colour_bar:
         out.extend(_svg_colour_bar(g))
     if g.note:
@@ -469,7 +471,8 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
     font = ImageFont.load_default(size=10 * scale)
     (cw, ch), (panels, layers, rows) = g.cell, g.shape
     for i, line in enumerate(g.heading):
-        draw.text((10 * scale, (HEADING_LINE * (i + 1) - 3) * scale), line, fill="black", font=font, anchor="ls")
+        xy = (10 * scale, (HEADING_LINE * (i + 1) - 3) * scale)
+        draw.text(xy, line.translate(PNG_TEXT), fill="black", font=font, anchor="ls")
     for p in range(panels):
         x0, _ = g.origin(p, 0, 0)
         draw.text((x0 * scale, (g.top - 18) * scale), g.titles[p], fill="black", font=font)
@@ -485,10 +488,11 @@ def to_png(results: TraceResult | Sequence[TraceResult], path: str | Path, *, sc
             ((g.left - 6) * scale, (g.top + r * ch + ch / 2) * scale), label, fill="black", font=font, anchor="rm"
         )
     draw.text((g.left * scale, (g.axis_y + 18) * scale), "layer", fill="black", font=font)
+    draw.text(((g.left - 6) * scale, (g.top - 18) * scale), "token", fill="black", font=font, anchor="ra")
     if g.colour_bar:
         _png_colour_bar(draw, g, scale)
     if g.note:
-        draw.text((10 * scale, (height - 6) * scale), g.note, fill="black", font=font, anchor="ls")
+        draw.text((10 * scale, (height - 6) * scale), g.note.translate(PNG_TEXT), fill="black", font=font, anchor="ls")
     path = Path(path)
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

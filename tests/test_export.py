@@ -82,6 +82,37 @@ def test_png_has_the_layout_size(tmp_path):
     assert g.size == (g.left + 6 * 14 + g.legend, g.top + 6 * 14 + g.bottom) and g.note is None
 
 
+def test_static_figures_title_both_axes(tmp_path):
+    """The layer axis titled under the cells and the token axis over the row labels, as the widget
+    draws them (the SVG and PNG exports titled only the layer axis)."""
+    result = synthetic()
+    assert svg_texts(result.to_svg(tmp_path / "t.svg"), "axis") == ["layer", "token"]
+    g = export.grid(result)
+    with Image.open(result.to_png(tmp_path / "t.png", scale=1)) as image:
+        over_labels = image.convert("L").crop((4, g.top - 20, g.left - 4, g.top - 2))  # left of the panel titles
+        assert over_labels.getextrema()[0] < 100
+
+
+def test_png_text_uses_only_characters_its_font_draws(tmp_path, monkeypatch):
+    """The PNG's title lines (“question” → target; the normalised score's definition, with −) are
+    drawn in PIL's default font, which has no → or −: they were drawn as empty boxes."""
+    from PIL import ImageDraw, ImageFont
+
+    drawn: list[str] = []
+    real = ImageDraw.ImageDraw.text
+
+    def record(self, xy, text, *args, **kwargs):
+        drawn.append(text)
+        return real(self, xy, text, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record)
+    synthetic().to_png(tmp_path / "n.png", value="normalized", scale=1)
+    font = ImageFont.load_default(size=10)
+    box = bytes(font.getmask("\ue000"))  # a private-use character: what the font draws for a missing glyph
+    missing = {ch for text in drawn for ch in text if not ch.isspace() and bytes(font.getmask(ch)) == box}
+    assert any(" -> " in text for text in drawn) and not missing, missing
+
+
 def test_colour_band_value_is_the_best_image_score():
     result = synthetic()
     g = export.grid(result)
@@ -132,7 +163,7 @@ def test_the_colour_bar_ends_at_the_anchored_range_and_marks_clean_and_corrupted
     assert (g.vmin, g.vmax) == (0.1, 0.9)
     assert svg_texts(synthetic().to_svg(tmp_path / "a.svg"), "legend-label") == ["0.900 clean", "0.100 corrupted"]
     assert svg_texts(tmp_path / "a.svg", "unit") == ["p(ans</script>)"]
-    assert svg_texts(tmp_path / "a.svg", "axis") == ["layer"]
+    assert svg_texts(tmp_path / "a.svg", "axis") == ["layer", "token"]
     auto = export.grid(synthetic(), scale="auto")
     finite = auto.values[np.isfinite(auto.values)]
     assert (auto.vmin, auto.vmax) == (finite.min(), finite.max())
