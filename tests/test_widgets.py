@@ -102,6 +102,18 @@ def test_a_re_run_starts_from_blank_cells(session, results):
     np.testing.assert_allclose(hm.scores[1], session.trace("mlp", 2, progress=False).scores, atol=1e-6)
 
 
+def test_a_new_window_clears_the_result_of_a_click_at_the_old_one(session, results):
+    """The result panel answered a click at the old window: a re-trace at another window clears it
+    together with the window (the page resets its readout on the same change)."""
+    hm = TraceHeatmap(results, session=session)
+    click(hm, panel=1, layer=2, position=19)
+    assert hm.wait(30) and hm.cell_result["position"] == 19
+    hm.run(window=1)  # the same window: the result still holds
+    assert hm.wait(120) and hm.cell_result["position"] == 19
+    hm._on_message(hm, {"type": "trace", "window": 2}, [])
+    assert hm.wait(120) and hm.window == 2 and hm.cell_result == {} and not hm.error
+
+
 def test_a_window_that_does_not_fit_is_refused_next_to_its_input(session, results):
     """Plain words in ``window_error`` (shown beside the window input, not at the top), the
     engine's exception under details; nothing is traced and the traced window stays."""
@@ -339,6 +351,21 @@ def test_overlay_from_a_trace_names_its_corruption_and_the_curve_target(results)
     assert ov.target_token == results[0].target_token != ""
     assert "value" not in ov.value_label and ov.title == "hidden state indirect effect per patch"
     assert PatchOverlay.from_trace(results[0], Image.new("RGB", (8, 8)), corruption="x").corruption == "x"
+
+
+def test_overlay_from_a_sweep_anchors_its_scale_on_the_sweep(planted, session):
+    """Notebook 05's overlay of a patch sweep: anchored on the sweep's clean and corrupted p (given
+    the effect alone, the scale ran from 0 to its largest value, so 0.021 was painted full yellow)."""
+    sweep = ml.patch_sweep(planted.model, planted.probe("e0"))
+    image = session.encoded.probe.image
+    ov = PatchOverlay.from_sweep(sweep, image)
+    assert ov.scale == "anchored" and ov.clean_prob == pytest.approx(sweep.clean_prob)
+    assert ov.corrupted_prob == pytest.approx(sweep.corrupted_prob)
+    np.testing.assert_allclose(ov.values, sweep.effect, atol=1e-6)
+    assert ov.value_label == "indirect effect of restoring the patch's hidden state"
+    assert ov.corruption == "image noise on all visual tokens" and ov.target_token == sweep.target_token
+    with pytest.raises(ValueError, match="restore-mode"):
+        PatchOverlay.from_sweep(ml.patch_sweep(planted.model, planted.probe("e0"), mode="corrupt"), image)
 
 
 @pytest.mark.parametrize(

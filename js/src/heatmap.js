@@ -423,6 +423,11 @@ export function renderHeatmap({ model, el }) {
     schedule();
   }
 
+  /** Another window: the readout's numbers were the old window's (the kernel clears the result). */
+  function onWindow() {
+    readout.textContent = heatmapHint(model.get("clickable"));
+  }
+
   function renderResult() {
     result.classList.remove("mll-stale");
     const out = model.get("cell_result");
@@ -463,6 +468,7 @@ export function renderHeatmap({ model, el }) {
   for (const name of headOn) model.on(`change:${name}`, updateHead);
   model.on("change:cell_result", renderResult);
   model.on("change:panels", onPanels);
+  model.on("change:window", onWindow);
   model.on("msg:custom", onMessage);
   for (const name of ["highlight", "expanded"]) model.on(`change:${name}`, reveal);
   draw();
@@ -474,6 +480,7 @@ export function renderHeatmap({ model, el }) {
     for (const name of headOn) model.off(`change:${name}`, updateHead);
     model.off("change:cell_result", renderResult);
     model.off("change:panels", onPanels);
+    model.off("change:window", onWindow);
     model.off("msg:custom", onMessage);
     for (const name of ["highlight", "expanded"]) model.off(`change:${name}`, reveal);
     if (frame) cancelAnimationFrame(frame);

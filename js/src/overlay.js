@@ -13,7 +13,7 @@ import { curveChart, curveWords } from "./curve.js";
 import { fmt } from "./format.js";
 import { patchAt, patchesInBox } from "./layout.js";
 import { clickedText, overlayHint, unreadable } from "./messages.js";
-import { POLICIES, colorRange, legendMarks, legendSummary, policyOf } from "./policy.js";
+import { POLICIES, colorRange, legendMarks, legendSummary, policyOf, smallEffectNote } from "./policy.js";
 import { drawLegend, errorBox, h, injectStyle, themeColors, watchTheme } from "./style.js";
 
 const MAX_SIDE = 280;
@@ -43,6 +43,15 @@ export function legendCaption(valueLabel, layer) {
   return `colour: ${valueLabel || "value"} · layer ${layer}`;
 }
 
+/**
+ * The words under the legend when no patch moves p(answer) by MIN_SPAN (null otherwise), as the
+ * heatmap says them (pure). The values are indirect effects (p − corrupted), so the change is
+ * the value itself; without the trace's clean and corrupted p the units are unknown: no words.
+ */
+export function overlayNote(values, clean, corrupted) {
+  return clean == null || corrupted == null ? null : smallEffectNote(values, 0);
+}
+
 /** The line above the figure naming the corruption its values were traced under ("" if unknown). */
 export function corruptionLine(corruption) {
   return corruption ? `patches traced under ${corruption}` : "";
@@ -56,6 +65,7 @@ export function renderOverlay({ model, el }) {
   const layerText = h("span", { class: "mll-muted" });
   const caption = h("div", { "data-testid": "legend-caption" });
   const legend = h("canvas", { "data-testid": "legend", role: "img", "aria-label": "colour scale" });
+  const note = h("div", { class: "mll-note", "data-testid": "scale-note", hidden: true });
   const policy = h("select", { "data-testid": "scale-select", "aria-label": "colour scale" }, ...Object.entries(POLICIES).map(([value, text]) => h("option", { value, text })));
   policy.addEventListener("change", () => {
     model.set("scale", policy.value);
@@ -73,7 +83,7 @@ export function renderOverlay({ model, el }) {
     h("div", { class: "mll-head" }, title, status),
     used,
     h("div", { class: "mll-controls" }, h("label", {}, "layer ", layer), layerText, h("label", {}, "scale ", policy)),
-    h("div", { class: "mll-body" }, h("div", { class: "mll-canvases" }, canvas, heat), h("div", { class: "mll-side" }, caption, legend, readout, error, result)),
+    h("div", { class: "mll-body" }, h("div", { class: "mll-canvases" }, canvas, heat), h("div", { class: "mll-side" }, caption, legend, note, readout, error, result)),
   );
   el.replaceChildren(root);
 
@@ -192,6 +202,8 @@ export function renderOverlay({ model, el }) {
     caption.textContent = legendCaption(unit, l);
     drawLegend(legend, colorOf, range, { unit: "", marks, colors });
     legend.setAttribute("aria-label", legendSummary(unit, range, policyOf(model), marks));
+    note.textContent = overlayNote(values.data, clean, corrupted) ?? "";
+    note.hidden = !note.textContent;
     policy.value = policyOf(model);
     title.textContent = model.get("title");
     used.textContent = corruptionLine(model.get("corruption"));

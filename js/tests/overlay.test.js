@@ -3,7 +3,7 @@ import { scale } from "../src/colormap.js";
 import { curveRange, curveWords, curvePoints } from "../src/curve.js";
 import { resultCell } from "../src/heatmap.js";
 import { buildRows } from "../src/layout.js";
-import { corruptionLine, heatCells, legendCaption, paintHeatGrid } from "../src/overlay.js";
+import { corruptionLine, heatCells, legendCaption, overlayNote, paintHeatGrid } from "../src/overlay.js";
 import { MIN_SPAN, colorRange } from "../src/policy.js";
 import { drawLegend } from "../src/style.js";
 
@@ -75,6 +75,16 @@ describe("patch overlay colours", () => {
       "patches traced under image noise on all visual tokens (the heatmap above used noise on 'this country')",
     );
     expect(corruptionLine("")).toBe("");
+  });
+});
+
+describe("small patch effects", () => {
+  it("are said in words, as the heatmap says them, instead of trusted to the colour", () => {
+    // notebook 05: the largest patch effect is 0.021 of a clean − corrupted gap of 0.8
+    const values = Float32Array.from([0.001, -0.004, 0.021, Number.NaN]);
+    expect(overlayNote(values, 0.9, 0.1)).toBe("restoring changes p(answer) by at most 0.021: too small to colour (the scale spans at least 0.05)");
+    expect(overlayNote(Float32Array.from([0.001, 0.3]), 0.9, 0.1)).toBeNull();
+    expect(overlayNote(values, null, null)).toBeNull(); // values of unknown units: no claim about p
   });
 });
 

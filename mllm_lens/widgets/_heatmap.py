@@ -200,6 +200,8 @@ class TraceHeatmap(anywidget.AnyWidget):
         window_mode = self.window_mode if window_mode is None else window_mode
         window_layers(0, window, window_mode, self.session.num_layers)
         with batched(self):
+            if (window, window_mode) != (self.window, self.window_mode):
+                self.cell_result = {}  # it answered a click at the old window
             self.window, self.window_mode = window, window_mode
             self.window_error = self.window_error_details = ""
         self._cancel.clear()

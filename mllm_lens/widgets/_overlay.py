@@ -12,7 +12,7 @@ import traitlets as t
 from PIL import Image
 
 from mllm_lens.export import SITE_TITLES, describe_corruption
-from mllm_lens.results import TraceResult
+from mllm_lens.results import PatchResult, TraceResult
 from mllm_lens.tracing.session import TraceSession
 from mllm_lens.widgets._base import MessageError, Worker, batched, bundle, index, parse_message, patch_positions
 from mllm_lens.widgets._codec import ARRAY
@@ -48,7 +48,7 @@ class PatchOverlay(anywidget.AnyWidget):
     (``clickable`` false) a click only selects patches (``selected``): no run is promised.
 
     Colours follow ``scale`` as in :class:`~mllm_lens.widgets.TraceHeatmap`: with ``clean_prob``
-    and ``corrupted_prob`` set (:meth:`from_trace` sets them) the anchored scale spans indirect
+    and ``corrupted_prob`` set (:meth:`from_trace` and :meth:`from_sweep` set them) the anchored scale spans indirect
     effect from 0 to clean − corrupted; without them, from 0 to the values' extreme.
     """
 
@@ -124,6 +124,25 @@ class PatchOverlay(anywidget.AnyWidget):
         kwargs.setdefault("clean_prob", float(result.clean_prob))
         kwargs.setdefault("corrupted_prob", float(result.corrupted_prob))
         return cls(image, values, on_patch, **kwargs)
+
+    @classmethod
+    def from_sweep(
+        cls, sweep: PatchResult, image: Image.Image, on_patch: PatchCallback | None = None, **kwargs: Any
+    ) -> PatchOverlay:
+        """Values = a restore-mode :func:`~mllm_lens.patch_sweep`'s indirect effect ``[layers, rows,
+        cols]`` (one row per swept layer), worded and anchored like :meth:`from_trace` on the sweep's
+        clean and corrupted probabilities (without them a small effect would fill the whole ramp)."""
+        if sweep.mode != "restore" or sweep.corrupted_prob is None:
+            raise ValueError(f"from_sweep needs a restore-mode sweep, got mode {sweep.mode!r}")
+        site = SITE_TITLES.get(sweep.site or "hidden", sweep.site or "hidden")
+        noised = (sweep.settings.get("noise") or {}).get("patches")
+        kwargs.setdefault("title", f"{site} indirect effect per patch")
+        kwargs.setdefault("value_label", f"indirect effect of restoring the patch's {site}")
+        kwargs.setdefault("corruption", describe_corruption({"kind": "image_noise", "patches": noised}))
+        kwargs.setdefault("target_token", sweep.target_token)
+        kwargs.setdefault("clean_prob", float(sweep.clean_prob))
+        kwargs.setdefault("corrupted_prob", float(sweep.corrupted_prob))
+        return cls(image, sweep.effect, on_patch, **kwargs)
 
     @property
     def num_layers(self) -> int:

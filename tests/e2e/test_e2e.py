@@ -655,11 +655,19 @@ def explore(page, ui: str) -> None:
     expect(root.get_by_test_id("answer-token")).to_have_count(0)
     expect(cell.locator("[data-testid=trace-heatmap]")).to_have_count(0)
     expect(root.get_by_test_id("notes")).to_have_text("")
+    chips_before = chips.all_inner_texts()  # a refused question stays to be corrected; the chips say they are old
+    question.fill("x" * 301)
+    question.press("Enter")
+    expect(root.get_by_test_id("question-error")).to_contain_text("The tokens below still show the previous question.")
+    expect(question).to_have_attribute("aria-invalid", "true")
+    expect(question).to_have_value("x" * 301)
+    expect(root.get_by_test_id("tokens")).to_have_class(re.compile(r"\bmll-stale\b"))
+    assert chips.all_inner_texts() == chips_before
 
     counter = page.locator(".jp-Notebook .jp-Cell").nth(1)
     rerun_cell(page, 1)
     counter.locator(".jp-OutputArea", has_text="runs=4").wait_for()
-    assert "EXPLORER runs=4 edits=0 errors=3" in output_of(page, 1)
+    assert "EXPLORER runs=4 edits=0 errors=4" in output_of(page, 1)
     root.screenshot(path=str(SCREENSHOTS / f"explorer_{ui}_after_errors.png"))
     ours = [e for e in page.errors if "blob:" in e or "mll" in e]
     assert not ours, ours
