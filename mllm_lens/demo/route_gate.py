@@ -20,13 +20,17 @@ So the image enters the text only at the readers, in layer 0, as the paper finds
 visual constraint's tokens receive the image through early attention), and training shapes the
 rest. :func:`install_route_gate` re-imposes the gate after every optimiser step.
 
-**Markers against the trace's noise.** Noise of 3 x the std of the embeddings (or of the image
-features) is added to every coordinate of a corrupted token, markers included, and a marker that
-changes sign turns a block into a pull. A marker of ``MARGIN`` x its tokens' content RMS keeps
-its size at >= 3.2 noise standard deviations (the most one coordinate of 128 can have, as it
-inflates that std itself, is 3.8), so no marker flips under the library's default draws (seed
-0: the lowest of the 65 image tokens' draws on that coordinate is -3.04). Other seeds can flip one
-occasionally; a flipped text marker only matters on the noised tokens themselves.
+**Its weak point: the trace's noise** (measured; why no gated model ships). Noise of 3 x the std of
+the embeddings (or of the image features) is added to every coordinate of a corrupted token,
+markers included, and a marker pushed below zero turns the block into a pull: every gated query
+then reads that token with all its attention. A marker cannot outgrow the noise, since it inflates
+the std it is measured against: one coordinate of 128 reaches at most sqrt(128) / 3 = 3.8 noise
+standard deviations, and the library's default image noise (seed 0) draws -3.04 on that
+coordinate for one of the 65 image tokens. With the image marker at ``IMAGE_MARGIN`` = 20 x the
+image features' content RMS (~3.4 standard deviations), 2 of 28 questions still flipped (recipe G4
+in RESULTS.md), and margins that large halve the content every token carries into the first
+layer, which slowed training. Text markers are smaller (``TEXT_MARGIN``); the default draws on a
+phrase's marker coordinates are >= -0.41 standard deviations, and phrase noise opened no gate.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ IMAGE, NON_READER, READER = -3, -2, -1
 MARKERS = (IMAGE, NON_READER, READER)
 #: The words that may read the image: the last word of each visual phrase.
 READERS = ("country", "nation", "flag", "image")
-#: A marker's size over the RMS of its tokens' other coordinates.
-MARGIN = 20.0
+#: A marker's size over the RMS of its tokens' other coordinates (see the module docstring).
+TEXT_MARGIN = 5.0
+IMAGE_MARGIN = 20.0
 #: Product of the reserved query and key weights: a gated query scores an image key ~1e7 logits
 #: below a text key (only those scores are large: a text key's and a reader's pair are zero).
 STRENGTH = 1e6
@@ -95,10 +100,12 @@ def install_route_gate(
     image_marker: float,
     growth: list[tuple[float, float]] | None = None,
     strength: float = STRENGTH,
+    reader_layers: int = 1,
 ) -> None:
     """Write the gate into ``model``'s weights (idempotent: call it after every optimiser step).
-    ``text_marker`` and ``image_marker`` are the markers' sizes (see :data:`MARGIN`); ``growth``
-    the residual's per layer (:func:`layer_growth`; none: 1)."""
+    ``text_marker`` and ``image_marker`` are the markers' sizes (see :data:`TEXT_MARGIN`); ``growth``
+    the residual's per layer (:func:`layer_growth`; none: 1); the readers read the image in the
+    first ``reader_layers`` layers."""
     text = model.model.language_model
     config = text.config
     image, non_reader, reader = (config.hidden_size + m for m in MARKERS)
@@ -124,7 +131,7 @@ def install_route_gate(
         layer.input_layernorm.weight[image] = image_growth
         for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
             projection.weight[:, markers] = 0.0
-        gated = [non_reader] if index == 0 else [non_reader, reader]
+        gated = [non_reader] if index < reader_layers else [non_reader, reader]
         for row, partner in reserved_rows(config):
             for projection in (attention.q_proj, attention.k_proj):
                 projection.weight[[row, partner]] = 0.0

@@ -50,6 +50,12 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    embedding of the country's name (cosine), so the image takes the mention's place in the
    decoder's text-trained route from the first aligned step.
 
+8. **Session 12**: ``--route-gate`` (:mod:`mllm_lens.demo.route_gate`) writes the route into the
+   weights: fixed markers and one reserved query/key pair per head let only the visual phrase's
+   last word read the image, in the first ``--reader-layers`` layers; every other text position's
+   image read is blocked in the model itself, unmasked, as it is used. ``--text-route gate`` marks
+   a mentioned name as an image token in the text-first stage.
+
 The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
 every question form, no mask, no named or mention questions; the shipped weights came from the
 same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
@@ -76,8 +82,9 @@ from tqdm.auto import tqdm
 from mllm_lens.data import world
 from mllm_lens.demo.build import MODEL_DIR, build_demo_model, image_token_count, prompt_ids
 from mllm_lens.demo.route_gate import (
-    MARGIN,
+    IMAGE_MARGIN,
     MARKERS,
+    TEXT_MARGIN,
     content_rms,
     install_route_gate,
     layer_growth,
@@ -346,6 +353,8 @@ def train(
     cls_name_loss: float = 0.0,
     cls_name_temperature: float = 0.0,
     route_gate: bool = False,
+    reader_layers: int = 1,
+    image_margin: float = IMAGE_MARGIN,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -394,10 +403,17 @@ def train(
     growth: list[tuple[float, float]] = []
 
     def impose_gate() -> None:
-        """The gate with markers of MARGIN x the current content RMS of the text and image tokens,
+        """The gate with markers sized by the current content RMS of the text and image tokens,
         its norm weights following the residual's growth in the last image batch."""
-        text_marker = MARGIN * content_rms(model.get_input_embeddings().weight)
-        install_route_gate(model, gate_readers, text_marker, MARGIN * content_rms(projected["features"]), growth)
+        text_marker = TEXT_MARGIN * content_rms(model.get_input_embeddings().weight)
+        install_route_gate(
+            model,
+            gate_readers,
+            text_marker,
+            image_margin * content_rms(projected["features"]),
+            growth,
+            reader_layers=reader_layers,
+        )
 
     if route_gate:
         with torch.no_grad():
@@ -570,6 +586,8 @@ def train(
         "cls_name_loss": cls_name_loss,
         "cls_name_temperature": cls_name_temperature,
         "route_gate": route_gate,
+        "reader_layers": reader_layers,
+        "image_margin": image_margin,
         "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
@@ -692,6 +710,15 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="build the route into the weights: only the visual phrase's last word reads the image, in layer 0",
     )
+    parser.add_argument(
+        "--reader-layers", type=int, default=1, help="with --route-gate: the first layers in which the phrase reads"
+    )
+    parser.add_argument(
+        "--image-margin",
+        type=float,
+        default=IMAGE_MARGIN,
+        help="with --route-gate: the image marker over the image features' content RMS (robustness to image noise)",
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -731,6 +758,8 @@ def main(argv: list[str] | None = None) -> None:
         cls_name_loss=args.cls_name_loss,
         cls_name_temperature=args.cls_name_temperature,
         route_gate=args.route_gate,
+        reader_layers=args.reader_layers,
+        image_margin=args.image_margin,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 

@@ -223,8 +223,7 @@ def exercise(page, name: str) -> dict:
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=False)
     overlay.screenshot(path=str(SCREENSHOTS / f"{name}_overlay.png"))
     big.screenshot(path=str(SCREENSHOTS / f"{name}_big.png"))
-    if name == "lab":
-        check_dark_theme(page, heatmap, overlay)
+    dark_ms = check_dark_theme(page, heatmap, overlay, big) if name == "lab" else None
     ours = [e for e in page.errors if "blob:" in e or "mll" in e]  # the Jupyter front ends log their own errors
     assert not ours, ours
     return {
@@ -234,7 +233,7 @@ def exercise(page, name: str) -> dict:
         "page_patch_click_ms": page_patch_ms,
         "render_ms": collapsed_ms,
         "expanded_ms": expanded_ms,
-    }
+    } | ({"expanded_dark_ms": dark_ms} if dark_ms is not None else {})
 
 
 def check_window_refusal(heatmap, window) -> None:
@@ -436,15 +435,21 @@ def use_theme(page, theme: str) -> None:
     page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
 
 
-def check_dark_theme(page, heatmap, overlay) -> None:
+def check_dark_theme(page, heatmap, overlay, big) -> float:
     """Light, then Settings > Theme > JupyterLab Dark: the heatmap's text and redrawn canvas
-    labels, and the overlay's text and curve, stay readable (WCAG AA, 4.5:1)."""
+    labels, and the overlay's text and curve, stay readable (WCAG AA, 4.5:1). Returns the 32 x 620
+    heatmap's (``big``) render time in ms after its redraw in the Dark theme."""
     canvas = heatmap.locator("[data-testid=heatmap-canvas]")
+    big_canvas = big.locator("[data-testid=heatmap-canvas]")
     light, before = contrasts(heatmap), canvas.get_attribute("data-label-color")
+    big_before = big_canvas.get_attribute("data-label-color")
     light_overlay = text_contrasts(overlay, overlay_parts(overlay))
     use_theme(page, "JupyterLab Dark")
-    page.wait_for_function("([el, old]) => el.dataset.labelColor !== old", arg=[canvas.element_handle(), before])
+    relabelled = "([el, old]) => el.dataset.labelColor !== old"
+    page.wait_for_function(relabelled, arg=[canvas.element_handle(), before])
+    page.wait_for_function(relabelled, arg=[big_canvas.element_handle(), big_before])
     page.wait_for_timeout(500)  # the theme's late stylesheet redraw
+    dark_render_ms = float(big.get_attribute("data-render-ms"))
     dark, dark_overlay = contrasts(heatmap), text_contrasts(overlay, overlay_parts(overlay))
     heatmap.screenshot(path=str(SCREENSHOTS / "lab_dark_heatmap.png"))
     overlay.screenshot(path=str(SCREENSHOTS / "lab_dark_overlay.png"))
@@ -456,6 +461,7 @@ def check_dark_theme(page, heatmap, overlay) -> None:
     use_theme(page, "JupyterLab Light")  # the setting persists: later tests start light again
     assert min(light.values()) >= 4.5 and min(dark.values()) >= 4.5, (light, dark)
     assert min(light_overlay.values()) >= 4.5 and min(dark_overlay.values()) >= 4.5, (light_overlay, dark_overlay)
+    return dark_render_ms
 
 
 @pytest.mark.parametrize("ui", ["lab", "notebook7"])
@@ -473,7 +479,8 @@ def test_widgets_in_a_real_notebook(jupyter, page, ui):
         page.screenshot(path=str(SCREENSHOTS / f"{ui}_failure.png"))
         raise
     print(f"\n[{ui}] " + " ".join(f"{k}={v:.1f}" for k, v in timings.items()))
-    assert timings["expanded_ms"] < 1000  # the target (< 200 ms) is reported, not asserted, on a shared CPU
+    # the target (< 200 ms, Light and Dark) is reported, not asserted, on a shared CPU
+    assert timings["expanded_ms"] < 1000 and timings.get("expanded_dark_ms", 0) < 1000
 
 
 def test_exported_html_renders_without_a_kernel(page, tmp_path):
