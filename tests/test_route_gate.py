@@ -107,3 +107,23 @@ def test_a_name_marked_as_an_image_is_read_only_by_the_readers_in_layer_0():
     assert reads[0][is_reader].min().item() > 0.01
     assert all(read[~is_reader].max().item() < 1e-12 for read in reads)
     assert all(read[is_reader].max().item() < 1e-12 for read in reads[1:])
+
+
+def test_the_gates_own_gradients_are_cleared_before_the_clip():
+    """The reserved rows' gradients are huge (keys of ~1e4 on image tokens): left in, they set the
+    clip's norm and every real weight barely moves (recipes G1-G7 in RESULTS.md)."""
+    from mllm_lens.demo.route_gate import clear_gate_gradients, reserved_rows
+
+    model, processor = gated_model()
+    tokenizer = processor.tokenizer
+    ids = torch.tensor([prompt_ids(tokenizer, QUESTIONS[0], image_token_count(model.config), "Lima")])
+    logits = model(input_ids=ids[:, :-1], pixel_values=torch.randn(1, 3, 64, 64)).logits
+    torch.nn.functional.cross_entropy(logits[0], ids[0, 1:]).backward()
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    clear_gate_gradients(model)
+    cleared = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    assert norm > 100 * cleared  # what the clip saw before
+    assert 0 < cleared < 100
+    layer = model.model.language_model.layers[0].self_attn
+    rows = [i for pair in reserved_rows(model.config.text_config) for i in pair]
+    assert torch.all(layer.q_proj.weight.grad[rows] == 0) and layer.q_proj.weight.grad.abs().sum() > 0

@@ -93,6 +93,38 @@ def layer_growth(hidden_states, image: tuple[int, int]) -> list[tuple[float, flo
 
 
 @torch.no_grad()
+def clear_gate_gradients(model) -> None:
+    """Zero the gradient of every weight entry the gate sets. The reserved query rows see keys of
+    ~1e4 on image tokens, so their gradients are huge; left in, they dominate the gradient norm and
+    the clip scales every other weight's step down to almost nothing (recipes G1-G7 in RESULTS.md
+    barely trained: the phrase's first-layer read stayed at its random-init spread)."""
+    text = model.model.language_model
+    config = text.config
+    markers = [config.hidden_size + m for m in MARKERS]
+    reserved = [i for pair in reserved_rows(config) for i in pair]
+
+    def clear(parameter: torch.nn.Parameter, index) -> None:
+        if parameter.grad is not None:
+            parameter.grad[index] = 0.0
+
+    clear(model.get_input_embeddings().weight, (slice(None), markers))
+    projector = model.model.multi_modal_projector.linear_2
+    clear(projector.weight, markers)
+    clear(projector.bias, markers)
+    clear(text.norm.weight, markers)
+    for layer in text.layers:
+        attention = layer.self_attn
+        clear(attention.o_proj.weight, markers)
+        clear(layer.mlp.down_proj.weight, markers)
+        clear(layer.post_attention_layernorm.weight, markers)
+        clear(layer.input_layernorm.weight, markers)
+        for projection in (attention.q_proj, attention.k_proj, attention.v_proj):
+            clear(projection.weight, (slice(None), markers))
+        clear(attention.q_proj.weight, reserved)
+        clear(attention.k_proj.weight, reserved)
+
+
+@torch.no_grad()
 def install_route_gate(
     model,
     readers: list[int],

@@ -85,6 +85,7 @@ from mllm_lens.demo.route_gate import (
     IMAGE_MARGIN,
     MARKERS,
     TEXT_MARGIN,
+    clear_gate_gradients,
     content_rms,
     install_route_gate,
     layer_growth,
@@ -553,6 +554,8 @@ def train(
             loss = loss + cls_name_loss * extras["cls_name"]
         optimizer.zero_grad()
         loss.backward()
+        if route_gate:  # the gate's own entries are set, not learned: keep them out of the clip's norm
+            clear_gate_gradients(model)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         if route_gate:  # the optimiser (weight decay, momentum) must not move the gate
