@@ -127,3 +127,20 @@ def test_the_gates_own_gradients_are_cleared_before_the_clip():
     layer = model.model.language_model.layers[0].self_attn
     rows = [i for pair in reserved_rows(model.config.text_config) for i in pair]
     assert torch.all(layer.q_proj.weight.grad[rows] == 0) and layer.q_proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"reader_layers": 0}, "reader-layers must be between 1 and the decoder's 4 layers, got 0"),
+        ({"reader_layers": 5}, "reader-layers must be between 1 and the decoder's 4 layers, got 5"),
+        ({"image_margin": 0.0}, "image-margin must be positive"),
+        ({"route_gate": False, "text_route": "gate"}, "needs --route-gate"),
+    ],
+)
+def test_gate_options_out_of_range_are_refused_before_training(options, message):
+    from mllm_lens.demo.train import train
+
+    base = dict(steps=1, batch=2, renderings=1, seed=0, lr=1e-3, out=None, route_gate=True)
+    with pytest.raises(ValueError, match=message):
+        train(**(base | options))

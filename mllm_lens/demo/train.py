@@ -378,6 +378,11 @@ def train(
     gate_readers = reader_ids(processor.tokenizer) if route_gate else []
     if text_route not in ("mask", "penalty", "gate"):
         raise ValueError(f"text_route must be 'mask', 'penalty' or 'gate', got {text_route!r}")
+    layers = model.config.text_config.num_hidden_layers
+    if route_gate and not 1 <= reader_layers <= layers:
+        raise ValueError(f"--reader-layers must be between 1 and the decoder's {layers} layers, got {reader_layers}")
+    if route_gate and image_margin <= 0:
+        raise ValueError(f"--image-margin must be positive, got {image_margin}")
     if text_route == "gate" and not route_gate:
         raise ValueError("--text-route gate needs --route-gate (the mention is marked as an image token)")
     if route_penalty:
