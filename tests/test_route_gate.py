@@ -144,3 +144,20 @@ def test_gate_options_out_of_range_are_refused_before_training(options, message)
     base = dict(steps=1, batch=2, renderings=1, seed=0, lr=1e-3, out=None, route_gate=True)
     with pytest.raises(ValueError, match=message):
         train(**(base | options))
+
+
+def test_gate_leak_reads_zero_on_a_gated_model_and_the_image_reads_of_an_ungated_one():
+    """The evaluate measure of whether a corruption opens the gate: a gated model keeps every
+    non-reader off the image under phrase noise; an ungated one reads it (so 0 is not vacuous)."""
+    from mllm_lens.demo.mechanism import GATE_OPEN, gate_leak, mechanism_records
+    from mllm_lens.models.lens_model import LensModel
+
+    records = mechanism_records(3)
+    model, processor = gated_model()
+    gated = gate_leak(LensModel.wrap(model, processor), records)
+    assert gated["gate_leak_phrase_noise"] < 1e-9 and gated["gate_opened_phrase_noise"] == 0
+    assert gated["gate_leak_n"] == 3 and model.config._attn_implementation == "eager"
+    plain, processor = build_demo_model(0, cls_token=True)
+    ungated = gate_leak(LensModel.wrap(plain, processor), records)
+    assert ungated["gate_leak_phrase_noise"] > 10 * GATE_OPEN and ungated["gate_opened_image_noise"] == 3
+    assert plain.config._attn_implementation != "eager"  # restored

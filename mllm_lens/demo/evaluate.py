@@ -6,7 +6,8 @@ model routes facts through the visual constraint, with the library's defaults
 (:mod:`mllm_lens.demo.mechanism`): noise on the constraint, replacement by another country's
 name, the MLP trace per token role, MultEdit with the paper's key on requests held out from
 tuning (single edits, batches of 10 and 50), top-k vs random patch knock-out, and constraint
-flow vs confidence as an error signal. Ends with one JSON line (``accuracy``, ``size_mb``,
+flow vs confidence as an error signal, and whether the default corruptions open the route gate
+(image reads of non-reader text positions in the corrupted runs). Ends with one JSON line (``accuracy``, ``size_mb``,
 ``constraint_noise_ratio``, ``replace_switch_rate``, ``edit_efficacy``, ``edit_generalisation``,
 ``edit_specificity_drop``, ``batch50_specificity_drop``, ``topk_knockout_drop``,
 ``random_knockout_drop``, ... ). ``--accuracy-only`` stops after the accuracy.
@@ -78,6 +79,7 @@ def mechanism_report(model: LensModel, *, n: int = 140, traced: int = 42, knocke
     records = mechanism.mechanism_records(n)
     report.update(mechanism.constraint_noise_ratio(model, records))
     report.update(mechanism.replace_switch_rate(model, records))
+    report.update(mechanism.gate_leak(model, records[:traced]))
     roles = mechanism.role_profile(model, records[:traced])
     report.update(mlp_trace_by_role=roles["profile"], trace_peak_layer=roles["peak_layer"])
     report["trace_peak_role"] = roles["peak_role"]

@@ -11,7 +11,9 @@ drawn with seeds the training never used:
 * :func:`role_profile` -- the MLP causal trace (window 1) averaged per layer and token role
   (image, visual constraint, textual constraint, other text, last), as in the paper's figures;
 * :func:`knockout_figures` -- top-k patches by the default ranking knocked out vs k random ones;
-* :func:`edit_figures` -- MultEdit with the paper's key on requests held out from any tuning.
+* :func:`edit_figures` -- MultEdit with the paper's key on requests held out from any tuning;
+* :func:`gate_leak` -- whether a corruption's noise opens the route gate
+  (:mod:`mllm_lens.demo.route_gate`): image reads of text positions other than the readers.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import random
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from mllm_lens.data import world
 from mllm_lens.data.records import VQARecord
+from mllm_lens.demo.route_gate import reader_ids
 from mllm_lens.models.lens_model import LensModel
-from mllm_lens.tracing.corruption import noise, replace
+from mllm_lens.tracing.corruption import image_noise, noise, replace
 from mllm_lens.tracing.session import TraceSession
 
 ROLES = ("image", "visual", "textual", "other", "last")
@@ -43,6 +47,8 @@ REPORTED = (
     "random_knockout_drop",
     "flow_auroc_best_layer",
     "confidence_auroc",
+    "gate_leak_phrase_noise",
+    "gate_leak_image_noise",
 )
 _YES_NO_RELATION = {"in_continent": "continent", "uses_currency": "currency"}
 
@@ -207,4 +213,41 @@ def edit_figures(
         out[f"batch{size}_generalisation"] = report.generalisation
         out[f"batch{size}_specificity_drop"] = report.specificity_drop
     out["n_specificity"] = len(specificity)
+    return out
+
+
+#: A non-reader text position giving the image more of its attention than this counts as an opened gate.
+GATE_OPEN = 0.01
+
+
+def gate_leak(model: LensModel, records: Sequence[VQARecord]) -> dict:
+    """The largest share of attention (any layer, head) a text position other than a reader gives the
+    image, in the *corrupted* run of each default corruption (noise on the visual constraint; image
+    noise), and how many questions exceed :data:`GATE_OPEN`. On a gated model the clean run gives 0;
+    noise that pushes a marker below zero opens the gate and every text position reads the noised
+    image (the gate's weak point, :mod:`mllm_lens.demo.route_gate`). An ungated model reads the
+    image everywhere, so its figures are large whatever the noise."""
+    hf = model.hf_model
+    readers = torch.tensor(reader_ids(model.tokenizer))
+    attention = hf.config._attn_implementation
+    hf.set_attn_implementation("eager")  # the attention weights
+    out: dict = {"gate_leak_n": len(records)}
+    try:
+        corruptions = (("phrase_noise", lambda r: noise(r.main_entity)), ("image_noise", lambda r: image_noise()))
+        for name, corrupt in corruptions:
+            worst = []
+            for record in records:
+                encoded = record.probe().encode(model)
+                corrupted = corrupt(record).apply(model, encoded, model.decoder_inputs(encoded.model_inputs))
+                start, end = encoded.image_span
+                ids = encoded.model_inputs["input_ids"][0]
+                text = torch.arange(end, corrupted.shape[1], device=corrupted.device)
+                others = text[~torch.isin(ids[text].cpu(), readers)]
+                with torch.no_grad():
+                    layers = hf.model.language_model(inputs_embeds=corrupted, output_attentions=True).attentions
+                worst.append(max(a[0][:, others, start:end].sum(-1).max().item() for a in layers))
+            out[f"gate_leak_{name}"] = max(worst)
+            out[f"gate_opened_{name}"] = sum(w > GATE_OPEN for w in worst)
+    finally:
+        hf.set_attn_implementation(attention)
     return out
