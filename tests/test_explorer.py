@@ -80,6 +80,17 @@ def test_run_shows_heatmap_overlay_and_the_answer(explorer):
     assert explorer.heatmap is not first and c.runs_done == 2 and first.comm is None
 
 
+def test_the_answer_and_notes_appear_before_the_figures_so_nothing_pushes_them_down(explorer):
+    """The answer block sits above the figures: filled only when the run ended, it moved the heatmap
+    (and the pointer's target) down by its height after the heatmap had appeared."""
+    events = []
+    explorer.controls.observe(lambda change: events.append("answer") if change["new"] else None, "answer")
+    explorer.observe(lambda change: events.append(f"figures {len(change['new']) - 1}"), "children")
+    run(explorer)
+    assert events == ["answer", "figures 1", "figures 2"]
+    assert explorer.controls.answer["run"] == 1 == explorer.controls.runs_done
+
+
 def test_the_overlay_names_its_corruption_and_the_heatmaps_when_they_differ(explorer):
     run(explorer)  # image noise: the overlay reuses the heatmap's trace
     assert explorer.overlay.corruption == "image noise on all visual tokens"

@@ -315,21 +315,25 @@ class Explorer(ipywidgets.VBox):
         return session
 
     def _trace(self, job: _Job, notes: Sequence[str] = ()) -> None:
-        """Trace the probe (live heatmap), then the patch overlay, then report the answer; show
-        nothing once another example has been picked or an image uploaded."""
+        """Report the answer (known once the clean and corrupted runs are done), then trace the probe
+        (live heatmap), then the patch overlay; show nothing once another example has been picked or
+        an image uploaded. The answer block sits above the figures, so it is filled before they
+        appear: filled at the end, it pushed them down under the pointer."""
         notes = list(notes)
         session = self._session(job.probe, job.corruption, self.sites, notes)
+        c = self.controls
         if job.source == self._sources:
+            with c.hold_sync():
+                c.answer = answer_state(session, job.corruption, job.expected, len(self.edits), c.runs_done + 1)
+                c.notes = list(notes)
             heatmap = TraceHeatmap(session)
             self.session = session
             self._show(heatmap)
             heatmap.trace_now()  # on this worker, so nothing else touches the model meanwhile
             if heatmap.status != "cancelled" and job.source == self._sources:
                 self._show(heatmap, self._overlay(job, heatmap, notes))
-        c = self.controls
         with c.hold_sync():
             if job.source == self._sources:
-                c.answer = answer_state(session, job.corruption, job.expected, len(self.edits), c.runs_done + 1)
                 c.notes, c.edit_layer = notes, self._suggested_layer(job.probe)
                 c.runs_done += 1
             if self._worker.pending <= 1:
