@@ -33,6 +33,14 @@ every image token carries into the first layer to ~0.35 of its size after the no
 that large slowed training (G4 vs G6), so ``TEXT_MARGIN`` is smaller; the default draws on a
 phrase's marker coordinates are >= -0.41 standard deviations, and phrase noise opened no gate.
 Other seeds can still flip a marker now and then.
+
+**Its second weak point: the strength itself** (measured on recipe G9, RESULTS.md session 13).
+Noise on the phrase gives its tokens a nonzero ``IMAGE`` coordinate, which the reserved key turns
+into ~1e6 x the draw: the noised phrase is then walled off from every later position (or draws all
+their attention), so restoring its MLP or attention output reaches nothing; and MultEdit's update
+writes layer rows at the marker coordinates, which moves every prompt's gate. A weaker ``strength``
+(<= 30) lets the trace find the phrase's layer-0 MLP and paper-key edits take, but then the image
+noise opens the gate.
 """
 
 from __future__ import annotations
