@@ -135,6 +135,7 @@ def test_the_gates_own_gradients_are_cleared_before_the_clip():
         ({"reader_layers": 0}, "reader-layers must be between 1 and the decoder's 4 layers, got 0"),
         ({"reader_layers": 5}, "reader-layers must be between 1 and the decoder's 4 layers, got 5"),
         ({"image_margin": 0.0}, "image-margin must be positive"),
+        ({"gate_strength": 0.0}, "gate-strength must be positive"),
         ({"route_gate": False, "text_route": "gate"}, "needs --route-gate"),
     ],
 )
@@ -161,3 +162,23 @@ def test_gate_leak_reads_zero_on_a_gated_model_and_the_image_reads_of_an_ungated
     ungated = gate_leak(LensModel.wrap(plain, processor), records)
     assert ungated["gate_leak_phrase_noise"] > 10 * GATE_OPEN and ungated["gate_opened_image_noise"] == 3
     assert plain.config._attn_implementation != "eager"  # restored
+
+
+def test_the_saved_gate_has_the_chosen_strength_and_still_walls_off_the_image():
+    """``--gate-strength``: training keeps the full wall, the saved model's gate is weakened so a
+    restored or edited phrase can reach the answer (RESULTS.md, session 13)."""
+    from mllm_lens.demo.route_gate import STRENGTH, reserved_rows
+    from mllm_lens.demo.train import train
+
+    common = dict(steps=2, batch=2, renderings=1, seed=0, lr=1e-3, out=None, log_every=1, identity_steps=1,
+                  cls_token=True, route_gate=True)  # fmt: skip
+    rows = [row for row, _ in reserved_rows(build_demo_model(0)[0].config.text_config)]
+    for strength in (STRENGTH, 10.0):
+        model, processor, _ = train(**common, gate_strength=strength)
+        for layer in model.model.language_model.layers:
+            attention = layer.self_attn
+            assert attention.q_proj.weight[rows].abs().max().item() == pytest.approx(strength**0.5)
+            assert attention.k_proj.weight[rows].abs().max().item() == pytest.approx(strength**0.5)
+        model.set_attn_implementation("eager")
+        reads, is_reader, _, _ = image_reads(model, processor, QUESTIONS[0], torch.randn(1, 3, 64, 64))
+        assert all(read[~is_reader].max().item() < 1e-6 for read in reads)

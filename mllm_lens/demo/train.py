@@ -84,6 +84,7 @@ from mllm_lens.demo.build import MODEL_DIR, build_demo_model, image_token_count,
 from mllm_lens.demo.route_gate import (
     IMAGE_MARGIN,
     MARKERS,
+    STRENGTH,
     TEXT_MARGIN,
     clear_gate_gradients,
     content_rms,
@@ -356,6 +357,7 @@ def train(
     route_gate: bool = False,
     reader_layers: int = 1,
     image_margin: float = IMAGE_MARGIN,
+    gate_strength: float = STRENGTH,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -383,6 +385,8 @@ def train(
         raise ValueError(f"--reader-layers must be between 1 and the decoder's {layers} layers, got {reader_layers}")
     if route_gate and image_margin <= 0:
         raise ValueError(f"--image-margin must be positive, got {image_margin}")
+    if route_gate and gate_strength <= 0:
+        raise ValueError(f"--gate-strength must be positive, got {gate_strength}")
     if text_route == "gate" and not route_gate:
         raise ValueError("--text-route gate needs --route-gate (the mention is marked as an image token)")
     if route_penalty:
@@ -408,7 +412,7 @@ def train(
 
     growth: list[tuple[float, float]] = []
 
-    def impose_gate() -> None:
+    def impose_gate(strength: float = STRENGTH) -> None:
         """The gate with markers sized by the current content RMS of the text and image tokens,
         its norm weights following the residual's growth in the last image batch."""
         text_marker = TEXT_MARGIN * content_rms(model.get_input_embeddings().weight)
@@ -418,6 +422,7 @@ def train(
             text_marker,
             image_margin * content_rms(projected["features"]),
             growth,
+            strength=strength,
             reader_layers=reader_layers,
         )
 
@@ -572,6 +577,8 @@ def train(
             point = {"step": step + 1, "loss": round(running, 4), "seconds": round(time.time() - start, 1)}
             curve.append(point | {k: round(v.item(), 4) for k, v in extras.items()})
             bar.set_postfix(loss=f"{running:.3f}")
+    if route_gate:  # trained behind the full wall; saved with the chosen strength (see --gate-strength)
+        impose_gate(gate_strength)
     model.eval()
     model.set_attn_implementation("sdpa")
     recipe = {
@@ -596,6 +603,7 @@ def train(
         "route_gate": route_gate,
         "reader_layers": reader_layers,
         "image_margin": image_margin,
+        "gate_strength": gate_strength,
         "vision_final_loss": round(sum(vision_losses[-20:]) / 20, 4) if len(vision_losses) >= 20 else None,
         "init": None if init is None else str(init),
         "text_steps": text_steps,
@@ -727,6 +735,13 @@ def main(argv: list[str] | None = None) -> None:
         default=IMAGE_MARGIN,
         help="with --route-gate: the image marker over the image features' content RMS (robustness to image noise)",
     )
+    parser.add_argument(
+        "--gate-strength",
+        type=float,
+        default=STRENGTH,
+        help="with --route-gate: the saved gate's strength (training keeps the full wall); weaker lets a restored "
+        "or edited phrase reach the answer, stronger keeps the image noise out (RESULTS.md, session 13)",
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -768,6 +783,7 @@ def main(argv: list[str] | None = None) -> None:
         route_gate=args.route_gate,
         reader_layers=args.reader_layers,
         image_margin=args.image_margin,
+        gate_strength=args.gate_strength,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 
