@@ -373,6 +373,25 @@ def test_a_run_clicked_before_the_question_changed_is_not_shown(explorer):
     assert explorer.heatmap is None and explorer.controls.answer == {} and explorer.controls.runs_done == 0
 
 
+def test_a_run_whose_answer_was_shown_counts_even_if_the_question_then_changes(explorer, monkeypatch):
+    """The answer (with its run number) is shown before the trace; a new question typed during the
+    trace clears it, and the next run must not reuse that number."""
+    trace_now = TraceHeatmap.trace_now
+
+    def question_changes_meanwhile(heatmap):
+        assert explorer.controls.answer["run"] == 1
+        explorer.set_question("What currency is used in this country?")
+        trace_now(heatmap)
+
+    monkeypatch.setattr(TraceHeatmap, "trace_now", question_changes_meanwhile)
+    explorer.run()
+    assert explorer.wait(60) and not explorer.error
+    assert explorer.controls.answer == {} and explorer.controls.runs_done == 1
+    monkeypatch.setattr(TraceHeatmap, "trace_now", trace_now)
+    run(explorer)
+    assert explorer.controls.answer["run"] == 2 == explorer.controls.runs_done
+
+
 @pytest.mark.parametrize(
     ("content", "buffers", "field", "message"),
     [

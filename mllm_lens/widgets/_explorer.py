@@ -326,6 +326,7 @@ class Explorer(ipywidgets.VBox):
             with c.hold_sync():
                 c.answer = answer_state(session, job.corruption, job.expected, len(self.edits), c.runs_done + 1)
                 c.notes = list(notes)
+                c.runs_done += 1  # counted when its answer is shown, even if a new question then replaces it
             heatmap = TraceHeatmap(session)
             self.session = session
             self._show(heatmap)
@@ -335,7 +336,6 @@ class Explorer(ipywidgets.VBox):
         with c.hold_sync():
             if job.source == self._sources:
                 c.notes, c.edit_layer = notes, self._suggested_layer(job.probe)
-                c.runs_done += 1
             if self._worker.pending <= 1:
                 c.status = "idle"
 
