@@ -224,9 +224,10 @@ def gate_leak(model: LensModel, records: Sequence[VQARecord]) -> dict:
     """The largest share of attention (any layer, head) a text position other than a reader gives the
     image, in the *corrupted* run of each default corruption (noise on the visual constraint; image
     noise), and how many questions exceed :data:`GATE_OPEN`. On a gated model the clean run gives 0;
-    noise that pushes a marker below zero opens the gate and every text position reads the noised
-    image (the gate's weak point, :mod:`mllm_lens.demo.route_gate`). An ungated model reads the
-    image everywhere, so its figures are large whatever the noise."""
+    noise opens the gate when it pushes a marker below zero, or, with a weak gate (``--gate-strength``),
+    when it shrinks the image markers enough (:mod:`mllm_lens.demo.route_gate`). The measure means
+    something only for a gated model: an ungated one (the shipped demo model today) reads the image
+    everywhere, so its figures are large whatever the noise."""
     hf = model.hf_model
     readers = torch.tensor(reader_ids(model.tokenizer))
     attention = hf.config._attn_implementation
