@@ -11,6 +11,7 @@ import torch
 
 import mllm_lens as ml
 from mllm_lens.tracing import Cell, RestorationExecutor
+from mllm_lens.tracing import session as session_module
 from mllm_lens.tracing.trace import prepare
 
 
@@ -95,13 +96,39 @@ def test_ineffective_corruption_warns_and_is_recorded(models, probe):
             result = ml.trace(model, probe, ml.noise("continent", scale=0.05, seed=seed), site="mlp", progress=False)
         if result.corrupted_prob >= result.clean_prob:
             assert any(issubclass(w.category, ml.tracing.CorruptionIneffectiveWarning) for w in caught)
-            assert "did not lower" in result.warnings[0]
+            assert "says little" in result.warnings[0]
             with warnings.catch_warnings(record=True) as quiet:
                 warnings.simplefilter("always")
                 session = ml.TraceSession(model, probe, ml.noise("continent", scale=0.05, seed=seed), warn=False)
-            assert not quiet and "did not lower" in session.notes[0]  # kept as a note, not warned
+            assert not quiet and "says little" in session.notes[0]  # kept as a note, not warned
             return
     pytest.fail("no seed gave a non-lowering corruption")
+
+
+@pytest.mark.parametrize(
+    ("clean", "corrupted", "noted"),
+    [
+        (0.9996, 0.9995, True),
+        (0.5, 0.495, True),
+        (0.004, 0.0037, True),
+        (0.004, 0.0035, False),
+        (0.9977, 0.9666, False),
+    ],
+)
+def test_a_corruption_that_barely_lowers_the_answer_is_noted(clean, corrupted, noted):
+    """Lowering p(answer) by under 0.01 (or a tenth of it) is as null as not lowering it: every restoration lies within
+    that of the corrupted run (a yes/no question whose corrupted run still says "no"). Near p = 1 a
+    drop of 0.03 is not null: it is a large change of the logits, with room to restore. A rarely
+    chosen answer (p 0.004) is judged on a tenth of its p instead."""
+    note = session_module.ineffective_note(clean, corrupted)
+    assert (note is not None) == noted
+    if noted:
+        assert "by less than" in note and "says little about where the fact is stored" in note
+
+
+def test_a_corruption_that_raises_the_answer_says_so():
+    note = session_module.ineffective_note(0.5, 0.6)
+    assert note is not None and "did not lower" in note
 
 
 def _quiet_trace(*args, **kwargs):

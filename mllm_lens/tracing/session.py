@@ -36,7 +36,29 @@ from mllm_lens.tracing.windows import window_layers
 
 
 class CorruptionIneffectiveWarning(UserWarning):
-    """The corruption did not lower the target's probability; the trace shows little."""
+    """The corruption barely lowered the target's probability; the trace shows little."""
+
+
+#: A corruption is noted as ineffective when it lowers p(answer) by less than this, or by less
+#: than :data:`INEFFECTIVE_SHARE` of the clean p when that is smaller (a rarely chosen answer).
+INEFFECTIVE_DROP = 0.01
+INEFFECTIVE_SHARE = 0.1
+
+
+def ineffective_note(clean_prob: float, corrupted_prob: float) -> str | None:
+    """What to tell the user when the corruption barely lowered p(answer) (None when it took
+    enough away): a heatmap of restored p then has next to no room between the corrupted and the
+    clean run. An absolute drop, not a share of p: near p = 1 a large change of the logits moves p
+    little, and such a trace still shows where the answer comes back (0.998 -> 0.967 leaves 0.03)."""
+    least = min(INEFFECTIVE_DROP, INEFFECTIVE_SHARE * clean_prob)
+    if clean_prob - corrupted_prob >= least:
+        return None
+    probs = f"(clean {clean_prob:.4f}, corrupted {corrupted_prob:.4f})"
+    if corrupted_prob >= clean_prob:
+        what = f"the corruption did not lower the target's probability {probs}"
+    else:
+        what = f"the corruption lowered the target's probability by less than {least:.2g} {probs}"
+    return f"{what}; this trace says little about where the fact is stored"
 
 
 Positions = tuple[torch.Tensor | None, torch.Tensor | None]
@@ -146,11 +168,9 @@ class TraceSession:
         self.clean_prob = float(self.clean_probs[self.target])
         self.corrupted_prob = float(self.corrupted_probs[self.target])
         self.notes: list[str] = list(self.encoded.meta.get("notes", []))
-        if self.corrupted_prob >= self.clean_prob:
-            self.notes.append(
-                f"the corruption did not lower the target's probability (clean {self.clean_prob:.4f}, "
-                f"corrupted {self.corrupted_prob:.4f}); this trace says little about where the fact is stored"
-            )
+        note = ineffective_note(self.clean_prob, self.corrupted_prob)
+        if note is not None:
+            self.notes.append(note)
             if warn:
                 warnings.warn(self.notes[-1], CorruptionIneffectiveWarning, stacklevel=3)
 
