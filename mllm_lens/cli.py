@@ -119,9 +119,10 @@ def _demo(args: argparse.Namespace) -> int:
     probe = record.probe()
     print(
         f"Shipped demo model; question {record.question!r} about a rendered flag of {country} "
-        f"(answer {record.answer!r}); corrupting the image (noise on all its visual tokens)\n"
+        f"(answer {record.answer!r}); corrupting the visual constraint {record.main_entity!r} "
+        "(3σ noise on its embeddings, the paper's corruption)\n"
     )
-    results = ml.trace_sites(model, probe, ml.image_noise(), progress=not args.quiet)
+    results = ml.trace_sites(model, probe, ml.noise(record.main_entity), progress=not args.quiet)
     return _report(results, out)
 
 

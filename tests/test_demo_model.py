@@ -34,13 +34,29 @@ def test_demo_loads_through_from_pretrained(demo):
     assert demo.adapter.architecture == "llava" and demo.adapter.paper_template
 
 
-def test_trace_on_the_demo_model(demo):
+def test_trace_on_the_demo_model_finds_the_fact_at_the_visual_constraint(demo):
+    """The paper's defaults (noise on the visual constraint, MLP outputs, window 1) find the fact
+    where the shipped model keeps it: layer 0's MLP at the phrase's last token (issue 11)."""
     record = world.make_record("Japan", world.template("capital"), 0, random.Random(1))
-    result = ml.trace(demo, record.probe(), ml.image_noise(), site="mlp", progress=False)
+    result = ml.trace(demo, record.probe(), ml.noise(), site="mlp", progress=False)
     assert result.target_token == "Tokyo"
-    assert result.clean_prob > 0.5
-    assert result.corrupted_prob < 0.5 * result.clean_prob
-    assert result.scores.max() > result.corrupted_prob
+    assert result.clean_prob > 0.5 and result.corrupted_prob < 0.3 * result.clean_prob
+    layer, position = result.peak()
+    start, end = result.constraint_spans["this country"]
+    assert (layer, position) == (0, end - 1)
+    assert result.scores[0, end - 1] > 0.5 * result.clean_prob
+
+
+def test_image_noise_takes_most_answers_away(demo):
+    from mllm_lens.demo import mechanism
+
+    clean, corrupted = [], []
+    for record in mechanism.mechanism_records(21):
+        session = ml.TraceSession(demo, record.probe(), ml.image_noise(), sites=("mlp",), warn=False)
+        clean.append(session.clean_prob)
+        corrupted.append(session.corrupted_prob)
+    assert sum(corrupted) < 0.7 * sum(clean)
+    assert sum(c < 0.1 * k for c, k in zip(corrupted, clean, strict=True)) >= 5
 
 
 def test_held_out_countries_are_unknown_to_the_demo_model(demo):
@@ -78,3 +94,22 @@ def test_mechanism_measures_on_the_demo_model(demo):
     json.dumps(roles, allow_nan=False)
     tune, report = mechanism.split_countries()
     assert not set(tune) & set(report) and len(tune) + len(report) == len(world.training_countries())
+
+
+def test_the_command_lines_defaults_are_the_shipped_models_recipe(monkeypatch, capsys):
+    """``python -m mllm_lens.demo.train`` rebuilds the shipped model: every option it passes equals
+    the recipe recorded next to the shipped weights."""
+    from mllm_lens.demo import train as training
+
+    calls = []
+    monkeypatch.setattr(
+        training, "train", lambda *a, **k: calls.append((a, k)) or (None, None, [{"loss": 0, "seconds": 0}])
+    )
+    training.main([])
+    ((args, options),) = calls
+    given = {**dict(zip(["steps", "batch", "renderings", "seed", "lr"], args, strict=False)), **options}
+    recipe = json.loads((MODEL_DIR / "training_curve.json").read_text())
+    assert recipe["route_gate"] and recipe["cls_token"]
+    assert {k: v for k, v in given.items() if recipe[k] != v} == {}
+    training.main(["--no-route-gate", "--steps", "5"])
+    assert calls[-1][1]["route_gate"] is False and calls[-1][0][0] == 5

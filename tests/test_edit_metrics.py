@@ -72,7 +72,7 @@ def test_evaluate_edit_on_the_planted_model(planted):
     assert fingerprint(model) == before
 
 
-DEMO_LAYER = 2  # benchmarks/RESULTS.md, "MultEdit": the best efficacy/specificity trade-off
+LATE_LAYER = 3  # by the last layer the answer position no longer reads the visual constraint
 
 
 @pytest.fixture(scope="module")
@@ -90,25 +90,23 @@ def test_single_multedits_on_the_demo_model_meet_the_targets(demo):
     before_state = fingerprint(demo)
     base = float(specificity.run(demo)[1].mean())
     assert base > 0.8
-    reports = [
-        evaluate_edit(
-            demo, r, layers=DEMO_LAYER, key_token="last", specificity=specificity, specificity_before=base, trace=False
-        )
-        for r in requests
-    ]
+    # the library's defaults: the paper's key, the layer the trace finds (0 on the demo model)
+    reports = [evaluate_edit(demo, r, specificity=specificity, specificity_before=base, trace=False) for r in requests]
     assert fingerprint(demo) == before_state
     assert min(r.efficacy_exact for r in reports) == 1.0
     assert sum(r.efficacy for r in reports) / len(reports) >= 0.9
     assert sum(r.generalisation for r in reports) / len(reports) >= 0.7
-    assert max(r.specificity_drop for r in reports) <= 2.0
+    assert sum(r.specificity_drop for r in reports) / len(reports) <= 2.0  # the single-edit target (a mean)
+    assert max(r.specificity_drop for r in reports) <= 3.0
+    assert all(r.as_dict()["layers"] == [0] for r in reports)  # where the trace finds the fact
     assert world.fact("France", "capital") == "Paris"
 
 
-def test_the_paper_key_token_warns_on_the_demo_model(demo):
-    # The demo model reads the flag from the answer position: the constraint token carries nothing.
+def test_a_paper_key_edit_where_the_constraint_no_longer_counts_warns(demo):
+    # In the last layer the answer position has long read the constraint: an edit there does nothing.
     request = world_request("France", "capital", "Rome")
     with pytest.warns(ml.editing.EditIneffectiveWarning, match="key_token='last'"):
-        handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER)
+        handle = ml.editing.edit_many(demo, [request], layers=LATE_LAYER)
     handle.undo()
 
 
@@ -116,11 +114,11 @@ def test_a_weak_last_token_edit_warns_without_suggesting_the_last_token(demo):
     # A held-out country's capital: greedy answer flips, but its untrained output embedding keeps p low.
     request = world_request("Lithuania", "capital", "Vilnius")
     with pytest.warns(ml.editing.EditIneffectiveWarning, match="output embedding") as caught:
-        handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER, key_token="last")
+        handle = ml.editing.edit_many(demo, [request], layers=LATE_LAYER, key_token="last")
     handle.undo()
     assert all("key_token='last'" not in str(w.message) for w in caught)
     with warnings.catch_warnings(record=True) as quiet:
         warnings.simplefilter("always")
-        handle = ml.editing.edit_many(demo, [request], layers=DEMO_LAYER, key_token="last", warn=False)
+        handle = ml.editing.edit_many(demo, [request], layers=LATE_LAYER, key_token="last", warn=False)
     handle.undo()
     assert not quiet and "output embedding" in handle.info["notes"][0]  # kept as a note, not warned

@@ -211,16 +211,17 @@ def test_bad_uploads_show_a_clear_error(demo, buffers, message):
 def test_edit_changes_the_answer_and_undo_restores_every_parameter(demo, explorer):
     original = fingerprint(demo)
     explorer.run()
-    explorer.apply_edit("Paris", layer=2)  # queued behind the run
+    explorer.apply_edit("Paris", layer=0)  # queued behind the run
     assert explorer.wait(60) and not explorer.error
     c = explorer.controls
+    assert c.edit_layer == 0  # suggested: the demo model retrieves the fact in layer 0's MLP
     assert c.answer["token"] == "Paris" and c.answer["edits"] == 1 and c.runs_done == 2
     assert c.edits == [
         {
             "question": "What is the capital of this country?",
             "new_answer": "Paris",
             "old_answer": "Brasilia",
-            "layer": 2,
+            "layer": 0,
             "site": "mlp",
             "prob": pytest.approx(c.edits[0]["prob"]),
         }
@@ -302,10 +303,10 @@ def test_a_run_clicked_before_another_example_was_picked_is_not_shown(explorer):
 
 
 def test_an_ineffective_corruption_is_a_note_not_an_error(explorer):
-    explorer.select(1)  # image noise makes the demo model more sure of "no"
+    explorer.select(1)  # image noise leaves the demo model as sure of "no" as before
     run(explorer)
     notes = explorer.controls.notes
-    assert any("did not lower the target's probability" in note for note in notes)
+    assert any("says little about where the fact is stored" in note for note in notes)
 
 
 def test_question_tokens_skip_leading_spaces_and_empty_offsets(demo):
@@ -353,7 +354,7 @@ def test_an_explorer_without_examples_waits_for_an_upload(planted):
 
 
 def test_a_new_question_clears_the_last_answer_notes_and_figures_together(explorer):
-    explorer.select(1)  # its run leaves a note (image noise is ineffective there)
+    explorer.select(1)  # its run leaves a note (image noise leaves "no" as it was)
     run(explorer)
     c = explorer.controls
     assert c.answer and c.notes and explorer.heatmap is not None

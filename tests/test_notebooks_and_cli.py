@@ -58,6 +58,8 @@ def test_demo_command_on_the_shipped_model(tmp_path, capsys):
     assert main(["demo", "--country", "Japan", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "'Tokyo'" in out and "mlp trace of 'Tokyo'" in out
+    mlp = out.split("mlp trace of")[1].split("attn trace of")[0]
+    assert "at layer 0, position" in mlp and "(country)" in mlp.splitlines()[0]  # the paper's finding
     assert len(list(tmp_path.glob("demo_*.npz"))) == 3
 
 

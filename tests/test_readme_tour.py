@@ -2,8 +2,8 @@
 
 The tour's code blocks are executed in order, in one namespace, with the demo model loaded in
 place of the 7B checkpoint path and the demo world's rendering of a flag saved as the photo
-the tour opens. The second test states what a demo model that routes facts through the visual
-constraint must show (issue 11) and is expected to fail until one ships.
+the tour opens. The second test asserts what the demo model, which routes facts through the
+visual constraint (issue 11), must show: the paper's defaults give results, not nulls.
 """
 
 from __future__ import annotations
@@ -68,16 +68,10 @@ def test_the_tour_runs_as_written_on_the_demo_model(tour):
     assert (tour["cwd"] / "trace.npz").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: the shipped demo model reads the flag at the answer position, so the paper's defaults "
-    "(noise on the visual constraint, the constraint-token edit key, knock-out ranked into the constraint) "
-    "give null results; remove this marker when a retrained demo model routes facts through the constraint",
-)
 def test_the_tours_results_are_not_null(tour):
     result = tour["result"]
     assert result.corrupted_prob <= 0.3 * result.clean_prob  # the corruption takes the answer away
     assert tour["swapped"].corrupted_prob < 0.1  # the named country's capital replaces Rome
     assert tour["knock"].topk_drop > tour["knock"].random_mean
     assert tour["report"].efficacy >= 0.8 and tour["report"].specificity_drop <= 5
-    assert not [w for w in tour["caught"] if "did not lower" in w]
+    assert not [w for w in tour["caught"] if "says little" in w]

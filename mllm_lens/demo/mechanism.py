@@ -226,7 +226,7 @@ def gate_leak(model: LensModel, records: Sequence[VQARecord]) -> dict:
     noise), and how many questions exceed :data:`GATE_OPEN`. On a gated model the clean run gives 0;
     noise opens the gate when it pushes a marker below zero, or, with a weak gate (``--gate-strength``),
     when it shrinks the image markers enough (:mod:`mllm_lens.demo.route_gate`). The measure means
-    something only for a gated model: an ungated one (the shipped demo model today) reads the image
+    something only for a gated model: an ungated one (the demo model before session 14) reads the image
     everywhere, so its figures are large whatever the noise."""
     hf = model.hf_model
     readers = torch.tensor(reader_ids(model.tokenizer))

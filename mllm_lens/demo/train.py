@@ -56,15 +56,15 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    image read is blocked in the model itself, unmasked, as it is used. ``--text-route gate`` marks
    a mentioned name as an image token in the text-first stage.
 
-The defaults are the shipped model's recipe (plain LLaVA-style training: identity stage, then
-every question form, no mask, no named or mention questions; the shipped weights came from the
-same recipe before the routing options existed, so a rerun is equivalent, not bit-identical).
-The routing options (``--text-steps``, ``--route-mask-share``, ``--named-share``,
-``--mention-share``, ``--unmasked-tail``, ``--init``, ``--route-penalty``, ``--name-at-phrase``,
-``--phrase-target``, ``--noised-share`` and the session-5 and session-6 ones) are the recipes tried
-for issue 11;
-``benchmarks/RESULTS.md`` ("Demo model recipes") lists what each gave. None has yet reached the
-accuracy target within the training budget, so none is the default.
+The command line's defaults are the shipped model's recipe, :data:`SHIPPED_RECIPE` (recipe G9
+of ``benchmarks/RESULTS.md`` with the gate saved at strength 10): the route gate, the CLS token
+pulled contrastively towards the name, the phrase predicting the question's attribute after
+layer 0 and the words after it relaying that target, a quarter of the batches naming a country;
+``python -m mllm_lens.demo.train --threads 1`` rebuilds the shipped weights bit for bit (another
+thread count changes the float summation order). :func:`train`'s own keyword defaults stay the
+plain LLaVA-style recipe (identity stage, then every question form, no routing), the baseline
+every routing option is measured against. ``benchmarks/RESULTS.md`` ("Demo model recipes") lists
+what every recipe tried for issue 11 gave.
 """
 
 from __future__ import annotations
@@ -628,6 +628,23 @@ def train(
     return model, processor, curve
 
 
+#: The shipped demo model's recipe: the command line's defaults (see the module docstring).
+SHIPPED_RECIPE = {
+    "steps": 3000,
+    "lr": 1e-3,
+    "named_share": 0.25,
+    "name_at_phrase": 1.0,
+    "phrase_target": "attribute",
+    "after_phrase_target": 1.0,
+    "phrase_layer": 0,
+    "cls_token": True,
+    "cls_name_loss": 1.0,
+    "cls_name_temperature": 0.1,
+    "route_gate": True,
+    "gate_strength": 10.0,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3600, help="steps with flags (after the text-only ones)")
@@ -710,7 +727,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--shadow-rows", type=int, default=16, help="questions in that unmasked forward")
     parser.add_argument(
-        "--cls-token", action="store_true", help="keep the vision tower's CLS token as the first image token"
+        "--cls-token",
+        action=argparse.BooleanOptionalAction,
+        help="keep the vision tower's CLS token as the first image token",
     )
     parser.add_argument(
         "--cls-name-loss", type=float, default=0.0, help="weight of pulling the CLS feature to the name's embedding"
@@ -723,7 +742,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--route-gate",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         help="build the route into the weights: only the visual phrase's last word reads the image, in layer 0",
     )
     parser.add_argument(
@@ -745,6 +764,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
+    parser.set_defaults(**SHIPPED_RECIPE)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

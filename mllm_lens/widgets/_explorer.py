@@ -88,8 +88,8 @@ class Explorer(ipywidgets.VBox):
 
     ``examples``: :class:`~mllm_lens.data.VQARecord` s (e.g. ``load_vqa_constraints(...)``) or
     :class:`~mllm_lens.Probe` s; default: a few demo-world flag questions. ``sites``: the
-    heatmap's panels. ``key_token``: where MultEdit reads its key (``"last"`` suits the shipped
-    demo model, which reads the flag at the answer position; ``"constraint"`` is the paper's);
+    heatmap's panels. ``key_token``: where MultEdit reads its key (``"constraint"``, the paper's:
+    the last token of the visual constraint; ``"last"``: the prompt's last token);
     ``edit_options``: further keywords of :func:`mllm_lens.edit` (``lr``, ``steps``, ...). The
     methods below do what the panel's controls do, from Python.
     """
@@ -100,7 +100,7 @@ class Explorer(ipywidgets.VBox):
         examples: Iterable[Any] | None = None,
         *,
         sites: Sequence[str] = SITES,
-        key_token: str = "last",
+        key_token: str = "constraint",
         edit_options: dict | None = None,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
         **kwargs: Any,

@@ -35,7 +35,7 @@ class ExplorerControls(anywidget.AnyWidget):
     notes = t.List(t.Unicode()).tag(sync=True)  # warnings of the last run or edit
     num_layers = t.Int(1).tag(sync=True)
     edit_layer = t.Int(0).tag(sync=True)  # suggested layer (causal_layer of the last run's probe)
-    key_token = t.Unicode("last").tag(sync=True)
+    key_token = t.Unicode("constraint").tag(sync=True)
     edits: t.List[Any] = t.List().tag(sync=True)  # active edits, oldest first: see edit_state
     upload_limit = t.Int(MAX_UPLOAD_BYTES).tag(sync=True)
     status = t.Unicode("idle").tag(sync=True)
