@@ -60,6 +60,7 @@ def test_starts_on_the_first_example_with_its_constraint_marked(explorer):
     assert c.marks == [{"start": 5, "end": 7, "kind": "visual"}]
     assert c.constraints == [{"text": "this country", "kind": "visual"}]
     assert c.corruption == "image" and [o["value"] for o in c.corruptions] == ["image", "noise:this country"]
+    assert c.key_token == "constraint"  # MultEdit's key: the paper's, which the demo model's route needs
     assert c.image.startswith(b"\x89PNG") and c.status == "idle" and not c.error
     assert explorer.children == (c,)
 
