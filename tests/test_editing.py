@@ -92,7 +92,10 @@ def test_preserved_keys_stop_spill_over_onto_correlated_entities(planted):
 
 def test_rank_one_update_equals_the_explicit_inverse(planted):
     w0 = planted.model.adapter.mlp_out(LAYER).weight.detach().double().clone()
-    handle = edit(planted.model, bare(planted, "e0"), new_answer(planted, "e0"), layer=LAYER, **PLANTED)
+    entity = "e0"  # cov_weight=None: the paper's update
+    handle = edit(
+        planted.model, bare(planted, entity), new_answer(planted, entity), layer=LAYER, cov_weight=None, **PLANTED
+    )
     with handle:
         k, delta = handle.info["keys"][0].double(), handle.info["deltas"][0].double()
         v_star = w0 @ k + delta

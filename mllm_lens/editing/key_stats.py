@@ -1,4 +1,4 @@
-"""Key statistics for batch edits: the second moment C = E[k kᵀ] of an edited projection's input.
+"""Key statistics for edits: the second moment C = E[k kᵀ] of an edited projection's input.
 
 MEMIT (Meng et al., 2023) keeps a batch edit from spilling onto other inputs by weighting the
 least squares with the keys the layer usually sees:
@@ -7,7 +7,9 @@ least squares with the keys the layer usually sees:
 
 with K the edited keys ``[d_in, n]``, R their residuals and C the uncentred second moment of
 the projection's input over a corpus of prompts (every text token). Directions the corpus uses
-a lot are expensive to change, directions only the edited keys use are cheap.
+a lot are expensive to change, directions only the edited keys use are cheap. A single edit
+uses C too, shrunk toward the identity (:func:`shrunk`): its update then points along C_ρ⁻¹k
+instead of k, which leaves other questions' answers alone without losing rephrasings.
 
 C is computed once per model, layer and site and cached on disk (``$MLLM_LENS_CACHE``, else
 ``$XDG_CACHE_HOME/mllm_lens``, else ``~/.cache/mllm_lens``) under a fingerprint of the weights
@@ -103,11 +105,28 @@ def key_second_moment(
     return moment
 
 
-def covariance_update(keys: torch.Tensor, residuals: torch.Tensor, moment: torch.Tensor, weight: float) -> torch.Tensor:
-    """ΔW = R Kᵀ (w·C + K Kᵀ + εI)⁻¹ for keys ``[n, d_in]`` and residuals ``[n, d_out]``, solved
-    in float64 and returned in float32; ε = 1e-6 × the mean diagonal keeps a rank-deficient C
-    (a small corpus) solvable."""
+def shrunk(moment: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """(1 − ρ)·C + ρ·mean(diag C)·I: C shrunk toward a multiple of the identity (ρ = ``shrinkage``).
+
+    ρ = 0 is C itself; ρ = 1 treats every direction alike, which for one edit gives the paper's
+    rank-one direction k. In between, directions other inputs use are still expensive to change,
+    but the rarely used ones (where a rephrased question's key differs) are not made cheap without
+    bound: whitening by C alone keeps single edits local but loses generalisation."""
+    if shrinkage == 0:
+        return moment
+    scale = moment.diagonal().mean()
+    identity = torch.eye(moment.shape[0], dtype=moment.dtype, device=moment.device)
+    return (1 - shrinkage) * moment + shrinkage * scale * identity
+
+
+def covariance_update(
+    keys: torch.Tensor, residuals: torch.Tensor, moment: torch.Tensor, weight: float, shrinkage: float = 0.0
+) -> torch.Tensor:
+    """ΔW = R Kᵀ (w·C_ρ + K Kᵀ + εI)⁻¹ for keys ``[n, d_in]`` and residuals ``[n, d_out]``, with
+    C_ρ = :func:`shrunk` (C, ``shrinkage``); solved in float64 and returned in float32; ε = 1e-6 ×
+    the mean diagonal keeps a rank-deficient C (a small corpus) solvable. For one key this is
+    r (C_ρ⁻¹k)ᵀ / (w + kᵀC_ρ⁻¹k) (Sherman–Morrison): w only scales how much of r is written."""
     keys, residuals = keys.double(), residuals.double()
-    system = weight * moment.double().to(keys.device) + keys.T @ keys
+    system = weight * shrunk(moment.double().to(keys.device), shrinkage) + keys.T @ keys
     system = system + 1e-6 * system.diagonal().mean() * torch.eye(system.shape[0], device=keys.device, dtype=keys.dtype)
     return torch.linalg.solve(system, keys.T @ residuals).T.float()  # system is symmetric
