@@ -19,12 +19,14 @@ token and every text token) with one corruption:
 * **image noise** -- 3 sigma Gaussian noise on every visual token (``ml.image_noise()``, the
   Explorer's default): the corruption starts at the first image token.
 
-Per row: fast-tracer seconds (session set-up included); both loops timed on the same random
-sample of cells (``--cells`` per site; how many were timed is printed) and extrapolated to every
-cell; the max abs difference between the fast tracer and both loops on the timed cells; the
-peak memory of the fast trace above what was resident before it (``peak_mb``: ``VmHWM`` reset
-through ``/proc/self/clear_refs`` on Linux, else the rise of ``ru_maxrss``;
-``torch.cuda.max_memory_allocated`` on a GPU); and time over the FLOP floor.
+Per row: fast-tracer seconds for every site, from one ``ml.trace_sites`` session (set-up
+included: the clean and corrupted runs and the partial plan's base run are paid once, as in the
+Explorer and dataset runs; ``--separate-sessions`` times one ``ml.trace`` per site instead);
+both loops timed on the same random sample of cells (``--cells`` per site; how many were timed
+is printed) and extrapolated to every cell; the max abs difference between the fast tracer and
+both loops on the timed cells; the peak memory of the fast trace above what was resident before
+it (``peak_mb``: ``VmHWM`` reset through ``/proc/self/clear_refs`` on Linux, else the rise of
+``ru_maxrss``; ``torch.cuda.max_memory_allocated`` on a GPU); and time over the FLOP floor.
 
 **FLOP floor** of a trace, for the plan that ran: for every computed cell, the tokens that plan
 recomputes times 2 x the parameters they pass through, at a GEMM rate measured here with the
@@ -395,13 +397,18 @@ def run_row(row: Row, model: ml.LensModel, args, sites: tuple[str, ...], rate: f
     if args.quick:
         positions = [img_end - 1, *range(length - 4, length)]
     memory = PeakMemory(args.device)
-    results, fast_seconds = {}, 0.0
     with memory.measure():
-        for site in sites:
-            results[site], seconds = timed(
-                args.device, ml.trace, model, encoded, row.corrupt, site=site, positions=positions, progress=False
+        if args.separate_sessions:
+            results, fast_seconds = {}, 0.0
+            for site in sites:
+                results[site], seconds = timed(
+                    args.device, ml.trace, model, encoded, row.corrupt, site=site, positions=positions, progress=False
+                )
+                fast_seconds += seconds
+        else:  # one session for every site, as the Explorer and dataset runs trace
+            results, fast_seconds = timed(
+                args.device, ml.trace_sites, model, encoded, row.corrupt, sites, positions=positions, progress=False
             )
-            fast_seconds += seconds
     first = results[sites[0]]
     plan, p0, batch = first.settings["plan"], first.settings["first_corrupted_position"], first.settings["batch_size"]
     all_cells = [(layer, pos) for layer in range(model.num_layers) for pos in positions]
@@ -490,6 +497,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     parser.add_argument("--cells", type=int, default=12, help="cells per site timed in both loops (0: all)")
+    parser.add_argument(
+        "--separate-sessions", action="store_true", help="time one ml.trace per site (each pays its own set-up)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: MLP only, 5 positions, 2 timed cells")
     args = parser.parse_args()
     if args.quick:
