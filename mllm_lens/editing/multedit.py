@@ -6,7 +6,8 @@ weight W* = argmin ‖W k − v*‖² + λ‖W − W0‖², i.e. the rank-one
 
     W* = W0 + (v* − W0 k) kᵀ / (λ + kᵀk)          (λ = 0.01)
 
-which equals the paper's (λW0 + v* kᵀ)(λI + k kᵀ)⁻¹ without any d_in × d_in inverse. A layer whose
+which equals the paper's (λW0 + v* kᵀ)(λI + k kᵀ)⁻¹ without any d_in × d_in inverse (``cov_weight=None``;
+the default weighs the update by key statistics, below). A layer whose
 MLP is a mixture-of-experts block has no such W (:mod:`mllm_lens.models.moe`): its MLP edits are
 refused, before any forward pass, with the reason.
 
