@@ -43,7 +43,9 @@ of one layer share their start layer; each cell's row recomputes only the positi
 restart, the batch's rows packed into one sequence (:mod:`mllm_lens.tracing.packed`; a DeepStack
 decoder's rows all start at the batch's first position instead). ``plan="auto"`` picks the plan
 with the fewer estimated position-layer computations for the cells at hand;
-:attr:`RestorationExecutor.last_plan` says which ran.
+:attr:`RestorationExecutor.last_plan` says which ran. When more than half the prompt changes
+(``2·p0 < T``) and the plan is not forced to "prefix", the corrupted run itself is made as the
+recorded base run, so a partial-plan trace pays for that forward once.
 """
 
 from __future__ import annotations
@@ -202,9 +204,14 @@ class RestorationExecutor:
             self.clean_suffix = clean[:, self.p0 :]
             self.corrupted_suffix = corrupted[:, self.p0 :]
             self.clean_logits, self.activations = self._record_clean()
-            self.corrupted_logits = self._suffix_logits(
-                self.corrupted_suffix, self.corrupted_positions, self.corrupted_pattern, self.corrupted_deepstack
-            )
+            if plan != "prefix" and 2 * self.p0 < corrupted.shape[1]:
+                # most of the prompt changes (image noise): the corrupted run is most of a partial-plan
+                # base run, so make it that run, recorded once, rather than run it twice
+                self.corrupted_logits = self._partial_decoder().logits[None]
+            else:
+                self.corrupted_logits = self._suffix_logits(
+                    self.corrupted_suffix, self.corrupted_positions, self.corrupted_pattern, self.corrupted_deepstack
+                )
 
     def _shared_prefix(self, first_changed: int) -> int:
         """The longest prefix ``[0, s)``, ``s <= first_changed``, that no later position reaches in
@@ -399,9 +406,8 @@ class RestorationExecutor:
                 )
                 consume(start, torch.softmax(logits, dim=-1))
 
-    def _execute_partial(
-        self, cells: Sequence[Cell], consume: Callable[[int, torch.Tensor], None], *, progress: bool, desc: str
-    ) -> None:
+    def _partial_decoder(self) -> PartialDecoder:
+        """The corrupted run recorded for partial restarts (made once, on first use)."""
         from mllm_lens.tracing.partial import PartialDecoder
 
         if self._partial is None:
@@ -413,7 +419,12 @@ class RestorationExecutor:
                 pattern=self.corrupted_pattern,
                 deepstack=self.corrupted_deepstack,
             )
-        decoder = self._partial
+        return self._partial
+
+    def _execute_partial(
+        self, cells: Sequence[Cell], consume: Callable[[int, torch.Tensor], None], *, progress: bool, desc: str
+    ) -> None:
+        decoder = self._partial_decoder()
         batches = self._partial_batches(cells)
         bar = tqdm(batches, desc=desc, disable=not progress or len(batches) < 2, unit="batch")
         with torch.no_grad():
