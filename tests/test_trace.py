@@ -240,3 +240,47 @@ def test_prefix_cache_holds_only_the_rows_its_runs_use(models, probe, plan, rows
     assert session.executor.shared is not None and session.executor.shared.rows == 1
     session.trace("mlp", progress=False)
     assert session.executor.shared.rows == rows
+
+
+def _full_length_forwards(model, run, monkeypatch) -> int:
+    """How many decoder runs over the whole prompt (every position but at most the first) ``run``
+    makes; packed restorations call the layers themselves and are not counted."""
+    seen = []
+    decoder = model.decoder
+
+    def counted(embeds, *args, **kwargs):
+        seen.append(embeds.shape[1])
+        return decoder(embeds, *args, **kwargs)
+
+    monkeypatch.setattr(model, "decoder", counted)
+    length = run()
+    monkeypatch.undo()
+    return sum(1 for n in seen if n >= length - 1)
+
+
+def test_image_noise_makes_its_corrupted_run_once(models, probe, monkeypatch):
+    """Image noise changes almost the whole prompt: the corrupted run is the partial plan's recorded
+    base run (one whole-prompt forward for it, one for the clean run), not a second one (issue 13)."""
+    model = models["llava"]
+    encoded = probe.encode(model)
+
+    def traced() -> int:
+        session = ml.TraceSession(model, encoded, ml.image_noise(), sites=("mlp", "attn"), warn=False)
+        for site in ("mlp", "attn"):
+            assert session.trace(site, progress=False).settings["plan"] == "partial"
+        return encoded.length
+
+    assert _full_length_forwards(model, traced, monkeypatch) == 2
+    # and its probabilities are those of a corrupted run made on its own (the prefix plan's)
+    alone = ml.TraceSession(model, encoded, ml.image_noise(), sites=("mlp",), plan="prefix", warn=False)
+    shared = ml.TraceSession(model, encoded, ml.image_noise(), sites=("mlp",), warn=False)
+    assert shared.executor._partial is not None and alone.executor._partial is None
+    torch.testing.assert_close(shared.corrupted_probs, alone.corrupted_probs, atol=1e-6, rtol=1e-5)
+
+
+def test_a_late_phrase_keeps_its_short_corrupted_run(models, probe):
+    """A constraint late in the prompt: the corrupted run stays a suffix on the shared prefix, and
+    no recorded base run is made before a partial-plan trace asks for one."""
+    session = ml.TraceSession(models["llava"], probe, ml.noise("this country"), sites=("mlp",), warn=False)
+    assert 2 * session.executor.p0 >= session.encoded.length
+    assert session.executor._partial is None

@@ -209,9 +209,7 @@ def tiny_llava_phi(path: str | Path | None = None, *, seed: int = 0, image_size:
 def tiny_llava_next(path: str | Path | None = None, *, seed: int = 0, image_size: int = 16, patch_size: int = 8):
     """A random LLaVA-NeXT (anyres tiles + image-newline tokens, Llama backbone)."""
     torch.manual_seed(seed)
-    # its own video token: the processor counts "<video>" ids in every prompt, and without one
-    # in the vocabulary that id is "<unk>", so any word outside the tiny vocabulary miscounts
-    tokenizer = build_tokenizer(named={"video_token": "<video>"})
+    tokenizer = build_tokenizer()
     pinpoints = [[image_size, 2 * image_size], [2 * image_size, image_size], [2 * image_size, 2 * image_size]]
     config = LlavaNextConfig(  # type: ignore[call-arg]  # image_token_id: taken by the config's **kwargs
         vision_config=_vision_config(image_size, patch_size),
