@@ -40,6 +40,15 @@ MUTATIONS = {
         "        return list(range(start + 1, end + 1))\n\n    def apply(self, model: LensModel, encoded",
         ["test_oracle.py::test_fast_trace_equals_reference"],
     ),
+    "restart_reads_the_prefix_offset_wrong": (
+        "tracing/partial.py",
+        "hidden = self.inputs[start_layer][packing.positions - self.first][None]",
+        "hidden = self.inputs[start_layer][(packing.positions - self.first - 1).clamp_min(0)][None]",
+        [
+            "test_patches.py::test_a_base_run_on_a_given_prefix_equals_the_whole_run",
+            "test_trace.py::test_a_late_phrase_partial_trace_reuses_the_shared_prefix",
+        ],
+    ),
     "edit_at_the_wrong_layer": (
         "editing/multedit.py",
         "modules = [projection(model, layer, site) for layer in layer_list]",

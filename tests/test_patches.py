@@ -148,6 +148,46 @@ def test_partial_decoder_restart_is_exact(models, probe):
         assert (probs - full).abs().max() <= 1e-6
 
 
+@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def test_a_base_run_on_a_given_prefix_equals_the_whole_run(models, probe, family):
+    """``prefix=``: the base run computes only ``[p, T)`` on the given keys/values, and records,
+    logits and restarts equal those of the whole run (issue 13: a late phrase's partial plan reuses
+    the shared prefix instead of recomputing it); a restart inside the prefix is refused."""
+    from mllm_lens.tracing.partial import PartialDecoder
+
+    model = models[family]
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> None:  # float32 rounding at the tensor's scale
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+    call = model.decoder_call(probe.encode(model).model_inputs)
+    whole = PartialDecoder(model, call.embeds, max_batch=2)
+    p = call.embeds.shape[1] - 7
+    prefix = [(k[:, :, :p], v[:, :, :p]) for k, v in whole.base_kv]
+    part = PartialDecoder(model, call.embeds, max_batch=2, prefix=prefix)
+    assert part.first == p and part.inputs[0].shape[0] == 7
+    close(torch.softmax(part.logits, -1), torch.softmax(whole.logits, -1))
+    for layer in range(model.num_layers):
+        close(part.input_from(layer, p + 2), whole.input_from(layer, p + 2))
+        close(part.output_from(layer, p), whole.output_from(layer, p))
+        close(part.base_kv[layer][0], whole.base_kv[layer][0])
+    bump = torch.zeros_like(whole.inputs[1][0])
+    bump[0] = 3.0
+    starts = [p + 1, p + 4]
+    rows = torch.tensor([0, 1])
+    positions = torch.tensor(starts)
+    plan = {("mlp", 2): (rows, positions, torch.stack([bump, -bump]))}
+    close(part.run_packed(1, starts, plan), whole.run_packed(1, starts, plan))  # rows of different starts
+    start = p + 1
+    hidden = part.input_from(1, start)[None].expand(2, -1, -1)
+    rect = {("mlp", 2): (rows, positions - start, torch.stack([bump, -bump]))}
+    close(part.run(1, start, hidden, rect), whole.run(1, start, hidden, rect))
+    with pytest.raises(ValueError, match="prefix"):
+        part.input_from(0, p - 1)
+    with pytest.raises(ValueError, match="prefix"):
+        part.run_packed(0, [p - 1])
+
+
 @pytest.fixture(scope="module")
 def planted():
     from mllm_lens.testing.planted_patch import planted_patch_model

@@ -278,6 +278,31 @@ def test_image_noise_makes_its_corrupted_run_once(models, probe, monkeypatch):
     torch.testing.assert_close(shared.corrupted_probs, alone.corrupted_probs, atol=1e-6, rtol=1e-5)
 
 
+def test_a_late_phrase_partial_trace_reuses_the_shared_prefix(models, probe, monkeypatch):
+    """A constraint late in the prompt on the partial plan: the recorded base run starts on the shared
+    prefix's keys/values, so no decoder run spans the whole prompt (issue 13: it used to recompute the
+    prefix), and the scores equal the prefix plan's."""
+    model = models["llava"]
+    encoded = probe.encode(model)
+    lengths = []
+    decoder = model.decoder
+
+    def counted(embeds, *args, **kwargs):
+        lengths.append(embeds.shape[1])
+        return decoder(embeds, *args, **kwargs)
+
+    monkeypatch.setattr(model, "decoder", counted)
+    session = ml.TraceSession(model, encoded, ml.noise("this country"), sites=("mlp",), plan="partial", warn=False)
+    partial = session.trace("mlp", progress=False)
+    monkeypatch.undo()
+    p0, length = session.executor.p0, encoded.length
+    assert p0 > 0 and session.executor._partial is not None and session.executor._partial.first == p0
+    # the prefix, then the clean suffix, the corrupted suffix and the recorded base run, each [p0, T)
+    assert lengths == [p0, length - p0, length - p0, length - p0]
+    prefix = ml.trace(model, encoded, ml.noise("this country"), site="mlp", plan="prefix", progress=False)
+    assert np.nanmax(np.abs(partial.scores - prefix.scores)) <= 1e-5
+
+
 def test_a_late_phrase_keeps_its_short_corrupted_run(models, probe):
     """A constraint late in the prompt: the corrupted run stays a suffix on the shared prefix, and
     no recorded base run is made before a partial-plan trace asks for one."""

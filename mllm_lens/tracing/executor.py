@@ -38,7 +38,8 @@ When the corruption starts early (image noise corrupts from the first image toke
 prefix saves little. The *partial* plan then restarts each batch of cells where it can first
 differ from the corrupted run: at the lowest restored layer and the first restored position,
 from the corrupted run's recorded hidden states, keys and values
-(:class:`~mllm_lens.tracing.partial.PartialDecoder`). Layer-major cell order makes the batches
+(:class:`~mllm_lens.tracing.partial.PartialDecoder`), a recording that runs only ``[p0, T)`` on the
+shared prefix's keys/values (the corrupted run equals the clean one before ``p0``). Layer-major cell order makes the batches
 of one layer share their start layer; each cell's row recomputes only the positions from its own
 restart, the batch's rows packed into one sequence (:mod:`mllm_lens.tracing.packed`; a DeepStack
 decoder's rows all start at the batch's first position instead). ``plan="auto"`` picks the plan
@@ -353,12 +354,13 @@ class RestorationExecutor:
 
     def choose_plan(self, cells: Sequence[Cell]) -> str:
         """ "prefix" or "partial" for these cells (``plan`` unless it is "auto"): estimated
-        position-layer computations of each, the partial plan paying one base run."""
+        position-layer computations of each, the partial plan paying one base run (of the suffix
+        ``[p0, T)``: it starts on the shared prefix)."""
         if self.plan != "auto" or not cells:
             return "prefix" if self.plan == "auto" else self.plan
         layers, length = self.model.num_layers, self.corrupted.shape[1]
         prefix = len(cells) * layers * (length - self.p0)
-        partial = layers * length
+        partial = layers * (length - self.p0)
         for start, stop in self._partial_batches(cells):
             batch = cells[start:stop]
             layer, first = self._batch_start(batch)
@@ -418,6 +420,7 @@ class RestorationExecutor:
                 positions=self.corrupted_positions,
                 pattern=self.corrupted_pattern,
                 deepstack=self.corrupted_deepstack,
+                prefix=None if self.shared is None else self.shared.prefix,
             )
         return self._partial
 
@@ -437,6 +440,6 @@ class RestorationExecutor:
                 if self._packs:
                     logits = decoder.run_packed(layer, [self._row_start(cell) for cell in batch], plan)
                 else:
-                    hidden = decoder.inputs[layer][first:].expand(len(batch), -1, -1).clone()
+                    hidden = decoder.input_from(layer, first).expand(len(batch), -1, -1).clone()
                     logits = decoder.run(layer, first, hidden, plan)
                 consume(start, torch.softmax(logits, dim=-1))

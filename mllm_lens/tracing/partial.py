@@ -38,6 +38,13 @@ made; a run writes its rows' new keys/values into ``[p, T)`` and slots made stal
 run with a smaller ``p`` are copied back before use (per buffer row, so a short run does not pay
 for the rows it does not use).
 
+A base run may start after a prefix whose keys/values the caller already holds (``prefix``: the
+restoration executor's shared prefix cache, ``[0, p0)``, where the corrupted run equals the clean
+one): it then runs and records only ``[p0, T)`` (:attr:`PartialDecoder.first` is ``p0``; ``inputs``,
+``outputs``, ``site_outputs`` and the rotary cos/sin cover ``[first, T)``) on a cache seeded with the
+prefix, and every restart must lie at or after ``first``. For a text constraint late in a
+LLaVA-shaped prompt this saves a whole-prompt forward per trace.
+
 Rows restarting at different positions run packed end to end in one sequence (:meth:`PartialDecoder.
 run_packed`, :mod:`mllm_lens.tracing.packed`), so each computes only its own positions; the batch
 form (:meth:`PartialDecoder.run`: one start for every row) serves DeepStack decoders and patch sweeps.
@@ -55,6 +62,7 @@ from contextlib import ExitStack
 from typing import cast
 
 import torch
+from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 from mllm_lens.errors import UnsupportedModelError
@@ -102,8 +110,9 @@ class PartialDecoder:
     """A base run of ``embeds [1, T, d]`` recorded once, restartable at any (layer, position).
 
     Records per layer: the residual stream entering (``inputs[l]``) and leaving
-    (``outputs[l]``) the layer ``[T, d]``, its keys and values, and for each of ``sites`` the
-    site module's output ``[T, d]`` (``site_outputs[(site, l)]``).
+    (``outputs[l]``) the layer ``[T - first, d]`` (positions ``[first, T)``; ``first`` is 0 unless a
+    ``prefix`` was given), its keys and values ``[0, T)``, and for each of ``sites`` the site module's
+    output ``[T - first, d]`` (``site_outputs[(site, l)]``).
     """
 
     def __init__(
@@ -116,16 +125,21 @@ class PartialDecoder:
         positions: torch.Tensor | None = None,
         pattern: AttentionPattern | None = None,
         deepstack: DeepStack | None = None,
+        prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         """``positions``: an M-RoPE decoder's ids ``[3, 1, T]`` of ``embeds`` (None: 1-D ``0..T-1``);
         ``pattern``: the attention pattern of a decoder its wrapper masks (None: causal); ``deepstack``:
-        the additions of a DeepStack decoder (None: none)."""
+        the additions of a DeepStack decoder (None: none); ``prefix``: each layer's keys and values
+        ``[1, kv, p, hd]`` of this very run's first ``p`` positions, so that only ``[p, T)`` is run."""
         self.model = model
         self.pattern = pattern
         self.deepstack = deepstack
         adapter = model.adapter
         self.num_layers = adapter.num_layers
         self.length = embeds.shape[1]
+        self.first = 0 if prefix is None else int(prefix[0][0].shape[-2])
+        if not 0 <= self.first < self.length:
+            raise ValueError(f"a prefix of {self.first} positions leaves nothing of the {self.length}-token run")
         self.max_batch = max_batch
         self.inputs: list[torch.Tensor] = [torch.empty(0)] * self.num_layers
         self.outputs: list[torch.Tensor] = [torch.empty(0)] * self.num_layers
@@ -139,8 +153,9 @@ class PartialDecoder:
                 for site in sites:
                     hook = self._keep_site((site, layer))
                     stack.callback(adapter.site_module(site, layer).register_forward_hook(hook).remove)
-            cache = model.new_cache()
-            self.logits = model.decoder_logits(embeds, cache, positions, pattern, deepstack)[0]
+            cache = model.new_cache() if prefix is None else cast(DynamicCache, _seeded_cache(prefix))
+            suffix_positions = None if positions is None else positions[..., self.first :]
+            self.logits = model.decoder_logits(embeds[:, self.first :], cache, suffix_positions, pattern, deepstack)[0]
         if any(rope is None for rope in self.rope):
             raise UnsupportedModelError(
                 f"{adapter.backbone!r} decoder layers are not handed their rotary cos/sin as 'position_embeddings'; "
@@ -158,6 +173,23 @@ class PartialDecoder:
             self.rope[layer] = kwargs.get("position_embeddings")
 
         return hook
+
+    def input_from(self, layer: int, position: int) -> torch.Tensor:
+        """The residual stream entering ``layer`` at positions ``[position, T)``: ``[T - position, d]``."""
+        return self.inputs[layer][self._recorded(position) :]
+
+    def output_from(self, layer: int, position: int) -> torch.Tensor:
+        """The residual stream leaving ``layer`` at positions ``[position, T)``: ``[T - position, d]``."""
+        return self.outputs[layer][self._recorded(position) :]
+
+    def _recorded(self, position: int) -> int:
+        """Index of ``position`` in the records, refused before the first recorded position."""
+        if position < self.first:
+            raise ValueError(
+                f"position {position} lies in the prefix [0, {self.first}) this base run did not record; "
+                "a restart there needs a base run without a prefix"
+            )
+        return position - self.first
 
     def restart(self, position: int) -> int:
         """Where a run whose interventions start at ``position`` must start: ``position`` in a causal
@@ -240,6 +272,7 @@ class PartialDecoder:
             raise ValueError(f"hidden covers {span} positions, expected {self.length - start} (from {start})")
         if rows > self.max_batch:
             raise ValueError(f"batch of {rows} rows exceeds max_batch={self.max_batch}")
+        self._recorded(start)
         adapter = self.model.adapter
         plan = plan or {}
         last = self.num_layers - 1
@@ -282,6 +315,7 @@ class PartialDecoder:
         if len(starts) > self.max_batch:
             raise ValueError(f"batch of {len(starts)} rows exceeds max_batch={self.max_batch}")
         adapter, last = self.model.adapter, self.num_layers - 1
+        self._recorded(min(starts))
         packing = Packing.of(starts, self.length, self.inputs[0].device)
         split_last = self._keys_only_calls_work()
         with ExitStack() as stack, torch.no_grad():
@@ -296,7 +330,7 @@ class PartialDecoder:
                     stack.callback(adapter.site_module(*key).register_forward_hook(_restorer(entry)).remove)
             layers = [PackedLayer(k, v, _KeysWritten) for k, v in self.base_kv]
             cache, masks = cache_of(layers), self._packed_masks(packing)
-            hidden = self.inputs[start_layer][packing.positions][None]
+            hidden = self.inputs[start_layer][packing.positions - self.first][None]
             for layer in range(start_layer, last if split_last else last + 1):
                 kwargs = self._packed_kwargs(layer, packing.positions, cache, masks[layer])
                 hidden = _site_tensor(adapter.layers[layer](hidden, **kwargs))
@@ -336,7 +370,7 @@ class PartialDecoder:
             position_ids=positions[None],
             cache=cache,
             use_cache=True,
-            position_embeddings=(cos[:, positions], sin[:, positions]),
+            position_embeddings=(cos[:, positions - self.first], sin[:, positions - self.first]),
         )
 
     def _layer_kwargs(self, layer: int, start: int, cache: Cache, mask: torch.Tensor) -> dict:
@@ -347,7 +381,7 @@ class PartialDecoder:
             position_ids=torch.arange(start, self.length, device=cos.device)[None],
             cache=cache,
             use_cache=True,
-            position_embeddings=(cos[:, start:], sin[:, start:]),
+            position_embeddings=(cos[:, start - self.first :], sin[:, start - self.first :]),
         )
 
     def _keys_only_calls_work(self) -> bool:
@@ -355,18 +389,16 @@ class PartialDecoder:
         transformers decoder layer does; one that does not gets the whole last layer instead).
         Checked once, on the base run's last two positions, against a copy of its cache."""
         if self._keys_only is None:
-            last = self.num_layers - 1
+            last, start = self.num_layers - 1, max(self.first, self.length - 2)
             keys, values = (t[:, :, : self.length].clone() for t in self.base_kv[last])
-            probe = _BufferLayer(keys, values, 1, self.length - 2)
+            probe = _BufferLayer(keys, values, 1, start)
             probe.keys_only = True
-            layers = [_BufferLayer(k, v, 1, self.length - 2) for k, v in self.base_kv[:last]] + [probe]
+            layers = [_BufferLayer(k, v, 1, start) for k, v in self.base_kv[:last]] + [probe]
             try:
                 with torch.no_grad():
                     self.model.adapter.layers[last](
-                        self.inputs[last][None, -2:],
-                        **self._layer_kwargs(
-                            last, self.length - 2, cache_of(layers), self.masks(self.length - 2)[last]
-                        ),
+                        self.input_from(last, start)[None],
+                        **self._layer_kwargs(last, start, cache_of(layers), self.masks(start)[last]),
                     )
             except _KeysWritten:
                 self._keys_only = True
@@ -395,6 +427,16 @@ class PartialDecoder:
             "position_embeddings": (cos[:, -1:], sin[:, -1:]),
         }
         return _site_tensor(layer(hidden[:, -1:], **last_kwargs))
+
+
+def _seeded_cache(prefix: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> Cache:
+    """A cache holding a copy of ``prefix``'s keys/values per layer, which a forward then extends."""
+    layers = []
+    for keys, values in prefix:
+        layer = DynamicLayer()
+        layer.update(keys, values)  # a copy: the cache cats onto an empty tensor
+        layers.append(layer)
+    return cache_of(layers)
 
 
 def _write_keys(cache_layer: _BufferLayer | PackedLayer, call: Callable[[], object]) -> None:

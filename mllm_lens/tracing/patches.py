@@ -251,12 +251,12 @@ def _restore_batch(
     device = base.inputs[0].device
     if site == "hidden":
         below = start_layer - 1  # the restored layer: its output is the starting residual stream
-        hidden = base.outputs[below][p:].expand(len(batch), -1, -1).clone()
+        hidden = base.output_from(below, p).expand(len(batch), -1, -1).clone()
         for row, it in enumerate(batch):
             pos = torch.tensor(it[3], device=device)
             hidden[row, pos - p] = clean.outputs[below][pos]
     else:
-        hidden = base.inputs[start_layer][p:].expand(len(batch), -1, -1).clone()
+        hidden = base.input_from(start_layer, p).expand(len(batch), -1, -1).clone()
     pairs: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for row, it in enumerate(batch):
         for layer in it[4]:
