@@ -46,6 +46,9 @@ def test_trace_speed_quick_on_the_demo_model():
     assert [row["row"] for row in figures["rows"]] == ["phrase, late", "phrase, early", "image noise"]
     assert all(row["cells_timed"] > 0 and row["time_over_flop_floor"] > 0 for row in figures["rows"])
     assert figures["rows"][2]["plan"] == "partial"  # image noise restarts where each cell changes the run
+    for row in figures["rows"]:  # the time split into the session's set-up and the restorations
+        assert abs(row["setup_s"] + row["restore_s"] - row["fast_s"]) <= 2e-4
+        assert row["attention_floor_s"] > 0 and row["restore_over_floor_with_attention"] > 0
 
 
 @pytest.mark.parametrize(

@@ -35,18 +35,18 @@ recorded or restored ``hidden`` state is the residual stream the next layer read
 changed, like one whose input does.
 
 When the corruption starts early (image noise corrupts from the first image token), the shared
-prefix saves little. The *partial* plan then restarts each batch of cells where it can first
-differ from the corrupted run: at the lowest restored layer and the first restored position,
-from the corrupted run's recorded hidden states, keys and values
+prefix saves little. The *partial* plan then restarts each batch of cells where it can first differ
+from the corrupted run: at the lowest restored layer and the first restored position, from the
+corrupted run's recorded hidden states, keys and values
 (:class:`~mllm_lens.tracing.partial.PartialDecoder`), a recording that runs only ``[p0, T)`` on the
-shared prefix's keys/values (the corrupted run equals the clean one before ``p0``). Layer-major cell order makes the batches
-of one layer share their start layer; each cell's row recomputes only the positions from its own
-restart, the batch's rows packed into one sequence (:mod:`mllm_lens.tracing.packed`; a DeepStack
-decoder's rows all start at the batch's first position instead). ``plan="auto"`` picks the plan
-with the fewer estimated position-layer computations for the cells at hand;
-:attr:`RestorationExecutor.last_plan` says which ran. When more than half the prompt changes
-(``2·p0 < T``) and the plan is not forced to "prefix", the corrupted run itself is made as the
-recorded base run, so a partial-plan trace pays for that forward once.
+shared prefix's keys/values (the corrupted run equals the clean one before ``p0``). Layer-major cell
+order makes the batches of one layer share their start layer; each cell's row recomputes only the
+positions from its own restart, the batch's rows packed into one sequence
+(:mod:`mllm_lens.tracing.packed`; a DeepStack decoder's rows all start at the batch's first position
+instead). ``plan="auto"`` picks the plan with the fewer estimated position-layer computations for
+the cells at hand; :attr:`RestorationExecutor.last_plan` says which ran. When more than half the
+prompt changes (``2·p0 < T``) and the plan is not forced to "prefix", the corrupted run itself is
+made as the recorded base run, so a partial-plan trace pays for that forward once.
 """
 
 from __future__ import annotations
