@@ -49,6 +49,7 @@ def test_trace_speed_quick_on_the_demo_model():
     for row in figures["rows"]:  # the time split into the session's set-up and the restorations
         assert abs(row["setup_s"] + row["restore_s"] - row["fast_s"]) <= 2e-4
         assert row["attention_floor_s"] > 0 and row["restore_over_floor_with_attention"] > 0
+        assert row["repeats"] == len(row["time_over_flop_floor_runs"]) == 1  # --quick times one run
 
 
 @pytest.mark.parametrize(
