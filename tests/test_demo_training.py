@@ -283,3 +283,20 @@ def test_words_after_the_phrase_are_those_between_it_and_the_answer_position():
     assert words["in_continent"][0] == "in" and words["in_continent"][2:] == instruction
     _, _, curve = tiny_routed_training(steps=12, log_every=1, after_phrase_target=1.0, phrase_target="attribute")
     assert all(point.get("after_phrase", 0) > 0 for point in curve if "name_loss" in point)
+
+
+def test_key_spread_penalty_charges_collinear_keys_of_different_countries_only():
+    """0 for orthogonal keys, 1 for collinear ones (after centring), and pairs about one country are free;
+    a training run with ``key_spread`` records the term."""
+    from mllm_lens.demo.train import key_spread_penalty
+
+    axes = torch.eye(4) * torch.tensor([1.0, 2.0, 3.0, 4.0])[:, None]
+    keys = torch.cat([axes, -axes])  # centred; key i and key i + 4 are collinear, every other pair orthogonal
+    assert torch.isclose(key_spread_penalty(keys, torch.arange(8)), torch.tensor(8 / 56))
+    assert key_spread_penalty(keys, torch.arange(4).repeat(2)) == 0  # collinear pairs about one country
+    line = torch.tensor([[1.0, 2.0, 0.0]]) * torch.tensor([[-2.0], [-1.0], [1.0], [2.0]])
+    assert torch.isclose(key_spread_penalty(line, torch.arange(4)), torch.tensor(1.0))
+    random_keys = torch.randn(64, 384, generator=torch.Generator().manual_seed(0))
+    assert key_spread_penalty(random_keys, torch.arange(64)) < 0.01
+    _, _, curve = tiny_routed_training(steps=2, log_every=1, key_spread=1.0)
+    assert all(0 < point["key_spread"] <= 1 for point in curve)

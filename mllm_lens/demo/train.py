@@ -56,6 +56,11 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    image read is blocked in the model itself, unmasked, as it is used. ``--text-route gate`` marks
    a mentioned name as an image token in the text-first stage.
 
+9. **Session 16**: ``--key-spread`` (a trial, not in the shipped recipe) pushes apart the layer-0 MLP
+   keys (the input of ``down_proj``, the paper's edit key) at the phrase's last token of questions about
+   different countries (:func:`key_spread_penalty`), so that a batch edit's keys do not span the
+   other countries' keys (issue 11, batch edits).
+
 The command line's defaults are the shipped model's recipe, :data:`SHIPPED_RECIPE` (recipe G9
 of ``benchmarks/RESULTS.md`` with the gate saved at strength 10): the route gate, the CLS token
 pulled contrastively towards the name, the phrase predicting the question's attribute after
@@ -305,6 +310,15 @@ def cls_name_contrast(
     return torch.nn.functional.cross_entropy(cosines / temperature, targets)
 
 
+def key_spread_penalty(keys: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared cosine between the batch-centred keys ``[B, d]`` of questions about different
+    countries (``labels [B]``): 0 when they are orthogonal, 1 when they are collinear; pairs about one
+    country are free to agree."""
+    unit = torch.nn.functional.normalize(keys - keys.mean(0, keepdim=True), dim=-1)
+    different = labels[:, None] != labels[None]
+    return ((unit @ unit.T)[different] ** 2).mean()
+
+
 def decoder_parameters(model) -> list[torch.nn.Parameter]:
     """The text decoder's weights (language model and output head): what LLaVA's alignment stage
     keeps frozen while the vision tower and projector learn to feed it."""
@@ -358,6 +372,7 @@ def train(
     reader_layers: int = 1,
     image_margin: float = IMAGE_MARGIN,
     gate_strength: float = STRENGTH,
+    key_spread: float = 0.0,
 ):
     """Train a fresh demo model; returns ``(model, processor, loss curve)`` and saves to ``out``.
 
@@ -411,6 +426,11 @@ def train(
     content = slice(None, model.config.text_config.hidden_size - len(MARKERS) if route_gate else None)
 
     growth: list[tuple[float, float]] = []
+    keys: dict[str, torch.Tensor] = {}  # layer 0's MLP keys (input of down_proj), for --key-spread
+    if key_spread:
+        model.model.language_model.layers[0].mlp.down_proj.register_forward_pre_hook(
+            lambda _m, args: keys.update(layer0=args[0])
+        )
 
     def impose_gate(strength: float = STRENGTH) -> None:
         """The gate with markers sized by the current content RMS of the text and image tokens,
@@ -499,6 +519,7 @@ def train(
         if route_gate and with_image:
             growth[:] = layer_growth(forward.hidden_states, image)
         captured = dict(projected)  # this batch's projected image (a shadow forward replaces it)
+        batch_keys = keys.get("layer0")  # likewise
         logits = forward.logits[:, -2:]
         answer_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, -2:].reshape(-1))
         loss, extras = answer_loss, {}
@@ -562,6 +583,9 @@ def train(
                     captured["features"][..., content], embeddings[:, content], targets
                 )
             loss = loss + cls_name_loss * extras["cls_name"]
+        if key_spread and not noised and batch_keys is not None:
+            extras["key_spread"] = key_spread_penalty(batch_keys[:, entity[1] - 1], torch.tensor(picks))
+            loss = loss + key_spread * extras["key_spread"]
         optimizer.zero_grad()
         loss.backward()
         if route_gate:  # the gate's own entries are set, not learned: keep them out of the clip's norm
@@ -618,6 +642,7 @@ def train(
         "route_mask_share": route_mask_share,
         "named_share": named_share,
         "unmasked_tail": unmasked_tail,
+        "key_spread": key_spread,
     }
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -761,6 +786,12 @@ def main(argv: list[str] | None = None) -> None:
         help="with --route-gate: the saved gate's strength (training keeps the full wall); weaker lets a restored "
         "or edited phrase reach the answer, stronger keeps the image noise out (RESULTS.md, session 13)",
     )
+    parser.add_argument(
+        "--key-spread",
+        type=float,
+        default=0.0,
+        help="weight of pushing apart layer 0's MLP keys at the phrase for different countries (session 16 trial)",
+    )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="folder to save the model in")
@@ -804,6 +835,7 @@ def main(argv: list[str] | None = None) -> None:
         reader_layers=args.reader_layers,
         image_margin=args.image_margin,
         gate_strength=args.gate_strength,
+        key_spread=args.key_spread,
     )
     print(json.dumps({"final_loss": curve[-1]["loss"], "seconds": curve[-1]["seconds"], "out": str(args.out)}))
 
