@@ -242,20 +242,22 @@ def test_prefix_cache_holds_only_the_rows_its_runs_use(models, probe, plan, rows
     assert session.executor.shared.rows == rows
 
 
-def _full_length_forwards(model, run, monkeypatch) -> int:
-    """How many decoder runs over the whole prompt (every position but at most the first) ``run``
-    makes; packed restorations call the layers themselves and are not counted."""
-    seen = []
+def _decoder_call_lengths(model, run, monkeypatch) -> tuple:
+    """``run()``'s value and the length of every decoder run it makes (packed restorations call the
+    layers themselves and are not seen)."""
+    lengths: list[int] = []
     decoder = model.decoder
 
     def counted(embeds, *args, **kwargs):
-        seen.append(embeds.shape[1])
+        lengths.append(embeds.shape[1])
         return decoder(embeds, *args, **kwargs)
 
     monkeypatch.setattr(model, "decoder", counted)
-    length = run()
-    monkeypatch.undo()
-    return sum(1 for n in seen if n >= length - 1)
+    try:
+        value = run()
+    finally:
+        monkeypatch.undo()
+    return value, lengths
 
 
 def test_image_noise_makes_its_corrupted_run_once(models, probe, monkeypatch):
@@ -270,7 +272,8 @@ def test_image_noise_makes_its_corrupted_run_once(models, probe, monkeypatch):
             assert session.trace(site, progress=False).settings["plan"] == "partial"
         return encoded.length
 
-    assert _full_length_forwards(model, traced, monkeypatch) == 2
+    length, lengths = _decoder_call_lengths(model, traced, monkeypatch)
+    assert sum(1 for n in lengths if n >= length - 1) == 2  # whole-prompt runs (all positions but the first)
     # and its probabilities are those of a corrupted run made on its own (the prefix plan's)
     alone = ml.TraceSession(model, encoded, ml.image_noise(), sites=("mlp",), plan="prefix", warn=False)
     shared = ml.TraceSession(model, encoded, ml.image_noise(), sites=("mlp",), warn=False)
@@ -284,17 +287,12 @@ def test_a_late_phrase_partial_trace_reuses_the_shared_prefix(models, probe, mon
     prefix), and the scores equal the prefix plan's."""
     model = models["llava"]
     encoded = probe.encode(model)
-    lengths = []
-    decoder = model.decoder
 
-    def counted(embeds, *args, **kwargs):
-        lengths.append(embeds.shape[1])
-        return decoder(embeds, *args, **kwargs)
+    def traced():
+        session = ml.TraceSession(model, encoded, ml.noise("this country"), sites=("mlp",), plan="partial", warn=False)
+        return session, session.trace("mlp", progress=False)
 
-    monkeypatch.setattr(model, "decoder", counted)
-    session = ml.TraceSession(model, encoded, ml.noise("this country"), sites=("mlp",), plan="partial", warn=False)
-    partial = session.trace("mlp", progress=False)
-    monkeypatch.undo()
+    (session, partial), lengths = _decoder_call_lengths(model, traced, monkeypatch)
     p0, length = session.executor.p0, encoded.length
     assert p0 > 0 and session.executor._partial is not None and session.executor._partial.first == p0
     # the prefix, then the clean suffix, the corrupted suffix and the recorded base run, each [p0, T)
