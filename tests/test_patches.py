@@ -186,6 +186,8 @@ def test_a_base_run_on_a_given_prefix_equals_the_whole_run(models, probe, family
         part.input_from(0, p - 1)
     with pytest.raises(ValueError, match="prefix"):
         part.run_packed(0, [p - 1])
+    with pytest.raises(ValueError, match="leaves nothing"):  # a prefix as long as the run
+        PartialDecoder(model, call.embeds, max_batch=2, prefix=whole.base_kv)
 
 
 @pytest.fixture(scope="module")
