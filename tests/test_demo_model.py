@@ -92,6 +92,9 @@ def test_mechanism_measures_on_the_demo_model(demo):
     assert set(roles["profile"]) == set(mechanism.ROLES) and len(roles["profile"]["last"]) == demo.num_layers
     assert not any(r.textual_constraints for r in records[:2]) and roles["profile"]["textual"] is None
     json.dumps(roles, allow_nan=False)
+    curve = mechanism.knockout_curve(demo, records, ks=(8, 48))
+    assert set(curve) == {"8", "48"} and all(set(row) == {"top", "random", "sd", "share"} for row in curve.values())
+    assert curve["48"]["top"] > curve["48"]["random"] + curve["48"]["sd"]  # the ranking finds what the phrase reads
     tune, report = mechanism.split_countries()
     assert not set(tune) & set(report) and len(tune) + len(report) == len(world.training_countries())
 

@@ -63,7 +63,8 @@ def test_the_tour_runs_as_written_on_the_demo_model(tour):
     swapped = tour["swapped"]
     last = swapped.constraint_spans["this country"][1] - 1
     assert swapped.labels[last] == "country→Germany"  # a replacement of another length, aligned
-    assert tour["knock"].k == 8 and len(tour["knock"].random_drops) == 20
+    assert tour["knock"].k == 32 and len(tour["knock"].random_drops) == 20
+    assert 0 <= tour["flow"].confidence_auroc <= 1  # known and never-seen countries: both classes
     assert 0 <= tour["report"].efficacy <= 1 and "efficacy" in tour["report"].table()
     assert (tour["cwd"] / "trace.npz").exists()
 

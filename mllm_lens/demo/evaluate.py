@@ -5,7 +5,8 @@ renderings of the training countries, for every template and paraphrase; then wh
 model routes facts through the visual constraint, with the library's defaults
 (:mod:`mllm_lens.demo.mechanism`): noise on the constraint, replacement by another country's
 name, the MLP trace per token role, MultEdit with the paper's key on requests held out from
-tuning (single edits, batches of 10 and 50), top-k vs random patch knock-out, and constraint
+tuning (single edits, batches of 10 and 50), top-k vs random patch knock-out (k = 8, and a curve
+over larger k), and constraint
 flow vs confidence as an error signal, and whether the default corruptions open the route gate
 (image reads of non-reader text positions in the corrupted runs). Ends with one JSON line (``accuracy``, ``size_mb``,
 ``constraint_noise_ratio``, ``replace_switch_rate``, ``edit_efficacy``, ``edit_generalisation``,
@@ -84,7 +85,7 @@ def mechanism_report(model: LensModel, *, n: int = 140, traced: int = 42, knocke
     report.update(mlp_trace_by_role=roles["profile"], trace_peak_layer=roles["peak_layer"])
     report["trace_peak_role"] = roles["peak_role"]
     knock = mechanism.knockout_figures(model, records[:knocked])
-    report.update(knock)
+    report.update(knock, knockout_curve=mechanism.knockout_curve(model, records[:knocked]))
     _, held_out = mechanism.split_countries()
     report.update(mechanism.edit_figures(model, mechanism.flipped_requests(held_out, seed=100)))
     known = world.generate(renderings=1, seed=7)

@@ -10,7 +10,8 @@ drawn with seeds the training never used:
   country's fact;
 * :func:`role_profile` -- the MLP causal trace (window 1) averaged per layer and token role
   (image, visual constraint, textual constraint, other text, last), as in the paper's figures;
-* :func:`knockout_figures` -- top-k patches by the default ranking knocked out vs k random ones;
+* :func:`knockout_figures` -- top-k patches by the default ranking knocked out vs k random ones
+  (:func:`knockout_curve`: the same at several k);
 * :func:`edit_figures` -- MultEdit with the paper's key on requests held out from any tuning;
 * :func:`gate_leak` -- whether a corruption's noise opens the route gate
   (:mod:`mllm_lens.demo.route_gate`): image reads of text positions other than the readers.
@@ -168,6 +169,25 @@ def knockout_figures(model: LensModel, records: Sequence[VQARecord], k: int = 8,
         "topk_beats_random_share": float(np.mean(np.array(top) > np.array(random_means))),
         "knockout_n": len(records),
     }
+
+
+#: k of the knock-out curve beside the k = 8 headline: the demo model reads the flag's overall colours
+#: from most of its 64 patches, so whether the ranking finds the patches that matter shows at larger k.
+KNOCKOUT_CURVE = (16, 32, 48)
+
+
+def knockout_curve(model: LensModel, records: Sequence[VQARecord], ks: Sequence[int] = KNOCKOUT_CURVE) -> dict:
+    """:func:`knockout_figures` for each k of ``ks``: ``{k: {top, random, sd, share}}``."""
+    curve = {}
+    for k in ks:
+        figures = knockout_figures(model, records, k=k)
+        curve[str(k)] = {
+            "top": figures["topk_knockout_drop"],
+            "random": figures["random_knockout_drop"],
+            "sd": figures["random_knockout_sd"],
+            "share": figures["topk_beats_random_share"],
+        }
+    return curve
 
 
 def split_countries(seed: int = 0, tune: int = 12) -> tuple[list[str], list[str]]:

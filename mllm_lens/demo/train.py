@@ -56,15 +56,16 @@ the paper found for LLaVA-1.5 (which inherits that route from its text-only deco
    image read is blocked in the model itself, unmasked, as it is used. ``--text-route gate`` marks
    a mentioned name as an image token in the text-first stage.
 
-9. **Session 16**: ``--key-spread`` (a trial, not in the shipped recipe) pushes apart the layer-0 MLP
+9. **Session 16**: ``--key-spread`` (in the shipped recipe since session 17, β = 10) pushes apart the layer-0 MLP
    keys (the input of ``down_proj``, the paper's edit key) at the phrase's last token of questions about
    different countries (:func:`key_spread_penalty`), so that a batch edit's keys do not span the
    other countries' keys (issue 11, batch edits).
 
 The command line's defaults are the shipped model's recipe, :data:`SHIPPED_RECIPE` (recipe G9
-of ``benchmarks/RESULTS.md`` with the gate saved at strength 10): the route gate, the CLS token
-pulled contrastively towards the name, the phrase predicting the question's attribute after
-layer 0 and the words after it relaying that target, a quarter of the batches naming a country;
+of ``benchmarks/RESULTS.md`` with the gate saved at strength 10, plus the key spread at β = 10 since
+session 17): the route gate, the CLS token pulled contrastively towards the name, the phrase
+predicting the question's attribute after layer 0 and the words after it relaying that target, a
+quarter of the batches naming a country, layer 0's keys at the phrase spread apart across countries;
 ``python -m mllm_lens.demo.train --threads 1`` rebuilds the shipped weights bit for bit (another
 thread count changes the float summation order). :func:`train`'s own keyword defaults stay the
 plain LLaVA-style recipe (identity stage, then every question form, no routing), the baseline
@@ -667,6 +668,7 @@ SHIPPED_RECIPE = {
     "cls_name_temperature": 0.1,
     "route_gate": True,
     "gate_strength": 10.0,
+    "key_spread": 10.0,
 }
 
 
@@ -790,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
         "--key-spread",
         type=float,
         default=0.0,
-        help="weight of pushing apart layer 0's MLP keys at the phrase for different countries (session 16 trial)",
+        help="weight of pushing apart layer 0's MLP keys at the phrase for different countries (shipped: 10)",
     )
     parser.add_argument("--init", type=Path, default=None, help="start from this saved demo model's weights")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
