@@ -35,13 +35,19 @@ row's fast trace, as the machine's speed drifts: ``gemm_gflops``). The fast trac
 times (3) and the run of median floor ratio is reported (every run's ratio in
 ``time_over_flop_floor_runs``); the speed-ups use that run's time. The prefix plan recomputes the
 suffix ``[p0, T)`` from layer 0; the partial plan recomputes ``[p, T)`` from the restored layer
-``l``. Either way the last layer needs only the key and value projections of the recomputed tokens
-and the whole layer at the last position, and the LM head runs once per cell. Not counted, so the
+``l`` for an MLP or attention restoration and from ``l + 1`` for a hidden-state one (layer ``l``'s
+output is the restored value; until session 17 the floor counted layer ``l`` for every site, which
+overstated the hidden-state floor). Either way the last layer needs only the key and value
+projections of the recomputed tokens and the whole layer at the last position, and the LM head runs
+once per cell. Not counted, so the
 floor is a lower bound: attention-score FLOPs (``4 T d`` per token and layer), norms and rotary, the
 clean and corrupted runs a trace needs anyway, the vision tower, and the cells a plan skips
 (positions in the unchanged prefix score the corrupted run's probability at no cost).
-``time_over_exact_floor`` counts, for every plan, the least any exact restoration recomputes (the
-partial plan's count).
+``time_over_exact_floor`` counts, for every plan and site, the least any exact window-1 restoration
+recomputes: ``[p, T)`` from ``l + 1``, since the restored layer's other positions keep their corrupted
+values (for an attention restoration the restored layer's MLP at ``p`` alone is left out too). The
+partial plan still recomputes layer ``l`` for MLP and attention restorations, so its floor lies above
+this one.
 
 Where the time over the floor goes (one-session runs): ``setup_s`` (the session: vision tower, clean
 run, prefix cache, corrupted run) and ``restore_s`` (the traces) add up to the fast time;
@@ -375,7 +381,10 @@ class Shape:
         return self.layers * self.layer_params
 
     def cell_flops(self, start_layer: int, tokens: int) -> int:
-        """FLOPs a cell cannot avoid when it recomputes ``tokens`` positions from ``start_layer``."""
+        """FLOPs a cell cannot avoid when it recomputes ``tokens`` positions from ``start_layer`` (from past the
+        last layer: the LM head alone)."""
+        if start_layer >= self.layers:
+            return 2 * self.head_params
         full_layers = self.layers - 1 - start_layer
         return 2 * (
             full_layers * tokens * self.layer_params
@@ -385,25 +394,32 @@ class Shape:
         )
 
 
-def floor_flops(shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]]) -> int:
-    """The FLOP floor of ``cells`` (computed ``(layer, position)``) under ``plan`` (module docstring)."""
+def floor_flops(
+    shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]], skip_restored: bool = False
+) -> int:
+    """The FLOP floor of ``cells`` (computed ``(layer, position)``) under ``plan`` (module docstring);
+    ``skip_restored``: a partial run starts one layer above the restored one."""
     if plan == "prefix":
         return len(cells) * shape.cell_flops(0, length - p0)
-    return sum(shape.cell_flops(layer, length - pos) for layer, pos in cells)
+    return sum(shape.cell_flops(layer + skip_restored, length - pos) for layer, pos in cells)
 
 
-def attention_flops(shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]]) -> int:
+def attention_flops(
+    shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]], skip_restored: bool = False
+) -> int:
     """Attention-score FLOPs (``q kᵀ`` and the weighted sum of values, ``4 · keys · width`` per query and
     layer) of what ``floor_flops`` counts: each recomputed position ``q`` reads keys ``[0, q]``; the last
     layer attends at the last position only. Not in the floor; the benchmark reports it beside it."""
 
     def cell(layer: int, first: int) -> int:
+        if layer >= shape.layers:
+            return 0
         queries = sum(q + 1 for q in range(first, length))
         return 4 * shape.attention_width * ((shape.layers - 1 - layer) * queries + length)
 
     if plan == "prefix":
         return len(cells) * cell(0, p0)
-    return sum(cell(layer, pos) for layer, pos in cells)
+    return sum(cell(layer + skip_restored, pos) for layer, pos in cells)
 
 
 def timed(device: str, fn: Callable[..., T], *args, **kwargs) -> tuple[T, float]:
@@ -456,7 +472,9 @@ def run_row(
     plan, p0, batch = first.settings["plan"], first.settings["first_corrupted_position"], first.settings["batch_size"]
     all_cells = [(layer, pos) for layer in range(model.num_layers) for pos in positions]
     computed = [(layer, pos) for layer, pos in all_cells if pos >= p0]
-    floor_work = len(sites) * floor_flops(shape, plan, p0, length, computed)
+    # a partial run for a hidden-state restoration at layer l starts at l + 1 (layer l's output is the restored value)
+    skips = {site: plan == "partial" and site == "hidden" for site in sites}
+    floor_work = sum(floor_flops(shape, plan, p0, length, computed, skips[site]) for site in sites)
     ratios = [seconds["fast"] * rate / floor_work for seconds, rate in runs]
     median = sorted(range(len(runs)), key=ratios.__getitem__)[len(runs) // 2]
     chosen, rate = runs[median]
@@ -493,8 +511,8 @@ def run_row(
     scale = len(all_cells) / n_sample  # per site: timed cells -> every cell
     paper_total, oracle_total = paper_s * scale, oracle_s * scale
     floor = floor_work / rate
-    exact = len(sites) * floor_flops(shape, "partial", p0, length, computed) / rate
-    attention = len(sites) * attention_flops(shape, plan, p0, length, computed) / rate
+    exact = len(sites) * floor_flops(shape, "partial", p0, length, computed, skip_restored=True) / rate
+    attention = sum(attention_flops(shape, plan, p0, length, computed, skips[site]) for site in sites) / rate
     out = {
         "row": row.name,
         "plan": plan,

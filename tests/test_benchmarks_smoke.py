@@ -73,3 +73,27 @@ def test_family_presets_build_their_wrapper_at_the_documented_proportions(preset
     encoded = trace_speed.rows_for(preset)[0].probe.encode(model)
     start, end = encoded.image_span
     assert 256 <= end - start <= 258  # 256 image tokens, and Gemma 3's start/end-of-image markers
+
+
+def test_the_flop_floor_counts_what_a_restart_must_recompute(monkeypatch):
+    """A restart at (layer l, position p) recomputes [p, T) through layers l .. L-2 and the last layer's
+    keys/values plus its last position; from one layer up (a hidden-state restoration) one layer fewer;
+    a hidden state restored after the last layer leaves the LM head alone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("trace_speed", BENCHMARKS / "trace_speed.py")
+    assert spec is not None and spec.loader is not None
+    trace_speed = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "trace_speed", trace_speed)  # its dataclasses look their module up
+    spec.loader.exec_module(trace_speed)
+    shape = trace_speed.Shape(
+        layers=4, layer_params=100, kv_params=20, head_params=50, tower_params=0, projector_params=0, attention_width=8
+    )
+    floor, attention = trace_speed.floor_flops, trace_speed.attention_flops
+    assert floor(shape, "partial", 0, 10, [(0, 5)]) == 2 * (3 * 5 * 100 + 4 * 20 + 100 + 50)
+    assert floor(shape, "partial", 0, 10, [(0, 5)], skip_restored=True) == 2 * (2 * 5 * 100 + 4 * 20 + 100 + 50)
+    assert floor(shape, "partial", 0, 10, [(3, 8)], skip_restored=True) == 2 * 50
+    assert attention(shape, "partial", 0, 10, [(3, 8)], skip_restored=True) == 0
+    assert floor(shape, "prefix", 6, 10, [(0, 7), (2, 9)], skip_restored=True) == 2 * floor(
+        shape, "partial", 0, 10, [(0, 6)]
+    )
