@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from mllm_lens.data import world
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TRACE_SPEED_KEYS = {
@@ -97,3 +100,23 @@ def test_the_flop_floor_counts_what_a_restart_must_recompute(monkeypatch):
     assert floor(shape, "prefix", 6, 10, [(0, 7), (2, 9)], skip_restored=True) == 2 * floor(
         shape, "partial", 0, 10, [(0, 6)]
     )
+
+
+def test_edit_tuning_runs_on_the_tuning_requests_only(tmp_path):
+    """One grid point: the key geometry and both tuning batches, none of them a report-set country."""
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "edit_tuning.py"), "--weights", "1000", "--clamps", "1.5"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=BENCHMARKS,
+        env={**os.environ, "MLLM_LENS_CACHE": str(tmp_path)},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert 0 < figures["key_energy_in_span"] < 1 and figures["key_effective_rank"] > 1
+    (row,) = figures["rows"]
+    assert set(row) == {"cov_weight", "clamp", "capitals", "relations"}
+    assert all(0 <= row[name]["efficacy"] <= 1 for name in ("capitals", "relations"))
+    assert figures["n_specificity"] == 7 * (len(world.training_countries()) - 12)  # the tuning countries left out
