@@ -42,12 +42,18 @@ MUTATIONS = {
     ),
     "restart_reads_the_prefix_offset_wrong": (
         "tracing/partial.py",
-        "hidden = self.inputs[start_layer][packing.positions - self.first][None]",
-        "hidden = self.inputs[start_layer][(packing.positions - self.first - 1).clamp_min(0)][None]",
+        "hidden = self.outputs[start_layer][packing.positions - self.first]",
+        "hidden = self.outputs[start_layer][(packing.positions - self.first - 1).clamp_min(0)]",
         [
             "test_patches.py::test_a_base_run_on_a_given_prefix_equals_the_whole_run",
             "test_trace.py::test_a_late_phrase_partial_trace_reuses_the_shared_prefix",
         ],
+    ),
+    "start_layer_call_misses_its_own_key": (
+        "tracing/partial.py",
+        "allowed = keys[None] <= positions[:, None]",
+        "allowed = keys[None] < positions[:, None]",
+        ["test_oracle.py::test_fast_trace_equals_reference"],
     ),
     "edit_at_the_wrong_layer": (
         "editing/multedit.py",

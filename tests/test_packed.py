@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mllm_lens.tracing.packed import Packing
+from mllm_lens.tracing.packed import Packing, Tokens
 
 
 def test_rows_are_laid_end_to_end_from_their_starts():
@@ -34,3 +34,19 @@ def test_a_row_reads_base_keys_before_its_start_and_its_own_after():
 def test_rows_must_start_inside_the_run():
     with pytest.raises(ValueError, match="before the run's end"):
         Packing.of([2, 4], 4, torch.device("cpu"))
+
+
+def test_tokens_are_distinct_sorted_and_indexed():
+    tokens = Tokens.of([(torch.tensor([1, 0, 1]), torch.tensor([4, 2, 4])), (torch.tensor([0]), torch.tensor([3]))])
+    assert tokens.rows.tolist() == [0, 0, 1] and tokens.positions.tolist() == [2, 3, 4]
+    assert tokens.index(torch.tensor([1, 0]), torch.tensor([4, 3])).tolist() == [2, 1]
+    assert Tokens.of([], torch.device("cpu")).tokens == 0
+
+
+def test_a_token_outside_its_rows_span_is_refused():
+    packing = Packing.of([3, 1], 5, torch.device("cpu"))
+    Tokens.of([(torch.tensor([0, 1]), torch.tensor([3, 1]))]).check_inside(packing)
+    with pytest.raises(ValueError, match=r"row 0 restores position 2 outside its run \[3, 5\)"):
+        Tokens.of([(torch.tensor([0]), torch.tensor([2]))]).check_inside(packing)
+    with pytest.raises(ValueError, match="row 2 of a 2-row batch"):
+        Tokens.of([(torch.tensor([2]), torch.tensor([4]))]).check_inside(packing)

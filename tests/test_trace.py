@@ -307,3 +307,37 @@ def test_a_late_phrase_keeps_its_short_corrupted_run(models, probe):
     session = ml.TraceSession(models["llava"], probe, ml.noise("this country"), sites=("mlp",), warn=False)
     assert 2 * session.executor.p0 >= session.encoded.length
     assert session.executor._partial is None
+
+
+@pytest.mark.parametrize("site", ["mlp", "attn", "hidden"])
+def test_a_partial_batch_runs_its_start_layer_on_the_restored_tokens_alone(models, probe, site):
+    """A window-1 restoration at (l, p) changes layer l's output at p alone (its keys and values come from
+    the layer's unchanged input): a packed batch calls layer l on one token per row, and the layers above
+    on the rows' packed spans; the scores equal the prefix plan's."""
+    model = models["llava"]
+    session = ml.TraceSession(model, probe, ml.image_noise(), sites=(site,), plan="partial", batch_size=4, warn=False)
+    executor = session.executor
+    executor._partial_decoder()  # the recorded base run, made before the calls are counted
+    calls: list[tuple[int, int]] = []
+    handles = [
+        layer.register_forward_pre_hook(
+            lambda _m, args, kwargs, i=i: calls.append((i, (args[0] if args else kwargs["hidden_states"]).shape[1])),
+            with_kwargs=True,
+        )
+        for i, layer in enumerate(model.adapter.layers)
+    ]
+    length, image = session.encoded.length, session.encoded.image_span
+    cells = [Cell(site, (1,), pos) for pos in (image[0] + 2, image[0] + 5, length - 3, length - 1)]
+    try:
+        with torch.no_grad():
+            fast = executor.distributions(cells)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert executor.last_plan == "partial"
+    assert [n for i, n in calls if i == 1] == [len(cells)]  # the restored layer: one token per row
+    assert not [n for i, n in calls if i == 0]  # nothing below it
+    packed = sum(length - executor._row_start(cell) for cell in cells)
+    assert [n for i, n in calls if i == 2] == [packed]  # one layer up: every row's span
+    executor.plan = "prefix"
+    torch.testing.assert_close(fast, executor.distributions(cells), atol=1e-6, rtol=1e-5)

@@ -364,8 +364,11 @@ class RestorationExecutor:
         for start, stop in self._partial_batches(cells):
             batch = cells[start:stop]
             layer, first = self._batch_start(batch)
-            tokens = sum(length - self._row_start(c) for c in batch) if self._packs else len(batch) * (length - first)
-            partial += (layers - layer) * tokens
+            if self._packs:  # the start layer on the restored tokens alone, the rows from one layer up
+                tokens = sum(length - self._row_start(c) for c in batch)
+                partial += (layers - layer - 1) * tokens + sum(len(c.positions) for c in batch)
+            else:
+                partial += (layers - layer) * len(batch) * (length - first)
         return "partial" if partial < PARTIAL_ADVANTAGE * prefix else "prefix"
 
     def _execute(

@@ -66,6 +66,48 @@ class Packing:
         return mask[None, None]
 
 
+@dataclass(frozen=True)
+class Tokens:
+    """Distinct ``(row, position)`` tokens, sorted by row then position (token ``i``: row ``rows[i]`` at
+    ``positions[i]``): the few tokens a restoration changes in the layer a packed run starts from."""
+
+    rows: torch.Tensor  # [n]
+    positions: torch.Tensor  # [n]
+    _keys: torch.Tensor  # [n]: rows * _stride + positions, ascending
+    _stride: int
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device | None = None) -> Tokens:
+        """The distinct tokens of ``(rows, positions)`` index pairs."""
+        rows = torch.cat([r for r, _ in pairs]) if pairs else torch.empty(0, dtype=torch.long, device=device)
+        positions = torch.cat([p for _, p in pairs]) if pairs else torch.empty_like(rows)
+        stride = int(positions.max()) + 1 if positions.numel() else 1
+        keys = torch.unique(rows * stride + positions)  # sorted
+        return cls(keys // stride, keys % stride, keys, stride)
+
+    @property
+    def tokens(self) -> int:
+        return int(self._keys.shape[0])
+
+    def index(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Indices of ``(row, position)`` pairs among these tokens (each pair one of them)."""
+        return torch.searchsorted(self._keys, rows * self._stride + positions)
+
+    def check_inside(self, packing: Packing) -> None:
+        """Refuse a token outside its row's packed span ``[starts[row], length)``."""
+        if not self.tokens:
+            return
+        if int(self.rows.max()) >= len(packing.starts):
+            raise ValueError(f"a restoration names row {int(self.rows.max())} of a {len(packing.starts)}-row batch")
+        outside = (self.positions < packing.starts[self.rows]) | (self.positions >= packing.length)
+        if bool(outside.any()):
+            i = int(outside.nonzero()[0])
+            raise ValueError(
+                f"row {int(self.rows[i])} restores position {int(self.positions[i])} outside its run "
+                f"[{int(packing.starts[self.rows[i]])}, {packing.length})"
+            )
+
+
 class PackedLayer(DynamicLayer):
     """Keys/values ``[1, kv, T + N, hd]``: the base run's ``T``, then the packed tokens' own.
 

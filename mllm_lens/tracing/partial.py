@@ -70,7 +70,7 @@ from mllm_lens.models.attention_pattern import AttentionPattern
 from mllm_lens.models.deepstack import DeepStack
 from mllm_lens.models.lens_model import LensModel
 from mllm_lens.tracing.executor import PlanEntry, _site_tensor, _with_site_tensor
-from mllm_lens.tracing.packed import PackedLayer, Packing
+from mllm_lens.tracing.packed import PackedLayer, Packing, Tokens
 from mllm_lens.tracing.prefix_cache import cache_of, layer_kv
 
 
@@ -307,36 +307,77 @@ class PartialDecoder:
         """Logits ``[R, vocab]`` at the last position of rows ``r`` restarted at ``(start_layer, starts[r])``
         from the base run, packed into one sequence (:mod:`mllm_lens.tracing.packed`): each row computes
         only its own ``[starts[r], T)``. ``plan[(site, layer)] = (rows, positions, values)`` (absolute
-        positions) overwrites site outputs of layers ``>= start_layer``. Not for DeepStack decoders."""
+        positions) overwrites site outputs of layers ``>= start_layer``. Not for DeepStack decoders.
+
+        A restoration at the start layer changes that layer's output only at the positions it restores
+        (every position's keys and values there come from the layer's unchanged input), so the start layer
+        runs on those tokens alone, reading the base run's keys and values, and the packed rows start one
+        layer up from the base run's recorded outputs with those tokens written in."""
         if self.deepstack is not None:
             raise ValueError("packed runs do not replay DeepStack additions; use run()")
         if not 0 <= start_layer < self.num_layers:
             raise ValueError(f"start layer {start_layer} outside the decoder's {self.num_layers} layers")
         if len(starts) > self.max_batch:
             raise ValueError(f"batch of {len(starts)} rows exceeds max_batch={self.max_batch}")
+        plan = plan or {}
         adapter, last = self.model.adapter, self.num_layers - 1
         self._recorded(min(starts))
         packing = Packing.of(starts, self.length, self.inputs[0].device)
+        changed = Tokens.of([(rows, positions) for key, (rows, positions, _) in plan.items() if key[1] == start_layer])
+        changed.check_inside(packing)
         split_last = self._keys_only_calls_work()
         with ExitStack() as stack, torch.no_grad():
-            for key, (rows, positions, values) in (plan or {}).items():
+            for key, (rows, positions, values) in plan.items():
                 if key[1] < start_layer:
                     raise ValueError(f"plan entry {key} lies below the start layer {start_layer}")
-                entry: PlanEntry | None = (torch.zeros_like(rows), packing.index(rows, positions), values)
-                if split_last and key[1] == last:  # the last layer's call on each row's last token alone
+                entry: PlanEntry | None
+                if key[1] == start_layer:  # the start layer's call on the changed tokens alone
+                    entry = (torch.zeros_like(rows), changed.index(rows, positions), values)
+                elif split_last and key[1] == last:  # the last layer's call on each row's last token alone
                     keep = positions == self.length - 1
                     entry = (torch.zeros_like(rows[keep]), rows[keep], values[keep]) if bool(keep.any()) else None
+                else:
+                    entry = (torch.zeros_like(rows), packing.index(rows, positions), values)
                 if entry is not None:
                     stack.callback(adapter.site_module(*key).register_forward_hook(_restorer(entry)).remove)
             layers = [PackedLayer(k, v, _KeysWritten) for k, v in self.base_kv]
-            cache, masks = cache_of(layers), self._packed_masks(packing)
-            hidden = self.inputs[start_layer][packing.positions - self.first][None]
-            for layer in range(start_layer, last if split_last else last + 1):
+            cache = cache_of(layers)
+            hidden = self.outputs[start_layer][packing.positions - self.first]
+            if changed.tokens:
+                restored = self._changed_layer_outputs(start_layer, changed, cache, layers[start_layer])
+                hidden = hidden.index_put((packing.index(changed.rows, changed.positions),), restored)
+            hidden = hidden[None]
+            if start_layer == last:
+                return self.head(hidden[0, packing.lasts])
+            masks = self._packed_masks(packing)
+            for layer in range(start_layer + 1, last if split_last else last + 1):
                 kwargs = self._packed_kwargs(layer, packing.positions, cache, masks[layer])
                 hidden = _site_tensor(adapter.layers[layer](hidden, **kwargs))
             if split_last:
                 return self.head(self._packed_last_layer(hidden, packing, cache, masks[last], layers[last]))
             return self.head(hidden[0, packing.lasts])
+
+    def _changed_layer_outputs(
+        self, layer: int, changed: Tokens, cache: Cache, cache_layer: PackedLayer
+    ) -> torch.Tensor:
+        """Outputs ``[n, d]`` of ``layer`` at the ``changed`` tokens alone, each query reading the base
+        run's keys and values of the positions its pattern allows (the site hooks write the restorations)."""
+        positions = changed.positions
+        dtype = self.inputs[0].dtype
+        if self.pattern is None:
+            keys = torch.arange(self.length, device=positions.device)
+            allowed = keys[None] <= positions[:, None]
+        else:
+            allowed = self.pattern.allowed[self.pattern.layer_keys[layer]].to(positions.device)[positions]
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=positions.device)
+        mask = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
+        cache_layer.frozen = True  # the base run's keys and values, as they are
+        try:
+            kwargs = self._packed_kwargs(layer, positions, cache, mask)
+            hidden = self.inputs[layer][positions - self.first][None]
+            return _site_tensor(self.model.adapter.layers[layer](hidden, **kwargs))[0]
+        finally:
+            cache_layer.frozen = False
 
     def _packed_last_layer(
         self, hidden: torch.Tensor, packing: Packing, cache: Cache, mask: torch.Tensor, cache_layer: PackedLayer
