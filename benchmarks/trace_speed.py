@@ -28,32 +28,31 @@ both loops on the timed cells; the peak memory of the fast trace above what was 
 it (``peak_mb``: ``VmHWM`` reset through ``/proc/self/clear_refs`` on Linux, else the rise of
 ``ru_maxrss``; ``torch.cuda.max_memory_allocated`` on a GPU); and time over the FLOP floor.
 
-**FLOP floor** of a trace, for the plan that ran: for every computed cell, the tokens that plan
-recomputes times 2 x the parameters they pass through, at a GEMM rate measured here with the model's
-own ``d x ffn`` matmul (2048 rows; the faster of two measurements, just before and just after the
-row's fast trace, as the machine's speed drifts: ``gemm_gflops``). The fast trace runs ``--repeats``
-times (3) and the run of median floor ratio is reported (every run's ratio in
-``time_over_flop_floor_runs``); the speed-ups use that run's time. The prefix plan recomputes the
-suffix ``[p0, T)`` from layer 0; the partial plan recomputes ``[p, T)`` from the restored layer
-``l`` for an MLP or attention restoration and from ``l + 1`` for a hidden-state one (layer ``l``'s
-output is the restored value; until session 17 the floor counted layer ``l`` for every site, which
-overstated the hidden-state floor). Either way the last layer needs only the key and value
-projections of the recomputed tokens and the whole layer at the last position, and the LM head runs
-once per cell. Not counted, so the
-floor is a lower bound: attention-score FLOPs (``4 T d`` per token and layer), norms and rotary, the
-clean and corrupted runs a trace needs anyway, the vision tower, and the cells a plan skips
-(positions in the unchanged prefix score the corrupted run's probability at no cost).
-``time_over_exact_floor`` counts, for every plan and site, the least any exact window-1 restoration
-recomputes: ``[p, T)`` from ``l + 1``, since the restored layer's other positions keep their corrupted
-values (for an attention restoration the restored layer's MLP at ``p`` alone is left out too). The
-partial plan still recomputes layer ``l`` for MLP and attention restorations, so its floor lies above
-this one.
+**FLOP floor** of a trace: every FLOP any exact trace of these cells must do, at a GEMM rate measured
+here with the model's own ``d x ffn`` matmul (2048 rows; the faster of two measurements, just before
+and just after the row's fast trace, as the machine's speed drifts: ``gemm_gflops``), the way a model
+FLOPs utilisation is counted: 2 FLOPs per weight per token plus the attention scores (``q kᵀ`` and the
+weighted sum of values, ``4 · keys · width`` per query and layer). Counted:
 
-Where the time over the floor goes (one-session runs): ``setup_s`` (the session: vision tower, clean
-run, prefix cache, corrupted run) and ``restore_s`` (the traces) add up to the fast time;
-``attention_floor_s`` is the attention-score work the floor leaves out (``4 · keys · width`` FLOPs per
-recomputed query and layer, at the same GEMM rate), and ``restore_over_floor_with_attention`` the
-restorations' time over the floor plus it.
+* the clean run over the whole prompt (its site outputs are the values every restoration writes) and
+  the corrupted run over its changed part ``[p0, T)``;
+* the restorations, for the plan that ran: the prefix plan recomputes ``[p0, T)`` from layer 0 for every
+  cell; the partial plan runs the restored layer ``l`` at the restored position alone (a window-1
+  restoration changes that layer's output nowhere else) and ``[p, T)`` from ``l + 1``, which is the
+  least any exact restoration recomputes, plus that one token;
+* in every run the last layer needs only the key and value projections of the recomputed tokens and
+  the whole layer at the last position, and the LM head runs once per run.
+
+Not counted, so the floor is a lower bound: norms, rotary and element-wise work, the vision tower and
+projector, and the cells a plan skips (positions in the unchanged prefix score the corrupted run's
+probability at no cost). The fast trace runs ``--repeats`` times (3) and the run of median floor ratio
+is reported (every run's ratio in ``time_over_flop_floor_runs``); the speed-ups use that run's time.
+
+Until session 18 the floor counted the restorations' weight FLOPs alone, against the whole time (set-up
+and attention included): ``time_over_restoration_weight_floor`` keeps that ratio for comparison with
+earlier runs. Where the time over the floor goes (one-session runs): ``setup_s`` (the session: vision
+tower, clean run, prefix cache, corrupted run) over its part of the floor (``setup_over_flop_floor``) and
+``restore_s`` (the traces) over theirs (``restore_over_flop_floor``).
 
 Presets (random weights except ``demo``; each prints its shape and parameter shares):
 
@@ -75,8 +74,10 @@ Presets (random weights except ``demo``; each prints its shape and parameter sha
   fast paths each gets is in ``result.settings`` (printed per row).
 * ``llava-7b``: LLaVA-1.5-7B's exact shape (Vicuna-7B decoder, CLIP ViT-L/14-336 tower,
   32,064-token vocabulary), random weights built on the device (no download), for a GPU.
-  Expected there, phrase late: 1,536 computed cells x 24 suffix tokens x 2 x 6.5 G parameters
-  = 0.48 PFLOP, ~0.7 s at a bf16 GEMM rate of ~700 TFLOP/s; an oracle cell (a 607-token forward,
+  Expected there, phrase late: 1,536 computed cells, the partial plan's restorations 116 TFLOP (each
+  ``[p, T)`` from ``l + 1``, 12.5 tokens through 15.5 layers on average) plus 2.8 TFLOP of attention
+  scores and 8.1 TFLOP for the clean and corrupted runs: 0.13 PFLOP, ~0.2 s at a bf16 GEMM rate of
+  ~700 TFLOP/s (small packed batches will not reach that rate); an oracle cell (a 607-token forward,
   all-position logits included, ~8.4 TFLOP) ~12 ms, compute-bound (the 14 GB of weights stream
   in ~3 ms at 4.8 TB/s), so ~25 s for the oracle's 2,048 cells and ~75 s for the paper loop's.
 
@@ -380,6 +381,15 @@ class Shape:
     def decoder_params(self) -> int:
         return self.layers * self.layer_params
 
+    def attention_cell_flops(self, start_layer: int, first: int, length: int) -> int:
+        """Attention-score FLOPs (``q kᵀ`` and the weighted sum of values: ``4 · keys · width`` per query and
+        layer) of a run recomputing ``[first, length)`` from ``start_layer``: position ``q`` reads keys
+        ``[0, q]``; the last layer attends at the last position only."""
+        if start_layer >= self.layers:
+            return 0
+        queries = sum(q + 1 for q in range(first, length))
+        return 4 * self.attention_width * ((self.layers - 1 - start_layer) * queries + length)
+
     def cell_flops(self, start_layer: int, tokens: int) -> int:
         """FLOPs a cell cannot avoid when it recomputes ``tokens`` positions from ``start_layer`` (from past the
         last layer: the LM head alone)."""
@@ -395,31 +405,36 @@ class Shape:
 
 
 def floor_flops(
-    shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]], skip_restored: bool = False
+    shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]], restored_token: bool = True
 ) -> int:
-    """The FLOP floor of ``cells`` (computed ``(layer, position)``) under ``plan`` (module docstring);
-    ``skip_restored``: a partial run starts one layer above the restored one."""
+    """The restorations' weight FLOPs of ``cells`` (computed ``(layer, position)``) under ``plan`` (module
+    docstring): the prefix plan recomputes ``[p0, T)`` from layer 0; the partial plan runs the restored layer
+    ``l`` at the restored position alone (``restored_token``; False: the exact minimum, which leaves it out) and
+    ``[p, T)`` from ``l + 1``."""
     if plan == "prefix":
         return len(cells) * shape.cell_flops(0, length - p0)
-    return sum(shape.cell_flops(layer + skip_restored, length - pos) for layer, pos in cells)
+    token = 2 * shape.layer_params if restored_token else 0
+    return sum(shape.cell_flops(layer + 1, length - pos) + token for layer, pos in cells)
 
 
-def attention_flops(
-    shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]], skip_restored: bool = False
-) -> int:
-    """Attention-score FLOPs (``q kᵀ`` and the weighted sum of values, ``4 · keys · width`` per query and
-    layer) of what ``floor_flops`` counts: each recomputed position ``q`` reads keys ``[0, q]``; the last
-    layer attends at the last position only. Not in the floor; the benchmark reports it beside it."""
-
-    def cell(layer: int, first: int) -> int:
-        if layer >= shape.layers:
-            return 0
-        queries = sum(q + 1 for q in range(first, length))
-        return 4 * shape.attention_width * ((shape.layers - 1 - layer) * queries + length)
-
+def attention_flops(shape: Shape, plan: str, p0: int, length: int, cells: list[tuple[int, int]]) -> int:
+    """Attention-score FLOPs of what ``floor_flops`` counts (:meth:`Shape.attention_cell_flops`; the partial
+    plan's restored token at layer ``l`` reads keys ``[0, p]``)."""
     if plan == "prefix":
-        return len(cells) * cell(0, p0)
-    return sum(cell(layer + skip_restored, pos) for layer, pos in cells)
+        return len(cells) * shape.attention_cell_flops(0, p0, length)
+    return sum(
+        shape.attention_cell_flops(layer + 1, pos, length) + 4 * shape.attention_width * (pos + 1)
+        for layer, pos in cells
+    )
+
+
+def setup_flops(shape: Shape, p0: int, length: int) -> int:
+    """What any exact trace computes besides its restorations, weights and attention scores: the clean run
+    over the whole prompt (its site outputs are what the restorations write) and the corrupted run over
+    its changed part ``[p0, T)``, each counted as :meth:`Shape.cell_flops` counts a run (the last layer's
+    keys/values and its last position; the LM head once). The vision tower and the projector are left out."""
+    weights = shape.cell_flops(0, length) + shape.cell_flops(0, length - p0)
+    return weights + shape.attention_cell_flops(0, 0, length) + shape.attention_cell_flops(0, p0, length)
 
 
 def timed(device: str, fn: Callable[..., T], *args, **kwargs) -> tuple[T, float]:
@@ -472,9 +487,9 @@ def run_row(
     plan, p0, batch = first.settings["plan"], first.settings["first_corrupted_position"], first.settings["batch_size"]
     all_cells = [(layer, pos) for layer in range(model.num_layers) for pos in positions]
     computed = [(layer, pos) for layer, pos in all_cells if pos >= p0]
-    # a partial run for a hidden-state restoration at layer l starts at l + 1 (layer l's output is the restored value)
-    skips = {site: plan == "partial" and site == "hidden" for site in sites}
-    floor_work = sum(floor_flops(shape, plan, p0, length, computed, skips[site]) for site in sites)
+    restoration_work = len(sites) * floor_flops(shape, plan, p0, length, computed)
+    attention_work = len(sites) * attention_flops(shape, plan, p0, length, computed)
+    floor_work = setup_flops(shape, p0, length) + restoration_work + attention_work
     ratios = [seconds["fast"] * rate / floor_work for seconds, rate in runs]
     median = sorted(range(len(runs)), key=ratios.__getitem__)[len(runs) // 2]
     chosen, rate = runs[median]
@@ -510,9 +525,7 @@ def run_row(
             diffs.append(abs(float(probs[target]) - result.scores[layer, pos]))
     scale = len(all_cells) / n_sample  # per site: timed cells -> every cell
     paper_total, oracle_total = paper_s * scale, oracle_s * scale
-    floor = floor_work / rate
-    exact = len(sites) * floor_flops(shape, "partial", p0, length, computed, skip_restored=True) / rate
-    attention = sum(attention_flops(shape, plan, p0, length, computed, skips[site]) for site in sites) / rate
+    floor, restoration_floor = floor_work / rate, (restoration_work + attention_work) / rate
     out = {
         "row": row.name,
         "plan": plan,
@@ -530,7 +543,7 @@ def run_row(
         "max_abs_diff": float(max(diffs)),
         "flop_floor_s": round(floor, 4),
         "time_over_flop_floor": round(fast_seconds / floor, 2),
-        "time_over_exact_floor": round(fast_seconds / exact, 2),
+        "time_over_restoration_weight_floor": round(fast_seconds * rate / restoration_work, 2),
         "peak_mb": round(memory.mb, 1),
         "gemm_gflops": round(rate / 1e9, 1),
         "repeats": len(runs),
@@ -540,8 +553,8 @@ def run_row(
         out.update(
             setup_s=round(chosen["setup"], 4),
             restore_s=round(chosen["restore"], 4),
-            attention_floor_s=round(attention, 6),
-            restore_over_floor_with_attention=round(chosen["restore"] / (floor + attention), 2),
+            setup_over_flop_floor=round(chosen["setup"] * rate / setup_flops(shape, p0, length), 2),
+            restore_over_flop_floor=round(chosen["restore"] / restoration_floor, 2),
         )
     print(
         f"{row.name}: {length} tokens, p0 {p0}, plan {plan}, batch {batch}; fast {fast_seconds:.2f} s for "
@@ -549,14 +562,14 @@ def run_row(
         f"({out['speedup_vs_paper_loop']}x), oracle ~{oracle_total:.1f} s ({out['speedup_vs_oracle']}x), "
         f"{out['cells_timed']} cells timed each; max |diff| {out['max_abs_diff']:.1e}; floor {floor:.3f} s "
         f"at {out['gemm_gflops']} GFLOP/s "
-        f"({out['time_over_flop_floor']}x, median of {len(runs)} runs: {out['time_over_flop_floor_runs']}; exact "
-        f"minimum {out['time_over_exact_floor']}x); peak {out['peak_mb']} MB"
+        f"({out['time_over_flop_floor']}x, median of {len(runs)} runs: {out['time_over_flop_floor_runs']}; "
+        f"{out['time_over_restoration_weight_floor']}x the restorations' weight FLOPs alone); peak {out['peak_mb']} MB"
     )
     if "setup_s" in out:
         print(
-            f"  set-up (clean and corrupted runs, prefix cache) {out['setup_s']:.2f} s, restorations "
-            f"{out['restore_s']:.2f} s = {out['restore_over_floor_with_attention']}x (floor + attention scores "
-            f"{attention:.3f} s)"
+            f"  set-up (clean and corrupted runs, prefix cache) {out['setup_s']:.2f} s = "
+            f"{out['setup_over_flop_floor']}x its floor, restorations {out['restore_s']:.2f} s = "
+            f"{out['restore_over_flop_floor']}x theirs ({restoration_floor:.3f} s)"
         )
     return out
 
@@ -635,6 +648,8 @@ def main() -> None:
                 "max_abs_diff": max(r["max_abs_diff"] for r in out),
                 "time_over_flop_floor": max(r["time_over_flop_floor"] for r in phrase),
                 "image_noise_time_over_flop_floor": image["time_over_flop_floor"],
+                "time_over_restoration_weight_floor": max(r["time_over_restoration_weight_floor"] for r in phrase),
+                "image_noise_time_over_restoration_weight_floor": image["time_over_restoration_weight_floor"],
                 "peak_mb": max(r["peak_mb"] for r in out),
                 "headline_speedup": ratios[worst],
                 "headline": worst,

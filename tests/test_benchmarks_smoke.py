@@ -22,6 +22,8 @@ TRACE_SPEED_KEYS = {
     "max_abs_diff",
     "time_over_flop_floor",
     "image_noise_time_over_flop_floor",
+    "time_over_restoration_weight_floor",
+    "image_noise_time_over_restoration_weight_floor",
     "peak_mb",
     "preset",
     "device",
@@ -51,7 +53,9 @@ def test_trace_speed_quick_on_the_demo_model():
     assert figures["rows"][2]["plan"] == "partial"  # image noise restarts where each cell changes the run
     for row in figures["rows"]:  # the time split into the session's set-up and the restorations
         assert abs(row["setup_s"] + row["restore_s"] - row["fast_s"]) <= 2e-4
-        assert row["attention_floor_s"] > 0 and row["restore_over_floor_with_attention"] > 0
+        assert row["setup_over_flop_floor"] > 0 and row["restore_over_flop_floor"] > 0
+        # the whole floor (set-up, attention scores) lies above the restorations' weight FLOPs alone
+        assert row["time_over_flop_floor"] < row["time_over_restoration_weight_floor"]
         assert row["repeats"] == len(row["time_over_flop_floor_runs"]) == 1  # --quick times one run
 
 
@@ -78,10 +82,10 @@ def test_family_presets_build_their_wrapper_at_the_documented_proportions(preset
     assert 256 <= end - start <= 258  # 256 image tokens, and Gemma 3's start/end-of-image markers
 
 
-def test_the_flop_floor_counts_what_a_restart_must_recompute(monkeypatch):
-    """A restart at (layer l, position p) recomputes [p, T) through layers l .. L-2 and the last layer's
-    keys/values plus its last position; from one layer up (a hidden-state restoration) one layer fewer;
-    a hidden state restored after the last layer leaves the LM head alone."""
+def test_the_flop_floor_counts_what_an_exact_trace_must_compute(monkeypatch):
+    """Hand-counted: a partial restart at (layer l, position p) runs layer l at p alone, then [p, T) through
+    layers l + 1 .. L-2 and the last layer's keys/values plus its last position; restored after the last
+    layer, the LM head alone. The set-up is the clean run over [0, T) and the corrupted run over [p0, T)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("trace_speed", BENCHMARKS / "trace_speed.py")
@@ -93,13 +97,17 @@ def test_the_flop_floor_counts_what_a_restart_must_recompute(monkeypatch):
         layers=4, layer_params=100, kv_params=20, head_params=50, tower_params=0, projector_params=0, attention_width=8
     )
     floor, attention = trace_speed.floor_flops, trace_speed.attention_flops
-    assert floor(shape, "partial", 0, 10, [(0, 5)]) == 2 * (3 * 5 * 100 + 4 * 20 + 100 + 50)
-    assert floor(shape, "partial", 0, 10, [(0, 5)], skip_restored=True) == 2 * (2 * 5 * 100 + 4 * 20 + 100 + 50)
-    assert floor(shape, "partial", 0, 10, [(3, 8)], skip_restored=True) == 2 * 50
-    assert attention(shape, "partial", 0, 10, [(3, 8)], skip_restored=True) == 0
-    assert floor(shape, "prefix", 6, 10, [(0, 7), (2, 9)], skip_restored=True) == 2 * floor(
-        shape, "partial", 0, 10, [(0, 6)]
-    )
+    token = 2 * 100  # the restored layer at the restored position
+    assert floor(shape, "partial", 0, 10, [(0, 5)]) == 2 * (2 * 5 * 100 + 4 * 20 + 100 + 50) + token
+    assert floor(shape, "partial", 0, 10, [(0, 5)], restored_token=False) == 2 * (2 * 5 * 100 + 4 * 20 + 100 + 50)
+    assert floor(shape, "partial", 0, 10, [(3, 8)]) == 2 * 50 + token
+    # keys [0, q] for q in 5..9 (40) through layers 1, 2, the last layer at position 9 (10), the token (6)
+    assert attention(shape, "partial", 0, 10, [(0, 5)]) == 4 * 8 * (2 * 40 + 10 + 6)
+    assert attention(shape, "partial", 0, 10, [(3, 8)]) == 4 * 8 * 9
+    assert floor(shape, "prefix", 6, 10, [(0, 7), (2, 9)]) == 2 * 2 * (3 * 4 * 100 + 3 * 20 + 100 + 50)
+    clean = 2 * (3 * 10 * 100 + 9 * 20 + 100 + 50) + 4 * 8 * (3 * 55 + 10)
+    corrupted = 2 * (3 * 4 * 100 + 3 * 20 + 100 + 50) + 4 * 8 * (3 * 34 + 10)
+    assert trace_speed.setup_flops(shape, 6, 10) == clean + corrupted
 
 
 def test_edit_tuning_runs_on_the_tuning_requests_only(tmp_path):
