@@ -2,7 +2,8 @@
 
 "prefix": the unchanged prefix runs once and every batch recomputes the whole suffix from the
 first corrupted position, in every layer. "partial": each batch restarts at its lowest restored
-layer and first restored position from the corrupted run's recorded states. Image noise
+layer (on the restored tokens alone there) and first restored position from the corrupted run's
+recorded states. Image noise
 corrupts from the first image token, so the prefix saves nothing there; a phrase late in the
 prompt leaves little for the partial plan to add. Each row traces MLP outputs (window 1) over
 every position and reports the time of each plan, their ratio, the plan "auto" picks and the max

@@ -43,10 +43,13 @@ shared prefix's keys/values (the corrupted run equals the clean one before ``p0`
 order makes the batches of one layer share their start layer; each cell's row recomputes only the
 positions from its own restart, the batch's rows packed into one sequence
 (:mod:`mllm_lens.tracing.packed`; a DeepStack decoder's rows all start at the batch's first position
-instead). ``plan="auto"`` picks the plan with the fewer estimated position-layer computations for
-the cells at hand; :attr:`RestorationExecutor.last_plan` says which ran. When more than half the
-prompt changes (``2·p0 < T``) and the plan is not forced to "prefix", the corrupted run itself is
-made as the recorded base run, so a partial-plan trace pays for that forward once.
+instead). A packed batch runs its start layer on the restored tokens alone, since a restoration there
+changes that layer's output at no other position, and its rows from one layer up
+(:meth:`~mllm_lens.tracing.partial.PartialDecoder.run_packed`). ``plan="auto"`` picks the plan with
+the fewer estimated position-layer computations for the cells at hand;
+:attr:`RestorationExecutor.last_plan` says which ran. When more than half the prompt changes
+(``2·p0 < T``) and the plan is not forced to "prefix", the corrupted run itself is made as the
+recorded base run, so a partial-plan trace pays for that forward once.
 """
 
 from __future__ import annotations

@@ -48,6 +48,12 @@ LLaVA-shaped prompt this saves a whole-prompt forward per trace.
 Rows restarting at different positions run packed end to end in one sequence (:meth:`PartialDecoder.
 run_packed`, :mod:`mllm_lens.tracing.packed`), so each computes only its own positions; the batch
 form (:meth:`PartialDecoder.run`: one start for every row) serves DeepStack decoders and patch sweeps.
+A packed run goes one step further at its start layer ``s``: every position's keys and values there
+come from the layer's input, which a restoration at ``s`` leaves unchanged, so the layer's output
+changes only at the restored positions. It runs layer ``s`` on those tokens alone (each reading the
+base run's keys and values) and the packed rows from ``s + 1``, on the base run's recorded outputs of
+layer ``s`` with those tokens written in: for a window-1 restoration, the least any exact restoration
+recomputes, plus one token.
 
 The head reads only the last position, so the last layer computes only what that needs: the
 keys/values of positions ``[p, T-1)`` (a layer call whose cache update stops it before the
